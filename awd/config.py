@@ -1,0 +1,237 @@
+"""Configuration dataclasses, paper presets, and the flat-dict form used by searches.
+
+A run is a model name, a dataset, the model's config and a ``TrainConfig``. ``preset`` gives the
+paper values for a (model, dataset) pair; ``from_flat`` applies a search trial's flat dict of
+overrides on top of it and validates every value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from awd.errors import ConfigError
+
+MODELS = ("awd_lstm", "awd_gru", "zaremba")
+ZAREMBA_SIZES = ("small", "medium", "large")
+OPTIMIZERS = ("ntasgd", "sgd_schedule")
+
+
+def _check_rate(name: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise ConfigError(f"{name} must be in [0, 1), got {value}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class AWDLSTMConfig:
+    """AWD-LSTM (Merity et al. 2018). Defaults: the PTB model of the reference code's README.
+
+    emsize/nhid: embedding and hidden sizes (the last layer outputs emsize when tied).
+    dropout: locked dropout on the last layer's output; dropouth: between layers;
+    dropouti: on the embedded input; dropoute: whole embedding rows; wdrop: DropConnect on W_hh.
+    """
+
+    emsize: int = 400
+    nhid: int = 1150
+    nlayers: int = 3
+    dropout: float = 0.4
+    dropouth: float = 0.25
+    dropouti: float = 0.4
+    dropoute: float = 0.1
+    wdrop: float = 0.5
+    tie_weights: bool = True
+    cell: str = field(default="lstm", init=False)
+
+    def validate(self) -> None:
+        for name in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
+            _check_rate(name, getattr(self, name))
+        for name in ("emsize", "nhid", "nlayers"):
+            _check_positive(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class AWDGRUConfig(AWDLSTMConfig):
+    """AWD-GRU: the AWD-LSTM recipe on GRU layers (3 gates, no cell state)."""
+
+    cell: str = field(default="gru", init=False)
+
+
+@dataclass(frozen=True)
+class ZarembaConfig:
+    """Zaremba et al. 2014: untied embedding (size nhid), stacked LSTM, standard dropout on
+    non-recurrent connections only, every parameter U(-init_range, init_range)."""
+
+    nhid: int = 650
+    nlayers: int = 2
+    dropout: float = 0.5
+    init_range: float = 0.05
+
+    def validate(self) -> None:
+        _check_rate("dropout", self.dropout)
+        for name in ("nhid", "nlayers", "init_range"):
+            _check_positive(name, getattr(self, name))
+
+    @classmethod
+    def small(cls) -> ZarembaConfig:
+        return cls(nhid=200, dropout=0.0, init_range=0.1)
+
+    @classmethod
+    def medium(cls) -> ZarembaConfig:
+        return cls(nhid=650, dropout=0.5, init_range=0.05)
+
+    @classmethod
+    def large(cls) -> ZarembaConfig:
+        return cls(nhid=1500, dropout=0.65, init_range=0.04)
+
+
+ModelConfig = AWDLSTMConfig | AWDGRUConfig | ZarembaConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: batching, optimiser (NT-ASGD or Zaremba's SGD schedule), regularisation.
+
+    lr is scaled per window by seq_len / bptt when variable_bptt is on. ``sgd_schedule`` divides
+    lr by lr_decay after each epoch from decay_start on (Zaremba). loss_sum_over_time multiplies
+    the mean token loss by the window length, as Zaremba's code did, so that lr 1 / clip 5 match.
+    """
+
+    epochs: int = 500
+    batch_size: int = 20
+    eval_batch_size: int = 10
+    test_batch_size: int = 1
+    bptt: int = 70
+    variable_bptt: bool = True
+    min_seq_len: int = 5
+    max_seq_len: int = 0  # 0: no cap
+    lr: float = 30.0
+    clip: float = 0.25
+    wdecay: float = 1.2e-6
+    alpha: float = 2.0
+    beta: float = 1.0
+    optimizer: str = "ntasgd"
+    nonmono: int = 5
+    lr_decay: float = 1.0
+    decay_start: int = 0
+    loss_sum_over_time: bool = False
+    finetune_epochs: int = 0
+    train_tokens: int = 0  # 0: the whole split (a prefix otherwise, for smoke runs)
+    eval_tokens: int = 0
+    seed: int = 141
+    device: str = "auto"
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "test_batch_size", "bptt"):
+            _check_positive(name, getattr(self, name))
+        for name in ("lr", "clip", "nonmono", "lr_decay", "min_seq_len"):
+            _check_positive(name, getattr(self, name))
+        for name in ("wdecay", "alpha", "beta", "finetune_epochs", "train_tokens", "eval_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs, apart from the data itself."""
+
+    model: str
+    dataset: str
+    arch: ModelConfig
+    train: TrainConfig
+    preset: str = ""
+
+    def validate(self) -> RunConfig:
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
+        self.arch.validate()
+        self.train.validate()
+        return self
+
+    def to_flat(self) -> dict[str, Any]:
+        """One flat dict (model, dataset, preset and every field): a search trial's config."""
+        arch = {k: v for k, v in asdict(self.arch).items() if k != "cell"}
+        return {"model": self.model, "dataset": self.dataset, "preset": self.preset, **arch,
+                **asdict(self.train)}
+
+
+def preset(model: str, dataset: str = "ptb", size: str = "") -> RunConfig:
+    """The paper configuration of ``model`` on ``dataset`` (size: Zaremba's small/medium/large)."""
+    wt2 = dataset.lower() in ("wikitext-2", "wt2", "wikitext2")
+    if model in ("awd_lstm", "awd_gru"):
+        cls = AWDLSTMConfig if model == "awd_lstm" else AWDGRUConfig
+        if wt2:  # reference README: WT2 uses dropouth 0.2, dropouti 0.65, batch 80, 750 epochs
+            arch = cls(dropouth=0.2, dropouti=0.65)
+            train = TrainConfig(epochs=750, batch_size=80, seed=1882)
+        else:
+            arch, train = cls(), TrainConfig()
+        return RunConfig(model, dataset, arch, train).validate()
+    if model == "zaremba":
+        size = size or "medium"
+        if size not in ZAREMBA_SIZES:
+            raise ConfigError(f"zaremba preset must be one of {', '.join(ZAREMBA_SIZES)}")
+        arch = getattr(ZarembaConfig, size)()
+        schedule = {"small": (13, 2.0, 4, 5.0), "medium": (39, 1.2, 6, 5.0),
+                    "large": (55, 1.15, 14, 10.0)}[size]
+        epochs, decay, start, clip = schedule
+        train = TrainConfig(
+            epochs=epochs, batch_size=20, bptt=20 if size == "small" else 35,
+            variable_bptt=False, lr=1.0, clip=clip, wdecay=0.0, alpha=0.0, beta=0.0,
+            optimizer="ntasgd", lr_decay=decay, decay_start=start, loss_sum_over_time=True,
+            seed=1111,
+        )
+        return RunConfig(model, dataset, arch, train, preset=size).validate()
+    raise ConfigError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+
+
+def _coerce(name: str, value: Any, like: Any) -> Any:
+    """Convert a value (possibly a CLI string) to the type of the field's default."""
+    try:
+        if isinstance(like, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            return bool(value)
+        if isinstance(like, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) else int(value)
+        return type(like)(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot use {value!r} (expected {type(like).__name__})")
+
+
+def from_flat(flat: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig from a flat dict: the preset, then every override."""
+    flat = dict(flat)
+    model = flat.pop("model", None)
+    if model is None:
+        raise ConfigError("config has no 'model'")
+    dataset = flat.pop("dataset", "ptb")
+    base = preset(model, dataset, flat.pop("preset", "") or "")
+    arch_fields = {f.name: f for f in fields(base.arch) if f.init}
+    train_fields = {f.name for f in fields(base.train)}
+    arch_over, train_over = {}, {}
+    for key, value in flat.items():
+        if key in arch_fields:
+            arch_over[key] = _coerce(key, value, getattr(base.arch, key))
+        elif key in train_fields:
+            train_over[key] = _coerce(key, value, getattr(base.train, key))
+        else:
+            known = sorted([*arch_fields, *train_fields])
+            raise ConfigError(f"unknown config field {key!r} for {model}; known: {known}")
+    return dataclasses.replace(
+        base, arch=replace(base.arch, **arch_over), train=replace(base.train, **train_over)
+    ).validate()

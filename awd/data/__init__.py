@@ -1,0 +1,19 @@
+"""Corpora, batching and dataset download."""
+
+from awd.data.batching import Window, batchify, draw_seq_len, eval_windows, train_windows
+from awd.data.corpus import Corpus, load_corpus
+from awd.data.registry import DATASETS, data_root, dataset_spec, resolve_data
+
+__all__ = [
+    "DATASETS",
+    "Corpus",
+    "Window",
+    "batchify",
+    "data_root",
+    "dataset_spec",
+    "draw_seq_len",
+    "eval_windows",
+    "load_corpus",
+    "resolve_data",
+    "train_windows",
+]
