@@ -1,0 +1,110 @@
+"""Command line: train one model, e.g. ``python -m awd.train --model awd_lstm --data ptb``.
+
+Every field of the model's config and of ``TrainConfig`` is a flag; defaults are the paper
+preset of the chosen model and dataset. Errors in the input print one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from tqdm import tqdm
+
+from awd.config import MODELS, AWDLSTMConfig, TrainConfig, ZarembaConfig, from_flat
+from awd.data import load_corpus
+from awd.errors import AWDError
+from awd.trainer import EpochMetrics, Trainer
+
+ARCH_CLASSES = {"awd_lstm": AWDLSTMConfig, "awd_gru": AWDLSTMConfig, "zaremba": ZarembaConfig}
+
+
+def _field_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per config field; the help shows the awd_lstm/PTB preset default."""
+    arch = parser.add_argument_group("model fields (AWD: awd_lstm/awd_gru; Zaremba: zaremba)")
+    seen: set[str] = set()
+    for cls in (AWDLSTMConfig, ZarembaConfig):
+        for f in fields(cls):
+            if f.init and f.name not in seen:
+                seen.add(f.name)
+                owner = "zaremba" if cls is ZarembaConfig else "awd"
+                arch.add_argument(f"--{f.name}", default=None, metavar=type(f.default).__name__,
+                                  help=f"{owner} preset default: {f.default}")
+    train = parser.add_argument_group("training fields (defaults: AWD-LSTM PTB preset)")
+    for f in fields(TrainConfig):
+        train.add_argument(f"--{f.name}", default=None, metavar=type(f.default).__name__,
+                           help=f"default: {f.default}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m awd.train",
+        description="Train AWD-LSTM, AWD-GRU or Zaremba's LSTM with NT-ASGD. Unset fields take "
+        "the paper preset of the chosen model and dataset.",
+    )
+    parser.add_argument("--model", required=True, help=f"one of: {', '.join(MODELS)}")
+    parser.add_argument("--data", default="ptb",
+                        help="dataset name (ptb, wikitext-2) under $AWD_DATA_DIR, or a folder")
+    parser.add_argument("--preset", default="", help="zaremba size: small, medium (default), large")
+    parser.add_argument("--save", type=Path, default=None, help="write the trainer checkpoint here")
+    parser.add_argument("--resume", type=Path, default=None, help="resume from a checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _field_flags(parser)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    skip = {"model", "data", "preset", "save", "resume", "quiet"}
+    return {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+
+
+def _dataset_name(data: str) -> str:
+    return Path(data).name if Path(data).exists() else data
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.model not in MODELS:
+            raise AWDError(f"unknown model {args.model!r}; known: {', '.join(MODELS)}")
+        run = from_flat({"model": args.model, "dataset": _dataset_name(args.data),
+                         "preset": args.preset, **_overrides(args)})
+        corpus = load_corpus(args.data)
+        trainer = Trainer(run, corpus)
+        if args.resume:
+            trainer.load(args.resume)
+        print(f"{run.model} on {run.dataset}: {trainer.num_params:,} parameters, "
+              f"{trainer.device}", flush=True)
+        bar = tqdm(total=run.train.epochs + run.train.finetune_epochs, initial=trainer.epoch,
+                   unit="epoch", disable=args.quiet)
+        for m in trainer.run():
+            bar.update(1)
+            bar.set_postfix(_postfix(m))
+            tqdm.write(_line(m)) if not args.quiet else None
+            if args.save:
+                trainer.save(args.save)
+        bar.close()
+        final = trainer.final_metrics()
+        print(f"final | val ppl {final['val_ppl']:.2f} | test ppl {final['test_ppl']:.2f}")
+        print(json.dumps({"num_params": trainer.num_params, **final}))
+    except AWDError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _postfix(m: EpochMetrics) -> dict[str, str]:
+    return {"val_ppl": f"{m.val_ppl:.1f}", "lr": f"{m.lr:.3g}", "asgd": str(m.averaging)}
+
+
+def _line(m: EpochMetrics) -> str:
+    return (f"epoch {m.epoch:3d} ({m.phase}) | train ppl {m.train_ppl:8.2f} | val ppl "
+            f"{m.val_ppl:8.2f} | lr {m.lr:.3g} | {m.seconds:.1f}s | {m.tokens_per_s:,.0f} tok/s"
+            f" | averaging {'on' if m.averaging else 'off'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Ray Tune orchestration of Optuna searches over `awd` models, tracked in MLflow."""
