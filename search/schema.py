@@ -16,7 +16,7 @@ Parent run
 Child (trial) run, named "<space>-<trial_id>"
   tags:    awdsearch.role = "trial", awdsearch.trial_id, awdsearch.model, awdsearch.dataset,
            awdsearch.status (one of TRIAL_STATUSES), awdsearch.failure (reason, failed only),
-           awdsearch.device, awdsearch.node_ip
+           awdsearch.device, awdsearch.node_ip, awdsearch.node_id (Ray node)
   params:  every field of the flat trial config (awd.config.RunConfig.to_flat), plus
            gpus_per_trial
   metrics per epoch (step = epoch): train_loss, train_ppl, val_loss, val_ppl, best_val_ppl, lr,
@@ -39,6 +39,7 @@ STATUS = "awdsearch.status"
 FAILURE = "awdsearch.failure"
 DEVICE = "awdsearch.device"
 NODE_IP = "awdsearch.node_ip"
+NODE_ID = "awdsearch.node_id"
 PARENT_RUN_ID = "mlflow.parentRunId"
 
 ROLE_SEARCH = "search"

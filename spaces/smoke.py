@@ -18,7 +18,7 @@ def define(trial: optuna.Trial) -> dict[str, Any]:
         sampled = {
             "nhid": trial.suggest_int("nhid", 32, 96, step=16),
             "dropout": trial.suggest_float("dropout", 0.0, 0.5),
-            "lr": trial.suggest_float("lr", 0.5, 2.0),
+            "lr": trial.suggest_float("lr", 0.5, 2.0, log=True),
         }
         return {"model": model, "preset": "small", "init_range": 0.1, **SLICE, **sampled}
     sampled = {

@@ -1,0 +1,252 @@
+"""One search from start (or resume) to summary: Ray, Tune, the MLflow parent run, the end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+
+from search import schema
+from search.options import SearchOptions
+from search.scheduler import PersistentASHA
+from search.searcher import make_searcher
+from search.tracking import (
+    MLflowTrialLogger,
+    check_tracking_uri,
+    ensure_experiment,
+    log_best_artifacts,
+    normalize_tracking_uri,
+    start_parent_run,
+)
+from search.trainable import best_model_file, train_trial
+
+STATE_FILE = "awdsearch.json"
+RUNGS_FILE = "asha_rungs.json"
+
+
+class SearchError(RuntimeError):
+    """The search cannot start or resume; the message says why."""
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    status: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    checkpoint_path: str | None
+    error: str | None
+
+
+@dataclass
+class SearchOutcome:
+    trials: list[TrialSummary]
+    best: TrialSummary | None
+    parent_run_id: str
+    tracking_uri: str
+    experiment_dir: Path
+    best_config_path: Path | None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the given cluster, or start a local one; data location travels to the workers."""
+    env = {k: os.environ[k] for k in ("AWD_DATA_DIR", "AWD_CACHE_DIR") if k in os.environ}
+    try:
+        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
+                 runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = address or "a new local cluster"
+        raise SearchError(f"cannot connect to Ray at {where}: {e}") from None
+
+
+def default_gpus_per_trial(opts: SearchOptions) -> float:
+    if opts.gpus_per_trial is not None:
+        return opts.gpus_per_trial
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def default_concurrency(opts: SearchOptions, gpus: float) -> int:
+    if opts.concurrency:
+        return opts.concurrency
+    resources = ray.cluster_resources()
+    by_cpu = int(resources.get("CPU", 1) // opts.cpus_per_trial)
+    by_gpu = int(resources.get("GPU", 0) // gpus) if gpus else by_cpu
+    return max(1, min(by_cpu, by_gpu, opts.num_samples))
+
+
+def _scheduler(opts: SearchOptions):
+    space = opts.space_spec
+    if opts.scheduler == "none":
+        return FIFOScheduler()
+    return PersistentASHA(opts.experiment_dir / RUNGS_FILE, time_attr="epoch",
+                          metric=space.metric, mode=space.mode, max_t=opts.epochs,
+                          grace_period=opts.grace, reduction_factor=3)
+
+
+def _trial_name(trial) -> str:
+    return f"{trial.config.get('model', 'trial')}_{trial.trial_id}"
+
+
+def _trainable(cpus: float, gpus: float):
+    return tune.with_resources(train_trial, {"cpu": cpus, "gpu": gpus})
+
+
+def _prepare_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
+                 concurrency: int) -> tune.Tuner:
+    space = opts.space_spec
+    if tune.Tuner.can_restore(str(opts.experiment_dir)):
+        raise SearchError(f"a search already exists at {opts.experiment_dir}; pass --resume to "
+                          "continue it, or --experiment NAME to start another")
+    exp_id = ensure_experiment(client, opts.experiment_name, uri)
+    params = {**asdict(opts), "gpus_per_trial": gpus, "concurrency": concurrency,
+              "max_epochs": opts.epochs, "grace_period": opts.grace, "metric": space.metric}
+    tags = {schema.SPACE: space.name, schema.MODEL: space.model, schema.DATASET: space.dataset,
+            schema.GIT_COMMIT: git_commit(), schema.SEED: str(opts.seed),
+            schema.RAY_ADDRESS: ray.get_runtime_context().gcs_address,
+            schema.STORAGE: str(opts.experiment_dir)}
+    parent = start_parent_run(client, exp_id, f"{space.name}-search", tags, params)
+    opts.experiment_dir.mkdir(parents=True, exist_ok=True)
+    state = {"parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri,
+             "options": asdict(opts), "gpus_per_trial": gpus}
+    (opts.experiment_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    logger = MLflowTrialLogger(uri, exp_id, parent, space.name, {"gpus_per_trial": gpus})
+    searcher = make_searcher(space, {"epochs": opts.epochs}, opts.seed,
+                             f"{opts.experiment_name}-{parent[:8]}", concurrency)
+    return tune.Tuner(
+        _trainable(opts.cpus_per_trial, gpus),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(opts),
+                                    num_samples=opts.num_samples, time_budget_s=opts.time_budget,
+                                    trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=opts.experiment_name, storage_path=str(opts.storage_path),
+            callbacks=[logger],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            verbose=1,
+        ),
+    )
+
+
+def _load_state(opts: SearchOptions) -> dict[str, Any]:
+    path = opts.experiment_dir / STATE_FILE
+    if not path.exists() or not tune.Tuner.can_restore(str(opts.experiment_dir)):
+        raise SearchError(f"nothing to resume at {opts.experiment_dir} (no saved search there)")
+    return json.loads(path.read_text())
+
+
+def summarize(result_grid) -> list[TrialSummary]:
+    trials = []
+    for r in result_grid:
+        metrics = dict(r.metrics or {})
+        if r.error is not None or metrics.get("diverged"):
+            status, error = schema.STATUS_FAILED, str(r.error or "diverged")
+        elif metrics.get("finished"):
+            status, error = schema.STATUS_COMPLETED, None
+        else:
+            status, error = schema.STATUS_STOPPED, None
+        trials.append(TrialSummary(
+            trial_id=metrics.get("trial_id", r.path.rsplit("_", 1)[-1]), status=status,
+            config=dict(r.config or {}), metrics=metrics,
+            checkpoint_path=r.checkpoint.path if r.checkpoint else None, error=error))
+    return trials
+
+
+def pick_best(trials: list[TrialSummary], metric: str) -> TrialSummary | None:
+    """Best completed trial by final validation perplexity, else best by the search metric."""
+    completed = [t for t in trials if t.status == schema.STATUS_COMPLETED]
+    if completed:
+        return min(completed, key=lambda t: t.metrics["final_val_ppl"])
+    scored = [t for t in trials if t.status != schema.STATUS_FAILED
+              and math.isfinite(t.metrics.get(metric, math.inf))]
+    return min(scored, key=lambda t: t.metrics[metric]) if scored else None
+
+
+def _finish(client: MlflowClient, state: dict[str, Any], logger_runs: dict[str, str],
+            trials: list[TrialSummary], best: TrialSummary | None) -> None:
+    parent = state["parent_run_id"]
+    gpus = state["gpus_per_trial"]
+    started = client.get_run(parent).info.start_time / 1000
+    now = int(time.time() * 1000)
+    seconds = sum(client_sum(client, logger_runs.get(t.trial_id)) for t in trials)
+    counts = {s: sum(t.status == s for t in trials) for s in
+              (schema.STATUS_COMPLETED, schema.STATUS_STOPPED, schema.STATUS_FAILED)}
+    summary = {"trials_total": len(trials), "trials_completed": counts[schema.STATUS_COMPLETED],
+               "trials_stopped_early": counts[schema.STATUS_STOPPED],
+               "trials_failed": counts[schema.STATUS_FAILED],
+               "wall_seconds": time.time() - started, "gpu_hours": seconds * gpus / 3600}
+    if best is not None:
+        summary["best_val_ppl"] = best.metrics.get("final_val_ppl", best.metrics["best_val_ppl"])
+        if "final_test_ppl" in best.metrics:
+            summary["best_test_ppl"] = best.metrics["final_test_ppl"]
+    client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
+    if best is not None:
+        runs = [parent] + ([logger_runs[best.trial_id]] if best.trial_id in logger_runs else [])
+        with tempfile.TemporaryDirectory() as d:
+            model = (best_model_file(best.checkpoint_path, Path(d) / "best_model.pt")
+                     if best.checkpoint_path else None)
+            log_best_artifacts(client, runs, best.config, model)
+        client.set_tag(parent, "awdsearch.best_trial_id", best.trial_id)
+    client.set_terminated(parent, "FINISHED")
+
+
+def client_sum(client: MlflowClient, run_id: str | None) -> float:
+    if run_id is None:
+        return 0.0
+    return sum(m.value for m in client.get_metric_history(run_id, "epoch_seconds"))
+
+
+def run_search(opts: SearchOptions) -> SearchOutcome:
+    """Run (or resume) a search and write its summary to MLflow; returns what happened."""
+    opts.validate()
+    if opts.resume:
+        state = _load_state(opts)
+        uri = state["tracking_uri"]
+    else:
+        state, uri = None, normalize_tracking_uri(opts.tracking_uri)
+    check_tracking_uri(uri)
+    client = MlflowClient(uri)
+    connect_ray(opts.address)
+    if state is None:
+        gpus = default_gpus_per_trial(opts)
+        tuner = _prepare_new(opts, client, uri, gpus, default_concurrency(opts, gpus))
+        state = json.loads((opts.experiment_dir / STATE_FILE).read_text())
+    else:
+        client.update_run(state["parent_run_id"], status="RUNNING")
+        tuner = tune.Tuner.restore(str(opts.experiment_dir),
+                                   _trainable(state["options"]["cpus_per_trial"],
+                                              state["gpus_per_trial"]),
+                                   resume_unfinished=True, resume_errored=False)
+    grid = tuner.fit()
+    trials = summarize(grid)
+    best = pick_best(trials, opts.space_spec.metric)
+    logger = MLflowTrialLogger(uri, state["experiment_id"], state["parent_run_id"], opts.space)
+    runs = {t.trial_id: logger._find_child(t.trial_id) for t in trials}
+    _finish(client, state, {k: v for k, v in runs.items() if v}, trials, best)
+    best_path = None
+    if best is not None:
+        best_path = Path(opts.best_config or f"best_config_{opts.experiment_name}.json")
+        best_path.write_text(json.dumps(best.config, indent=2, sort_keys=True))
+    return SearchOutcome(trials, best, state["parent_run_id"], uri, opts.experiment_dir,
+                         best_path)

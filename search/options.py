@@ -1,0 +1,125 @@
+"""The search command's options as one validated dataclass."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from spaces import SPACES, Space, get_space
+
+SCHEDULERS = ("asha", "none")
+
+
+class OptionError(ValueError):
+    """A flag value that cannot work; the message names the flag."""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    space: str
+    num_samples: int = 20
+    max_epochs: int | None = None  # None: the space's default
+    grace_period: int | None = None
+    concurrency: int | None = None  # None: as many as the cluster's resources allow
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: 1 if the cluster has GPUs, else 0
+    address: str | None = None
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    storage: str = "ray_results"
+    scheduler: str = "asha"
+    seed: int = 0
+    resume: bool = False
+    time_budget: float | None = None
+    max_failures: int = 2
+    best_config: str | None = None
+
+    @property
+    def space_spec(self) -> Space:
+        return get_space(self.space)
+
+    @property
+    def epochs(self) -> int:
+        return self.max_epochs or self.space_spec.max_epochs
+
+    @property
+    def grace(self) -> int:
+        return min(self.grace_period or self.space_spec.grace_period, self.epochs)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.space
+
+    @property
+    def storage_path(self) -> Path:
+        return Path(self.storage).expanduser().resolve()
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.storage_path / self.experiment_name
+
+    def validate(self) -> SearchOptions:
+        get_space(self.space)
+        checks = [
+            (self.num_samples >= 1, "--num-samples must be >= 1"),
+            (self.max_epochs is None or self.max_epochs >= 1, "--max-epochs must be >= 1"),
+            (self.grace_period is None or self.grace_period >= 1, "--grace-period must be >= 1"),
+            (self.concurrency is None or self.concurrency >= 1, "--concurrency must be >= 1"),
+            (self.cpus_per_trial > 0, "--cpus-per-trial must be > 0"),
+            (self.gpus_per_trial is None or self.gpus_per_trial >= 0,
+             "--gpus-per-trial must be >= 0"),
+            (self.gpus_per_trial is None or self.gpus_per_trial <= 1
+             or float(self.gpus_per_trial).is_integer(),
+             "--gpus-per-trial above 1 must be a whole number"),
+            (self.scheduler in SCHEDULERS, f"--scheduler must be one of {', '.join(SCHEDULERS)}"),
+            (self.time_budget is None or self.time_budget > 0, "--time-budget must be > 0"),
+            (self.max_failures >= 0, "--max-failures must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise OptionError(message)
+        return self
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m search.run",
+        description="Run a distributed hyperparameter search (Ray Tune + Optuna TPE + ASHA) "
+        "over one of the spaces; every trial is logged to MLflow.",
+    )
+    p.add_argument("--space", help="search space name (see --list-spaces)")
+    p.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
+    p.add_argument("--num-samples", type=int, default=20, help="trials to run (default 20)")
+    p.add_argument("--max-epochs", type=int, help="epoch budget per trial (default: the space's)")
+    p.add_argument("--grace-period", type=int,
+                   help="ASHA's first rung in epochs (default: the space's; NT-ASGD needs time)")
+    p.add_argument("--concurrency", type=int,
+                   help="trials at once (default: as many as resources allow)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="default 1")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="fractions pack trials on one GPU (default: 1 if GPUs, else 0)")
+    p.add_argument("--address", help="existing Ray cluster ('auto' on a head node); default: "
+                   "start Ray locally")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db "
+                   "in the working folder)")
+    p.add_argument("--experiment", help="MLflow experiment and Ray run name (default: the space)")
+    p.add_argument("--storage", default="ray_results",
+                   help="where Ray keeps results and checkpoints; shared (NFS or s3://) on a "
+                   "multi-node cluster (default ./ray_results)")
+    p.add_argument("--scheduler", default="asha", help="asha (default) or none")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search")
+    p.add_argument("--time-budget", type=float, help="stop the search after this many seconds")
+    p.add_argument("--max-failures", type=int, default=2,
+                   help="restarts of a trial whose worker died, from its last checkpoint")
+    p.add_argument("--best-config", help="where to write the best configuration "
+                   "(default best_config_<experiment>.json)")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> SearchOptions:
+    if not args.space:
+        raise OptionError("--space is required; known spaces: " + ", ".join(SPACES))
+    values = {k: v for k, v in vars(args).items() if k != "list_spaces"}
+    return SearchOptions(**values).validate()

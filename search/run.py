@@ -1,0 +1,69 @@
+"""``python -m search.run --space NAME``: run a search and print what it found."""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+
+from awd.errors import AWDError
+from search.driver import SearchError, SearchOutcome, run_search
+from search.options import OptionError, build_parser, options_from_args
+from search.tracking import TrackingError
+from spaces import SPACES, UnknownSpaceError
+
+SHOWN_PARAMS = ("model", "emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute",
+                "wdrop", "lr")
+
+
+def list_spaces() -> str:
+    width = max(map(len, SPACES))
+    return "\n".join(f"{name:<{width}}  {space.description} [{space.max_epochs} epochs]"
+                     for name, space in SPACES.items())
+
+
+def results_table(outcome: SearchOutcome, top: int = 10) -> pd.DataFrame:
+    rows = []
+    for t in outcome.trials:
+        row = {"trial": t.trial_id, "status": t.status, "epochs": t.metrics.get("epoch"),
+               "best_val_ppl": t.metrics.get("best_val_ppl"),
+               "final_val_ppl": t.metrics.get("final_val_ppl"),
+               "final_test_ppl": t.metrics.get("final_test_ppl")}
+        row.update({k: t.config[k] for k in SHOWN_PARAMS if k in t.config})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    return frame.sort_values("best_val_ppl", na_position="last").head(top)
+
+
+def ui_hint(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser (experiment view, select runs, Compare)"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_spaces:
+        print(list_spaces())
+        return 0
+    try:
+        outcome = run_search(options_from_args(args))
+    except (OptionError, UnknownSpaceError, TrackingError, SearchError, AWDError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\nBest trials:")
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(results_table(outcome).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if outcome.best_config_path:
+        print(f"\nBest configuration written to {outcome.best_config_path}")
+    else:
+        print("\nNo trial produced a result.")
+    print(f"Compare the runs: {ui_hint(outcome.tracking_uri)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

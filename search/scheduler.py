@@ -1,0 +1,64 @@
+"""ASHA whose rungs survive `Tuner.restore`.
+
+On restore, Tune re-creates the scheduler as it was when the experiment started, so plain ASHA
+forgets every rung recorded before the interruption and a resumed search would let trials pass
+rungs they had already lost. This subclass writes the rungs to a file after every decision and
+reads them back the first time it is used after a restore.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ray.tune.schedulers import ASHAScheduler
+
+
+class PersistentASHA(ASHAScheduler):
+    def __init__(self, state_path: str | os.PathLike, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.state_path = str(state_path)
+        self._state_loaded = False
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._state_loaded = False  # unpickled by Tuner.restore: reload the saved rungs
+
+    def _load_rungs(self) -> None:
+        if self._state_loaded:
+            return
+        self._state_loaded = True
+        path = Path(self.state_path)
+        if not path.exists():
+            return
+        saved = json.loads(path.read_text())
+        # ASHA keeps, per bracket, a list of (milestone, {trial_id: score}) pairs.
+        for bracket, rungs in zip(self._brackets, saved, strict=True):
+            bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
+
+    def _save_rungs(self) -> None:
+        path = Path(self.state_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([b._rungs for b in self._brackets]))
+        os.replace(tmp, path)
+
+    def rungs(self) -> list[list[tuple[float, dict[str, float]]]]:
+        self._load_rungs()
+        return [list(b._rungs) for b in self._brackets]
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._load_rungs()
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self._load_rungs()
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save_rungs()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._load_rungs()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save_rungs()

@@ -1,0 +1,83 @@
+"""Optuna's TPE behind Ray Tune, warm-started at the paper configuration.
+
+Two gaps in `OptunaSearch` are closed here: ``points_to_evaluate`` is ignored with a
+define-by-run space (ray#35319), so the paper point is enqueued on the study itself before Tune
+sees it; and `OptunaSearch` tells Optuna COMPLETE for any trial with a last result, even one that
+failed or was stopped by ASHA, so completion is re-classified as COMPLETE, PRUNED or FAIL.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from spaces import Space, get_space
+
+
+class AWDOptunaSearch(OptunaSearch):
+    """OptunaSearch that reports failed trials as FAIL and early-stopped ones as PRUNED."""
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        if error or not result or result.get("diverged"):
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        elif result.get("finished"):
+            self._ot_study.tell(ot_trial, result[self.metric], state=TrialState.COMPLETE)
+        else:  # stopped by the scheduler: Optuna keeps its intermediate values
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """The define-by-run function Tune calls: a space (by name, so that it pickles into Tune's
+    experiment state) with the search's overrides applied."""
+
+    space: str
+    overrides: dict[str, Any]
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        return get_space(self.space).config(trial, **self.overrides)
+
+
+def make_searcher(
+    space: Space, overrides: dict[str, Any], seed: int, study_name: str, concurrency: int
+) -> ConcurrencyLimiter:
+    """TPE (multivariate, grouped for conditional spaces, constant liar), seeded, with the paper
+    configuration enqueued as the first trial."""
+    with warnings.catch_warnings():  # `group` (for conditional spaces) is "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True
+        )
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        sampler=sampler,
+        direction="minimize" if space.mode == "min" else "maximize",
+    )
+    study.enqueue_trial(space.warm_start)
+
+    searcher = AWDOptunaSearch(
+        space=SpaceConfig(space.name, overrides),
+        metric=space.metric,
+        mode=space.mode,
+        sampler=sampler,
+        study_name=study_name,
+        storage=storage,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
