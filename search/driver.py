@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
+from awd.config import from_flat
 from search import schema
 from search.options import SearchOptions
 from search.scheduler import PersistentASHA
@@ -48,6 +49,11 @@ class TrialSummary:
     metrics: dict[str, Any]
     checkpoint_path: str | None
     error: str | None
+
+    @property
+    def full_config(self) -> dict[str, Any]:
+        """Every field of the run, preset values included: enough to reproduce it."""
+        return from_flat(self.config).to_flat()
 
 
 @dataclass
@@ -206,7 +212,7 @@ def _finish(client: MlflowClient, state: dict[str, Any], logger_runs: dict[str, 
         with tempfile.TemporaryDirectory() as d:
             model = (best_model_file(best.checkpoint_path, Path(d) / "best_model.pt")
                      if best.checkpoint_path else None)
-            log_best_artifacts(client, runs, best.config, model)
+            log_best_artifacts(client, runs, best.full_config, model)
         client.set_tag(parent, "awdsearch.best_trial_id", best.trial_id)
     client.set_terminated(parent, "FINISHED")
 
@@ -247,6 +253,6 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     best_path = None
     if best is not None:
         best_path = Path(opts.best_config or f"best_config_{opts.experiment_name}.json")
-        best_path.write_text(json.dumps(best.config, indent=2, sort_keys=True))
+        best_path.write_text(json.dumps(best.full_config, indent=2, sort_keys=True))
     return SearchOutcome(trials, best, state["parent_run_id"], uri, opts.experiment_dir,
                          best_path)
