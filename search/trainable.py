@@ -9,6 +9,7 @@ doomed epochs.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -86,7 +87,8 @@ def train_trial(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / DIVERGED_FILE).write_text(
                 json.dumps({"epoch": e.epoch, "loss": str(e.loss), "phase": e.phase}))
-            tune.report({"epoch": e.epoch, "diverged": 1.0},
+            # The search metric must be in every result; a diverged run ranks last.
+            tune.report({"epoch": e.epoch, "diverged": 1.0, "best_val_ppl": math.inf},
                         checkpoint=tune.Checkpoint.from_directory(d))
         raise
 
