@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from spaces import SPACES, Space, get_space
+from spaces import Space, get_space
 
 SCHEDULERS = ("asha", "none")
 
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a distributed hyperparameter search (Ray Tune + Optuna TPE + ASHA) "
         "over one of the spaces; every trial is logged to MLflow.",
     )
-    p.add_argument("--space", help="search space name (see --list-spaces)")
+    p.add_argument("--space", default="smoke",
+                   help="search space name (see --list-spaces; default smoke, a CPU demo)")
     p.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
     p.add_argument("--num-samples", type=int, default=20, help="trials to run (default 20)")
     p.add_argument("--max-epochs", type=int, help="epoch budget per trial (default: the space's)")
@@ -119,7 +120,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> SearchOptions:
-    if not args.space:
-        raise OptionError("--space is required; known spaces: " + ", ".join(SPACES))
     values = {k: v for k, v in vars(args).items() if k != "list_spaces"}
     return SearchOptions(**values).validate()

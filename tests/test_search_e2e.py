@@ -209,7 +209,7 @@ def _free_port() -> int:
     (["--space", "smoke", "--gpus-per-trial", "-1"], "--gpus-per-trial must be >= 0"),
     (["--space", "smoke", "--scheduler", "pbt"], "--scheduler must be one of asha, none"),
     (["--space", "smoke", "--resume", "--storage", "nowhere"], "nothing to resume"),
-    (["--num-samples", "3"], "--space is required"),
+    (["--space", "smoke", "--max-epochs", "-2"], "--max-epochs must be >= 1"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     proc = run_search(tmp_path, *args, timeout=60)
