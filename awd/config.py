@@ -210,7 +210,8 @@ def _coerce(name: str, value: Any, like: Any) -> Any:
             return int(float(value)) if isinstance(value, str) else int(value)
         return type(like)(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: cannot use {value!r} (expected {type(like).__name__})")
+        expected = type(like).__name__
+        raise ConfigError(f"{name}: cannot use {value!r} (expected {expected})") from None
 
 
 def from_flat(flat: dict[str, Any]) -> RunConfig:

@@ -13,7 +13,7 @@ class ConfigError(AWDError, ValueError):
     """A configuration value outside its valid range."""
 
 
-class TrainingDiverged(AWDError):  # noqa: N818 - the name reads as the event it reports
+class TrainingDiverged(AWDError):
     """The loss became NaN or infinite; the run must not be reported as a result."""
 
     def __init__(self, epoch: int, loss: float, phase: str = "train") -> None:

@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 
 class LockedDropout(nn.Module):
-    """Variational dropout on a (T, B, H) sequence: one mask per (sequence, unit), shared in time."""
+    """Variational dropout on (T, B, H): one mask per (sequence, unit), shared over time."""
 
     def __init__(self, p: float) -> None:
         super().__init__()

@@ -78,15 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             trainer.load(args.resume)
         print(f"{run.model} on {run.dataset}: {trainer.num_params:,} parameters, "
               f"{trainer.device}", flush=True)
-        bar = tqdm(total=run.train.epochs + run.train.finetune_epochs, initial=trainer.epoch,
-                   unit="epoch", disable=args.quiet)
-        for m in trainer.run():
-            bar.update(1)
-            bar.set_postfix(_postfix(m))
+        for m in _epochs_with_bars(trainer, args.quiet):
             tqdm.write(_line(m)) if not args.quiet else None
             if args.save:
                 trainer.save(args.save)
-        bar.close()
         final = trainer.final_metrics()
         print(f"final | val ppl {final['val_ppl']:.2f} | test ppl {final['test_ppl']:.2f}")
         print(json.dumps({"num_params": trainer.num_params, **final}))
@@ -96,8 +91,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _postfix(m: EpochMetrics) -> dict[str, str]:
-    return {"val_ppl": f"{m.val_ppl:.1f}", "lr": f"{m.lr:.3g}", "asgd": str(m.averaging)}
+class _EpochBar:
+    """One tqdm bar per epoch over the training stream's rows."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def advance(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="row", leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _epochs_with_bars(trainer: Trainer, quiet: bool):
+    """Run the trainer, drawing a progress bar for each epoch unless quiet."""
+    bar = _EpochBar()
+    if not quiet:
+        trainer.on_window = bar.advance
+    for m in trainer.run():
+        bar.close()
+        yield m
 
 
 def _line(m: EpochMetrics) -> str:

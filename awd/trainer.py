@@ -90,6 +90,8 @@ class Trainer:
         self.best_val_loss = math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[EpochMetrics] = []
+        # Called after every training window with (rows done, rows in the epoch): progress bars.
+        self.on_window: Callable[[int, int], None] | None = None
 
     # --- one epoch -----------------------------------------------------------------------
     def _epoch_lr(self) -> float:
@@ -108,7 +110,7 @@ class Trainer:
         tokens = 0
         windows = train_windows(self.train_data, cfg.bptt, rng, cfg.min_seq_len,
                                 cfg.max_seq_len or None)
-        for _, w in windows:
+        for start, w in windows:
             hidden = detach_hidden(hidden)
             self.opt.zero_grad()
             out = model(w.inputs, hidden)
@@ -126,6 +128,8 @@ class Trainer:
             n = w.targets.numel()
             total += loss.detach().double() * n
             tokens += n
+            if self.on_window is not None:
+                self.on_window(start + w.seq_len, self.train_data.size(0) - 1)
         return (total / max(tokens, 1)).item(), tokens
 
     @torch.no_grad()
