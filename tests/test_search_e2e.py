@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SMOKE_TRIALS
 from mlflow.tracking import MlflowClient
 
 from awd.config import from_flat
@@ -57,12 +58,8 @@ def runs_of(uri: str, experiment: str):
 
 # --- one smoke search, many assertions -------------------------------------------------------
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("smoke")
-    proc = run_search(cwd, "--space", "smoke", "--num-samples", "4", "--max-epochs", "2",
-                      "--concurrency", "2", "--seed", "7", "--storage", "ray_results")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return cwd, proc, f"sqlite:///{cwd / 'mlflow.db'}"
+def smoke(smoke_search):
+    return smoke_search
 
 
 def test_smoke_search_prints_best_trials_and_the_mlflow_ui_command(smoke):
@@ -81,12 +78,12 @@ def test_parent_run_has_search_tags_and_config(smoke):
     tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
     assert tags[schema.SPACE] == "smoke" and tags[schema.SEED] == "7"
     assert len(tags[schema.GIT_COMMIT]) >= 7 and tags[schema.RAY_ADDRESS]
-    assert params["num_samples"] == "4" and params["max_epochs"] == "2"
+    assert params["num_samples"] == str(SMOKE_TRIALS) and params["max_epochs"] == "2"
     assert params["scheduler"] == "asha"
     assert parent.info.status == "FINISHED"
-    assert metrics["trials_total"] == 4 == len(children)
+    assert metrics["trials_total"] == SMOKE_TRIALS == len(children)
     assert (metrics["trials_completed"] + metrics["trials_stopped_early"]
-            + metrics["trials_failed"]) == 4
+            + metrics["trials_failed"]) == SMOKE_TRIALS
 
 
 def test_every_trial_is_a_nested_child_with_params_and_epoch_metrics(smoke):
@@ -140,7 +137,7 @@ def test_best_trial_has_config_and_checkpoint_artifacts(smoke, tmp_path):
 def test_ray_keeps_every_result_and_a_checkpoint_per_trial(smoke):
     cwd, _, _ = smoke
     trial_dirs = [d for d in (cwd / "ray_results" / "smoke").iterdir() if d.is_dir()]
-    assert len(trial_dirs) == 4
+    assert len(trial_dirs) == SMOKE_TRIALS
     for d in trial_dirs:
         results = [json.loads(x) for x in (d / "result.json").read_text().splitlines()]
         assert [r["epoch"] for r in results] == list(range(1, len(results) + 1))

@@ -1,0 +1,158 @@
+"""How much of a search's wall time goes to training, and how much to orchestration.
+
+Runs a real search (local Ray, Optuna, ASHA off, MLflow SQLite) of smoke-sized trials whose
+training lasts about ``--trial-seconds`` each, then splits the capacity it used (wall time x
+trial slots) into:
+  training       sum over trials of the epochs' train + validation seconds (awd's own timer)
+  in-trial       the rest of each trial's Ray time: start-up, data load, checkpoint writes,
+                 reports, the final test evaluation
+  driver         capacity not inside any trial: Ray start, scheduling, idle slots, MLflow
+                 logging and the end-of-search summary
+Target: orchestration (in-trial + driver) under 10% on CPU for 30-second trials.
+
+    python benchmarks/search_overhead.py --trials 4 --concurrency 2 --trial-seconds 30
+
+GPU mode (``--gpu``), when one is at hand: run `zaremba_ptb` trials packed 4 per GPU
+(``--gpus-per-trial 0.25``) versus 1 per GPU and report trials per GPU-hour and each trial's
+slowdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_step import machine_info
+
+from search.driver import run_search
+from search.options import SearchOptions
+from spaces import SPACES, Space, get_space, smoke
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def timed_space(train_tokens: int, epochs: int) -> Space:
+    """The smoke space with a bigger training slice, so that a trial lasts long enough."""
+
+    def define(trial):
+        return {**smoke.define(trial), "train_tokens": train_tokens}
+
+    return Space(name="overhead", description="smoke with longer trials", model="mixed",
+                 dataset="ptb", define=define, warm_start=smoke.SPACE.warm_start,
+                 max_epochs=epochs, grace_period=1)
+
+
+def breakdown(outcome, wall: float, slots: int) -> dict[str, Any]:
+    trial_rows = []
+    for t in outcome.trials:
+        rows = [json.loads(x) for x in (outcome.experiment_dir / _dir(outcome, t.trial_id)
+                                        / "result.json").read_text().splitlines()]
+        trial_rows.append({"trial": t.trial_id, "model": t.config["model"],
+                           "training_s": sum(r["epoch_seconds"] for r in rows),
+                           "ray_time_s": rows[-1]["time_total_s"]})
+    training = sum(r["training_s"] for r in trial_rows)
+    in_trial = sum(r["ray_time_s"] for r in trial_rows) - training
+    capacity = wall * slots
+    return {"wall_s": wall, "slots": slots, "capacity_s": capacity, "training_s": training,
+            "in_trial_overhead_s": in_trial, "driver_overhead_s": capacity - training - in_trial,
+            "orchestration_share": 1 - training / capacity,
+            "mean_trial_training_s": training / len(trial_rows), "trials": trial_rows}
+
+
+def _dir(outcome, trial_id: str) -> str:
+    return next(d.name for d in outcome.experiment_dir.iterdir() if d.name.endswith(trial_id))
+
+
+def run_once(space: str, trials: int, concurrency: int, epochs: int, gpus: float,
+             workdir: Path) -> tuple[Any, float]:
+    opts = SearchOptions(space=space, num_samples=trials, concurrency=concurrency,
+                         max_epochs=epochs, scheduler="none", storage=str(workdir / "rr"),
+                         tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+                         gpus_per_trial=gpus, best_config=str(workdir / "best.json"),
+                         experiment=f"{space}-{gpus}")
+    start = time.perf_counter()
+    try:
+        outcome = run_search(opts)
+    finally:
+        ray.shutdown()
+    return outcome, time.perf_counter() - start
+
+
+def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    # ~2.3k tokens/s per trial for the smoke models on one core (measured): size the slice.
+    train_tokens = int(args.tokens_per_second * args.trial_seconds / args.epochs)
+    SPACES["overhead"] = timed_space(train_tokens, args.epochs)
+    with tempfile.TemporaryDirectory() as d:
+        outcome, wall = run_once("overhead", args.trials, args.concurrency, args.epochs, 0.0,
+                                 Path(d))
+        result = breakdown(outcome, wall, args.concurrency)
+    result["train_tokens_per_trial_epoch"] = train_tokens
+    result["target"] = "orchestration_share < 0.10 for ~30 s trials on CPU"
+    result["meets_target"] = result["orchestration_share"] < 0.10
+    return result
+
+
+def gpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    out = {}
+    for per_gpu in (1, 4):
+        with tempfile.TemporaryDirectory() as d:
+            outcome, wall = run_once("zaremba_ptb", per_gpu * args.gpu_rounds, per_gpu,
+                                     args.epochs, 1.0 / per_gpu, Path(d))
+            rows = [float(t.metrics["epoch_seconds"]) for t in outcome.trials]
+            out[f"{per_gpu}_per_gpu"] = {
+                "wall_s": wall, "trials": len(outcome.trials),
+                "trials_per_gpu_hour": len(outcome.trials) / (wall / 3600),
+                "mean_epoch_seconds": sum(rows) / len(rows)}
+    out["slowdown_per_trial"] = (out["4_per_gpu"]["mean_epoch_seconds"]
+                                 / out["1_per_gpu"]["mean_epoch_seconds"])
+    out["throughput_gain"] = (out["4_per_gpu"]["trials_per_gpu_hour"]
+                              / out["1_per_gpu"]["trials_per_gpu_hour"])
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--trial-seconds", type=float, default=30.0,
+                   help="training seconds per trial to aim for")
+    p.add_argument("--tokens-per-second", type=float, default=2300.0,
+                   help="per-trial training speed used to size the slice")
+    p.add_argument("--gpu", action="store_true", help="the GPU packing benchmark instead")
+    p.add_argument("--gpu-rounds", type=int, default=1, help="GPU: trials per slot")
+    p.add_argument("--out", type=Path, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if "AWD_DATA_DIR" not in os.environ:
+        os.environ["AWD_DATA_DIR"] = str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    get_space("smoke")
+    device = torch.device("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
+    result = gpu_benchmark(args) if args.gpu else cpu_benchmark(args)
+    record = {"benchmark": "search_overhead", "date": dt.datetime.now().isoformat(timespec="s"),
+              "machine": machine_info(device), "settings": vars(args) | {"out": None},
+              "result": result}
+    RESULTS.mkdir(exist_ok=True)
+    out = args.out or RESULTS / f"search_overhead-{device.type}-{dt.date.today()}.json"
+    out.write_text(json.dumps(record, indent=2, default=str))
+    print(json.dumps(result, indent=2, default=str))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""Reports of awdsearch searches, read from MLflow: ``python -m reports --experiment NAME``.
+
+Modules: `load` (MLflow -> pandas), `tables`, `ablation`, `importance` (Optuna), `plots`
+(matplotlib PNGs), `render` (Markdown + self-contained HTML), `build` (all of it, and logging the
+report on each search's parent run), `references` (published numbers, ``references.json``).
+"""
+
+from reports.errors import ReportError
+
+__all__ = ["ReportError"]

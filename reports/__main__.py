@@ -1,0 +1,82 @@
+"""CLI: ``python -m reports --experiment NAME [NAME ...] [--tracking-uri URI] [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from reports.errors import ReportError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m reports",
+        description="Report on one or more awdsearch searches from MLflow: best trials against "
+        "published perplexities, learning curves, search progress, hyperparameter importance, "
+        "ablations. Writes report.html (self-contained), report.md, summary.csv and PNGs, and "
+        "logs them on each search's parent run under report/.",
+        epilog="Exit status: 0 ok; 2 bad input (unknown experiment, no finished runs, missing "
+        "metrics: a partial report is still written where there is something to show); "
+        "1 internal error.")
+    p.add_argument("--experiment", "-e", nargs="+", required=True, metavar="NAME",
+                   help="MLflow experiment name(s); several are compared side by side")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///mlflow.db in the working folder)")
+    p.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
+                   help="output folder (default: report/)")
+    p.add_argument("--no-log", action="store_true",
+                   help="do not log the report as artifacts of the search runs")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return p
+
+
+def _quiet() -> None:
+    """Keep stderr to our own lines: library warnings and INFO logs are noise here."""
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.ERROR)
+    for name in ("mlflow", "alembic", "optuna", "matplotlib"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not args.debug:
+        _quiet()
+    try:
+        from reports.build import build
+        from reports.load import default_tracking_uri
+
+        uri = args.tracking_uri or default_tracking_uri(dict(os.environ), Path.cwd())
+        result = build(uri, args.experiment, args.out, log_artifacts=not args.no_log)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"error: internal error ({type(e).__name__}: {e}); rerun with --debug for the "
+              "traceback", file=sys.stderr)
+        return EXIT_INTERNAL
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"report: {result.out_dir / 'report.html'} and report.md "
+          f"({len(result.files)} files)")
+    if result.logged_to:
+        print(f"logged under report/ on run(s) {', '.join(result.logged_to)}")
+    if result.problems:
+        print(f"error: {'; '.join(result.problems)}; partial report written to {result.out_dir}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

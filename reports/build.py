@@ -1,0 +1,204 @@
+"""Build a report: MLflow -> frames -> tables and figures -> report.md / report.html, and log
+them on each search's parent run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from reports import ablation, importance, plots, references, tables
+from reports.load import ReportData, load
+from reports.render import (
+    Document,
+    Section,
+    Table,
+    fmt_gap,
+    fmt_int,
+    fmt_num,
+    fmt_params,
+    to_html,
+    to_markdown,
+)
+
+ARTIFACT_PATH = "report"
+SUMMARY_CSV = "summary.csv"
+
+
+@dataclass
+class Result:
+    """What was written, where it was logged, and the input problems found (exit 2 if any)."""
+
+    out_dir: Path
+    files: list[Path]
+    logged_to: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _searches_table(data: ReportData) -> Table:
+    frame = tables.searches(data)
+    cols = ["Search", "Space", "Dataset", "Models", "Started (UTC)", "Wall h", "Trials",
+            "Completed", "Stopped early", "Failed", "Running", "GPU-h", "Best val", "Best test",
+            "Best model", "Parent run"]
+    rows = [[r["search"], r["space"] or "—", r["dataset"] or "—", r["models"],
+             r["started"].strftime("%Y-%m-%d %H:%M"), fmt_num(r["wall_hours"]),
+             fmt_int(r["trials"]), fmt_int(r["completed"]), fmt_int(r["stopped_early"]),
+             fmt_int(r["failed"]), fmt_int(r["running"]), fmt_num(r["gpu_hours"], 3),
+             fmt_num(r["best_val_ppl"]), fmt_num(r["best_test_ppl"]), r["best_model"] or "—",
+             r["parent_run_id"][:12] or "—"] for _, r in frame.iterrows()]
+    return Table(cols, rows, {"Search", "Space", "Dataset", "Models", "Started (UTC)",
+                              "Best model", "Parent run"})
+
+
+def _best_tables(summary: pd.DataFrame) -> tuple[Table, Table, list[str]]:
+    """Best trial vs published, trials and cost, and the numbered citations."""
+    citations: list[str] = []
+    best_rows, cost_rows = [], []
+    for _, r in summary.iterrows():
+        ref = ""
+        if r["reference"]:
+            if r["reference"] not in citations:
+                citations.append(r["reference"])
+            ref = f"[{citations.index(r['reference']) + 1}]"
+        model = r["model"] + (f" ({r['preset']})" if r["preset"] else "")
+        best_rows.append([
+            model, r["dataset"], r["search"], fmt_num(r["best_final_val_ppl"]),
+            fmt_num(r["best_final_test_ppl"]), fmt_num(r["ref_val_ppl"], 1),
+            fmt_num(r["ref_test_ppl"], 1), fmt_gap(r["gap_val_ppl"], r["ref_val_ppl"]),
+            fmt_gap(r["gap_test_ppl"], r["ref_test_ppl"]), fmt_params(r["best_num_params"]),
+            fmt_int(r["best_epochs_run"]), fmt_int(r["best_ntasgd_trigger_epoch"]),
+            r["best_trial_id"] or "—", ref or "—", r["note"]])
+        cost_rows.append([
+            model, r["dataset"], r["search"], fmt_int(r["trials"]), fmt_int(r["completed"]),
+            fmt_int(r["stopped_early"]), fmt_int(r["failed"]), fmt_int(r["running"]),
+            fmt_num(r["gpu_hours"], 3), fmt_num(r["train_hours"], 3)])
+    best = Table(["Model", "Dataset", "Search", "Val ppl", "Test ppl", "Published val",
+                  "Published test", "Gap val", "Gap test", "Params", "Epochs run",
+                  "NT-ASGD trigger", "Best trial", "Ref", "Note"], best_rows,
+                 {"Model", "Dataset", "Search", "Best trial", "Ref", "Note"})
+    cost = Table(["Model", "Dataset", "Search", "Trials", "Completed", "Stopped early", "Failed",
+                  "Running", "GPU-h", "Train h"], cost_rows, {"Model", "Dataset", "Search"})
+    return best, cost, [f"[{i}] {c}" for i, c in enumerate(citations, 1)]
+
+
+def _importance_section(data: ReportData, out: Path) -> Section:
+    results = importance.importances(data)
+    section = Section("Hyperparameter importance", [
+        f"Optuna's PED-ANOVA evaluator over an in-memory study built from the MLflow trials "
+        f"(objective: {importance.OBJECTIVE}; distributions inferred from the observed values; "
+        f"at least {importance.MIN_TRIALS} finished trials per group)."])
+    ranked = [r for r in results if r.importances]
+    if ranked:
+        names = list(dict.fromkeys(n for r in ranked for n in r.importances))
+        rows = [[n, *[fmt_num(r.importances[n], 3) if n in r.importances else "—"
+                      for r in ranked]] for n in names]
+        section.blocks.append(Table(["Parameter", *[r.label for r in ranked]], rows,
+                                    {"Parameter"}))
+    skipped = [f"{r.search} · {r.model}: {r.message}" for r in results if r.message]
+    if skipped:
+        section.blocks.append(skipped)
+    if not results:
+        section.blocks.append("No finished trials: nothing to evaluate.")
+    section.blocks.extend(plots.importance_bars(results, out))
+    return section
+
+
+def _ablation_section(data: ReportData) -> Section | None:
+    frame = ablation.table(data)
+    if frame.empty:
+        return None
+    rows = [[r["model"], r["search"], r["variant"], r["removed"] or "—",
+             fmt_num(r["val_ppl"]), fmt_num(r["test_ppl"]),
+             "" if r["variant"] == "best config" else f"{r['delta_val']:+.2f}",
+             "" if r["variant"] == "best config" else f"{r['delta_test']:+.2f}",
+             r["trial_id"] or r["run_id"][:12]] for _, r in frame.iterrows()]
+    return Section("Ablation", [
+        "The best configuration against runs that remove one regulariser (set to 0), as in the "
+        "AWD-LSTM paper's ablation table.",
+        Table(["Model", "Search", "Variant", "Removed", "Val ppl", "Test ppl", "Δ val",
+               "Δ test", "Run"], rows, {"Model", "Search", "Variant", "Removed", "Run"})])
+
+
+def _failures_section(data: ReportData) -> Section | None:
+    frame = tables.failures(data)
+    if frame.empty:
+        return None
+    rows = [[r["search"], r["trial_id"], r["model"], fmt_int(r["epochs_run"]), r["failure"]]
+            for _, r in frame.iterrows()]
+    return Section("Failed trials", [Table(["Search", "Trial", "Model", "Epochs run", "Reason"],
+                                           rows, {"Search", "Trial", "Model", "Reason"})])
+
+
+def document(data: ReportData, out: Path) -> tuple[Document, pd.DataFrame]:
+    """The whole report; also returns the raw summary frame (written as summary.csv)."""
+    summary = tables.summary(data)
+    sections: list[Section] = []
+    if data.problems:
+        sections.append(Section("Missing or bad input", [data.problems], "problems"))
+    if data.notes:
+        sections.append(Section("Notes", [data.notes], "notes"))
+    sections.append(Section("Searches", [_searches_table(data)]))
+    best, cost, citations = _best_tables(summary)
+    no_refs = sorted({m for m in summary["model"]} & set(references.load()[1]))
+    sections.append(Section("Best trial per model vs published", [
+        "Best trial = the completed trial with the lowest final validation perplexity; its "
+        "final_val_ppl / final_test_ppl. Gap = ours minus published (negative is better).",
+        best, *([citations] if citations else []),
+        *[f"{m}: {references.load()[1][m]}." for m in no_refs]]))
+    sections.append(Section("Trials and cost", [
+        "GPU-h = sum over trials of train_seconds × gpus_per_trial / 3600; Train h = sum of "
+        "train_seconds / 3600.", cost]))
+    curves = plots.learning_curves(data, out)
+    sections.append(Section("Learning curves", [curves] if curves else
+                            ["No validation perplexity was recorded per epoch."]))
+    prog = plots.progress(data, out)
+    sections.append(Section("Search progress", [prog] if prog else ["No trials."]))
+    sections.append(_importance_section(data, out))
+    slice_plots = plots.slices(data, out)
+    sections.append(Section("Regularisation and embedding size", slice_plots or [
+        "No finished trial has dropout or emsize params."]))
+    for extra in (_ablation_section(data), _failures_section(data)):
+        if extra is not None:
+            sections.append(extra)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    meta = [f"Experiments: {', '.join(data.experiments)}", f"Tracking URI: {data.tracking_uri}",
+            f"Generated: {now}"]
+    return Document("Hyperparameter search report", meta, sections), summary
+
+
+def log_report(data: ReportData, files: list[Path]) -> tuple[list[str], list[str]]:
+    """Log the report files on every search's parent run (artifact path ``report/``)."""
+    client = MlflowClient(data.tracking_uri)
+    logged, failed = [], []
+    for run_id in data.searches["run_id"].dropna():
+        try:
+            for path in files:
+                client.log_artifact(run_id, str(path), artifact_path=ARTIFACT_PATH)
+            logged.append(run_id)
+        except Exception as e:
+            failed.append(f"could not log the report on run {run_id}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return logged, failed
+
+
+def build(tracking_uri: str, experiments: list[str], out_dir: Path,
+          log_artifacts: bool = True) -> Result:
+    """Write report.html, report.md, summary.csv and the PNGs into ``out_dir``."""
+    data = load(tracking_uri, experiments)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc, summary = document(data, out_dir)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    md.write_text(to_markdown(doc))
+    page.write_text(to_html(doc))
+    csv = out_dir / SUMMARY_CSV
+    summary.to_csv(csv, index=False)
+    figures = [b.path for s in doc.sections for b in s.blocks if isinstance(b, plots.Plot)]
+    files = [page, md, csv, *figures]
+    result = Result(out_dir, files, problems=list(data.problems))
+    if log_artifacts:
+        result.logged_to, result.warnings = log_report(data, files)
+    return result

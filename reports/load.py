@@ -1,0 +1,255 @@
+"""MLflow -> pandas: the searches, their trial runs and the trials' validation curves.
+
+Reads exactly what `search.schema` says a search writes. Every number in a report comes from
+the frames built here (and ``references.json``).
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from reports.errors import ReportError
+from reports.params import parse_value
+from search import schema
+
+ABLATION = "awdsearch.ablation"  # tag naming a run as an ablation of the best config
+FINISHED = (schema.STATUS_COMPLETED, schema.STATUS_STOPPED)
+REQUIRED = {  # metrics a trial of each status must have (schema: "metrics once")
+    schema.STATUS_COMPLETED: ("final_val_ppl", "final_test_ppl", "num_params", "epochs_run",
+                              "train_seconds"),
+    schema.STATUS_STOPPED: ("epochs_run", "train_seconds"),
+}
+RUN_COLUMNS = ("run_id", "run_name", "experiment", "search_key", "role", "trial_id", "model",
+               "dataset", "preset", "status", "failure", "ablation", "start_time", "end_time",
+               *schema.TRIAL_SUMMARY_METRICS, "gpus_per_trial", "finetuned", "train_tokens",
+               "best_val", "params")
+SEARCH_COLUMNS = ("search_key", "label", "experiment", "run_id", "run_name", "space", "model",
+                  "dataset", "start_time", "end_time", "wall_seconds", "gpus_per_trial")
+HISTORY_COLUMNS = ("run_id", "epoch", "val_ppl", "timestamp")
+
+
+@dataclass
+class ReportData:
+    """Everything a report shows, as read from MLflow.
+
+    searches: one row per search (parent run; trials without one are grouped per experiment).
+    runs: one row per non-search run (trials, ablations), params kept as a dict of strings.
+    history: val_ppl per epoch (step) of every run, with the wall-clock timestamp (ms).
+    problems: what makes the input bad (the CLI exits 2); notes: gaps worth a line in the report.
+    """
+
+    tracking_uri: str
+    experiments: list[str]
+    searches: pd.DataFrame
+    runs: pd.DataFrame
+    history: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def trials(self, search_key: str | None = None) -> pd.DataFrame:
+        """Trial runs of one search (all searches if None), ablation-tagged runs excluded."""
+        runs = self.runs[(self.runs["role"] == schema.ROLE_TRIAL) & (self.runs["ablation"] == "")]
+        return runs if search_key is None else runs[runs["search_key"] == search_key]
+
+    def finished(self, search_key: str | None = None) -> pd.DataFrame:
+        trials = self.trials(search_key)
+        return trials[trials["status"].isin(FINISHED)]
+
+
+def default_tracking_uri(env: dict[str, str], workdir: Path) -> str:
+    """``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working folder."""
+    uri = env.get("MLFLOW_TRACKING_URI", "").strip()
+    return uri or f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client for ``uri``; a missing SQLite file is an error, not a new empty store."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise ReportError(f"no MLflow database at {path} (pass --tracking-uri or set "
+                              "MLFLOW_TRACKING_URI)")
+    if uri.startswith(("http://", "https://")):  # fail in seconds, not after MLflow's retries
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10):
+                pass
+        except (urllib.error.URLError, OSError) as e:
+            raise ReportError(f"cannot reach the MLflow tracking server at {uri} "
+                              f"({getattr(e, 'reason', e)})") from None
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    except Exception as e:
+        raise ReportError(f"cannot read the MLflow tracking store {uri}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return client
+
+
+def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _metric(run: Run, name: str) -> float:
+    value = run.data.metrics.get(name)
+    return float(value) if value is not None else math.nan
+
+
+def _search_row(run: Run, experiment: str, label: str) -> dict[str, Any]:
+    tags, params = run.data.tags, run.data.params
+    return {
+        "search_key": run.info.run_id, "label": label, "experiment": experiment,
+        "run_id": run.info.run_id, "run_name": run.info.run_name or "",
+        "space": tags.get(schema.SPACE, ""), "model": tags.get(schema.MODEL, ""),
+        "dataset": tags.get(schema.DATASET, ""), "start_time": run.info.start_time,
+        "end_time": run.info.end_time, "wall_seconds": _metric(run, "wall_seconds"),
+        "gpus_per_trial": _number(params.get("gpus_per_trial")),
+    }
+
+
+def _number(text: Any) -> float:
+    value = parse_value(text)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def _run_row(run: Run, experiment: str, search_key: str, search_gpus: float) -> dict[str, Any]:
+    tags, params = run.data.tags, run.data.params
+    role = tags.get(schema.ROLE, "")
+    if not role and tags.get(schema.PARENT_RUN_ID):
+        role = schema.ROLE_TRIAL
+    gpus = _number(params.get("gpus_per_trial"))
+    row = {
+        "run_id": run.info.run_id, "run_name": run.info.run_name or "", "experiment": experiment,
+        "search_key": search_key, "role": role, "trial_id": tags.get(schema.TRIAL_ID, ""),
+        "model": tags.get(schema.MODEL) or params.get("model", ""),
+        "dataset": tags.get(schema.DATASET) or params.get("dataset", ""),
+        "preset": params.get("preset", ""), "status": tags.get(schema.STATUS, ""),
+        "failure": tags.get(schema.FAILURE, ""), "ablation": tags.get(ABLATION, ""),
+        "start_time": run.info.start_time, "end_time": run.info.end_time,
+        "gpus_per_trial": gpus if not math.isnan(gpus) else search_gpus,
+        "finetuned": _number(params.get("finetune_epochs")) > 0,
+        "train_tokens": _number(params.get("train_tokens")),
+        "params": dict(params),
+    }
+    row.update({name: _metric(run, name) for name in schema.TRIAL_SUMMARY_METRICS})
+    return row
+
+
+def _history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
+    return [{"run_id": run_id, "epoch": m.step, "val_ppl": m.value, "timestamp": m.timestamp}
+            for m in client.get_metric_history(run_id, "val_ppl")]
+
+
+def _load_experiment(client: MlflowClient, name: str,
+                     data: ReportData) -> tuple[list[dict], list[dict], list[dict]]:
+    """Search rows, run rows and val_ppl history rows of one experiment."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None or exp.lifecycle_stage == "deleted":
+        data.problems.append(f"unknown MLflow experiment {name!r}")
+        return [], [], []
+    data.experiments.append(name)
+    runs = _all_runs(client, exp.experiment_id)
+    parents = [r for r in runs if r.data.tags.get(schema.ROLE) == schema.ROLE_SEARCH]
+    searches = {}
+    for run in parents:
+        label = name if len(parents) == 1 else f"{name}/{run.info.run_name or run.info.run_id[:8]}"
+        searches[run.info.run_id] = _search_row(run, name, label)
+    orphan_key = f"orphans:{name}"
+    rows, history = [], []
+    for run in runs:
+        if run.info.run_id in searches:
+            continue
+        parent = run.data.tags.get(schema.PARENT_RUN_ID, "")
+        key = parent if parent in searches else orphan_key
+        row = _run_row(run, name, key, searches.get(parent, {}).get("gpus_per_trial", math.nan))
+        rows.append(row)
+        curve = _history(client, run.info.run_id)
+        history.extend(curve)
+        row["best_val"] = min((c["val_ppl"] for c in curve), default=math.nan)
+    orphans = [r for r in rows if r["search_key"] == orphan_key
+               and r["role"] == schema.ROLE_TRIAL and not r["ablation"]]
+    if orphans:
+        data.notes.append(f"{len(orphans)} trial run(s) of experiment {name!r} have no parent "
+                          "search run; they are reported as a search of their own")
+        start = min(r["start_time"] for r in orphans)
+        searches[orphan_key] = {
+            "search_key": orphan_key, "label": f"{name} (no search run)", "experiment": name,
+            "run_id": None, "run_name": "", "space": "", "model": "", "dataset": "",
+            "start_time": start, "end_time": None, "wall_seconds": math.nan,
+            "gpus_per_trial": math.nan}
+    _check(name, rows, data)
+    return list(searches.values()), rows, history
+
+
+def _check(experiment: str, rows: list[dict[str, Any]], data: ReportData) -> None:
+    """Record bad input: no finished trial, trials lacking the metrics of their status."""
+    trials = [r for r in rows if r["role"] == schema.ROLE_TRIAL and not r["ablation"]]
+    counts = pd.Series([r["status"] or "no status tag" for r in trials]).value_counts()
+    if not any(r["status"] in FINISHED for r in trials):
+        what = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trial runs"
+        data.problems.append(f"experiment {experiment!r} has no finished trial runs ({what})")
+    for r in trials:
+        if not r["status"]:
+            data.problems.append(f"trial run {r['run_id']} ({r['run_name']}) has no "
+                                 f"{schema.STATUS} tag")
+            continue
+        missing = [m for m in REQUIRED.get(r["status"], ()) if math.isnan(r[m])]
+        if r["status"] == schema.STATUS_COMPLETED and math.isnan(r["best_val"]):
+            missing.append("val_ppl history")
+        if missing:
+            data.problems.append(f"{r['status']} trial run {r['run_id']} ({r['run_name']}) lacks "
+                                 f"{', '.join(missing)}")
+    if counts.get(schema.STATUS_RUNNING, 0):
+        data.notes.append(f"experiment {experiment!r}: {counts[schema.STATUS_RUNNING]} trial(s) "
+                          "still running; their numbers are partial")
+    if any(math.isnan(r["gpus_per_trial"]) for r in trials):
+        data.notes.append(f"experiment {experiment!r}: some trials have no gpus_per_trial param; "
+                          "they count as 0 GPU-hours")
+
+
+def load(tracking_uri: str, experiments: list[str]) -> ReportData:
+    """Read the named experiments; raise `ReportError` if none of them can be reported."""
+    client = open_client(tracking_uri)
+    data = ReportData(tracking_uri, [], pd.DataFrame(columns=SEARCH_COLUMNS),
+                      pd.DataFrame(columns=RUN_COLUMNS), pd.DataFrame(columns=HISTORY_COLUMNS))
+    searches, runs, history = [], [], []
+    for name in dict.fromkeys(experiments):
+        try:
+            s, r, h = _load_experiment(client, name, data)
+        except ReportError:
+            raise
+        except Exception as e:
+            raise ReportError(f"cannot read experiment {name!r} from {tracking_uri}: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        searches += s
+        runs += r
+        history += h
+    if not data.experiments:
+        raise ReportError("; ".join(data.problems))
+    if searches:
+        data.searches = pd.DataFrame(searches, columns=SEARCH_COLUMNS)
+    if runs:
+        data.runs = pd.DataFrame(runs, columns=RUN_COLUMNS)
+    if history:
+        data.history = pd.DataFrame(history, columns=HISTORY_COLUMNS)
+    if data.trials().empty:
+        raise ReportError("; ".join(data.problems) or "no trial runs in "
+                          + ", ".join(repr(e) for e in data.experiments))
+    return data

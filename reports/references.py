@@ -1,0 +1,75 @@
+"""Published perplexities (``references.json``, the only numbers not read from MLflow)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+REFERENCES_FILE = Path(__file__).with_name("references.json")
+
+_DATASET_ALIASES = {"ptb": "ptb", "penn": "ptb", "penntreebank": "ptb", "penn_treebank": "ptb",
+                    "wt2": "wt2", "wikitext-2": "wt2", "wikitext2": "wt2", "wikitext_2": "wt2"}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One published result: validation and test perplexity, and where it comes from."""
+
+    model: str
+    dataset: str
+    preset: str
+    finetuned: bool
+    val_ppl: float
+    test_ppl: float
+    citation: str
+
+
+@dataclass(frozen=True)
+class Match:
+    """The reference for a (model, dataset, preset), or why there is none."""
+
+    reference: Reference | None
+    note: str = ""
+
+
+def normalize_dataset(name: str) -> str:
+    return _DATASET_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+
+
+@cache
+def load(path: Path = REFERENCES_FILE) -> tuple[tuple[Reference, ...], dict[str, str]]:
+    """All references and the per-model notes of models that have none."""
+    data = json.loads(Path(path).read_text())
+    refs = tuple(
+        Reference(model=r["model"], dataset=normalize_dataset(r["dataset"]),
+                  preset=r.get("preset", ""), finetuned=bool(r.get("finetuned", False)),
+                  val_ppl=float(r["val_ppl"]), test_ppl=float(r["test_ppl"]),
+                  citation=r["citation"])
+        for r in data["references"]
+    )
+    return refs, dict(data.get("none", {}))
+
+
+def match(model: str, dataset: str, preset: str = "", finetuned: bool = False,
+          path: Path = REFERENCES_FILE) -> Match:
+    """The published number a run of ``model`` on ``dataset`` is compared with."""
+    refs, none = load(path)
+    if model in none:
+        return Match(None, "no published number (see below)")
+    dataset = normalize_dataset(dataset)
+    same = [r for r in refs if r.model == model and r.dataset == dataset]
+    if not same:
+        return Match(None, f"no published number for {model} on {dataset}")
+    if any(r.preset for r in same):
+        same = [r for r in same if r.preset == preset]
+        if not same:
+            return Match(None, f"no published number for {model} preset {preset or '(none)'!r}")
+    exact = [r for r in same if r.finetuned == finetuned]
+    if exact:
+        return Match(exact[0])
+    ref = same[0]
+    if ref.finetuned:
+        return Match(ref, "published with fine-tuning; the run was not fine-tuned")
+    return Match(ref, "published without fine-tuning; the run was fine-tuned")

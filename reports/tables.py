@@ -1,0 +1,127 @@
+"""The report's tables as pandas frames of raw numbers (formatting is `render`'s job)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from reports import references
+from reports.load import ReportData
+from search import schema
+
+GROUP = ["search_key", "model", "dataset", "preset"]
+
+
+def gpu_hours(trials: pd.DataFrame) -> float:
+    """Sum over trials of train_seconds * gpus_per_trial / 3600 (unknowns count as 0)."""
+    if trials.empty:
+        return 0.0
+    hours = trials["train_seconds"].fillna(0) * trials["gpus_per_trial"].fillna(0) / 3600
+    return float(hours.sum())
+
+
+def _counts(trials: pd.DataFrame) -> dict[str, int]:
+    status = trials["status"]
+    return {"trials": len(trials),
+            "completed": int((status == schema.STATUS_COMPLETED).sum()),
+            "stopped_early": int((status == schema.STATUS_STOPPED).sum()),
+            "failed": int((status == schema.STATUS_FAILED).sum()),
+            "running": int((status == schema.STATUS_RUNNING).sum())}
+
+
+def best_trial(trials: pd.DataFrame) -> pd.Series | None:
+    """The completed trial with the lowest final validation perplexity, if any."""
+    done = trials[(trials["status"] == schema.STATUS_COMPLETED) & trials["final_val_ppl"].notna()]
+    if done.empty:
+        return None
+    return done.loc[done["final_val_ppl"].idxmin()]
+
+
+def _label(data: ReportData, search_key: str) -> str:
+    row = data.searches[data.searches["search_key"] == search_key]
+    return str(row["label"].iloc[0]) if not row.empty else search_key
+
+
+def summary(data: ReportData) -> pd.DataFrame:
+    """One row per (search, model, dataset, preset): best trial, cost, counts, published."""
+    trials = data.trials()
+    rows = []
+    for (key, model, dataset, preset), group in trials.groupby(GROUP, sort=False, dropna=False):
+        best = best_trial(group)
+        row = {"search": _label(data, key), "search_key": key, "model": model,
+               "dataset": dataset, "preset": preset, **_counts(group),
+               "gpu_hours": gpu_hours(group),
+               "train_hours": float(group["train_seconds"].fillna(0).sum() / 3600)}
+        for name in ("run_id", "trial_id", "final_val_ppl", "final_test_ppl", "num_params",
+                     "epochs_run", "ntasgd_trigger_epoch", "train_tokens"):
+            row[f"best_{name}"] = best[name] if best is not None else math.nan
+        row["best_run_id"] = row["best_run_id"] if best is not None else ""
+        row["best_trial_id"] = row["best_trial_id"] if best is not None else ""
+        finetuned = bool(best["finetuned"]) if best is not None else False
+        found = references.match(model, dataset, preset, finetuned)
+        ref = found.reference
+        row["ref_val_ppl"] = ref.val_ppl if ref else math.nan
+        row["ref_test_ppl"] = ref.test_ppl if ref else math.nan
+        row["gap_val_ppl"] = row["best_final_val_ppl"] - row["ref_val_ppl"]
+        row["gap_test_ppl"] = row["best_final_test_ppl"] - row["ref_test_ppl"]
+        row["reference"] = ref.citation if ref else ""
+        notes = [found.note] if found.note else []
+        if best is None:
+            notes.append("no completed trial")
+        elif row["best_train_tokens"] > 0:
+            notes.append(f"trained on a {int(row['best_train_tokens']):,}-token slice: "
+                         "not comparable with the published number")
+        row["note"] = "; ".join(notes)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["model", "dataset", "preset", "search"], kind="stable",
+                             ignore_index=True) if not frame.empty else frame
+
+
+def wall_seconds(data: ReportData, search: pd.Series) -> float:
+    """The search's wall time: its wall_seconds metric, else run end minus start, else the
+    last val_ppl record minus the start."""
+    if not math.isnan(search["wall_seconds"]):
+        return float(search["wall_seconds"])
+    start = search["start_time"]
+    end = search["end_time"]
+    if end is None or (isinstance(end, float) and math.isnan(end)):
+        ids = data.trials(search["search_key"])["run_id"]
+        stamps = data.history[data.history["run_id"].isin(ids)]["timestamp"]
+        end = stamps.max() if not stamps.empty else start
+    return float(end - start) / 1000.0
+
+
+def searches(data: ReportData) -> pd.DataFrame:
+    """One row per search: space, models, wall time, GPU-hours, counts, best val/test."""
+    rows = []
+    for _, search in data.searches.iterrows():
+        trials = data.trials(search["search_key"])
+        best = best_trial(trials)
+        models = sorted(trials["model"].dropna().unique())
+        rows.append({
+            "search": search["label"], "experiment": search["experiment"],
+            "space": search["space"], "dataset": search["dataset"] or ", ".join(
+                sorted(trials["dataset"].unique())),
+            "models": ", ".join(models), "parent_run_id": search["run_id"] or "",
+            "started": pd.to_datetime(search["start_time"], unit="ms", utc=True),
+            "wall_hours": wall_seconds(data, search) / 3600, **_counts(trials),
+            "gpu_hours": gpu_hours(trials),
+            "best_val_ppl": best["final_val_ppl"] if best is not None else math.nan,
+            "best_test_ppl": best["final_test_ppl"] if best is not None else math.nan,
+            "best_model": best["model"] if best is not None else "",
+        })
+    return pd.DataFrame(rows)
+
+
+def failures(data: ReportData) -> pd.DataFrame:
+    """Failed trials and the reason recorded for each."""
+    trials = data.trials()
+    failed = trials[trials["status"] == schema.STATUS_FAILED]
+    return pd.DataFrame({
+        "search": [_label(data, k) for k in failed["search_key"]],
+        "trial_id": failed["trial_id"].to_numpy(), "model": failed["model"].to_numpy(),
+        "epochs_run": failed["epochs_run"].to_numpy(),
+        "failure": failed["failure"].replace("", "(no reason recorded)").to_numpy(),
+    })

@@ -1,0 +1,115 @@
+"""Shared test setup: where the real corpora live, a private corpus cache, tiny corpora.
+
+``$AWD_DATA_DIR`` defaults to the ``shared/data`` folder beside the repository root (CI sets it
+to ``../shared/data``). ``$AWD_CACHE_DIR`` points at a fresh temporary folder for the whole
+session, so no test writes into the user's cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("AWD_DATA_DIR", str(REPO.parent / "shared" / "data"))
+DATA_DIR = Path(os.environ["AWD_DATA_DIR"]).expanduser()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_corpus_cache(tmp_path_factory):
+    """Every test (and every subprocess it starts) caches token ids in a temporary folder."""
+    old = os.environ.get("AWD_CACHE_DIR")
+    os.environ["AWD_CACHE_DIR"] = str(tmp_path_factory.mktemp("awd_cache"))
+    yield
+    if old is None:
+        os.environ.pop("AWD_CACHE_DIR", None)
+    else:
+        os.environ["AWD_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread, and far more predictably on a busy 2-core box."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def real_data(name: str) -> Path:
+    """The folder of a real dataset, or skip the test with the reason."""
+    folder = DATA_DIR / name
+    if not all((folder / f"{s}.txt").is_file() for s in ("train", "valid", "test")):
+        pytest.skip(f"{name} not found under {DATA_DIR} (set AWD_DATA_DIR to the folder that "
+                    f"holds ptb/ and wikitext-2/)")
+    return folder
+
+
+@pytest.fixture
+def ptb_dir() -> Path:
+    return real_data("ptb")
+
+
+@pytest.fixture
+def wt2_dir() -> Path:
+    return real_data("wikitext-2")
+
+
+SENTENCES = [  # 48 distinct words: the next word is given by the current one within a sentence
+    "the cat sat on my mat",
+    "a dog ran in his park",
+    "one bird sang over every tree",
+    "two fish swam under our boat",
+    "big cows eat green wet grass",
+    "small ants carry heavy dry leaves",
+    "old men play slow quiet chess",
+    "young kids read funny short books",
+]
+
+
+def write_corpus(folder: Path, train: str, valid: str, test: str,
+                 names: tuple[str, str, str] = ("train.txt", "valid.txt", "test.txt")) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in zip(names, (train, valid, test), strict=True):
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def pattern_text(repeats: int) -> str:
+    """A learnable corpus: the same eight sentences over and over (48 words and <eos>)."""
+    return "".join(f" {s} \n" for _ in range(repeats) for s in SENTENCES)
+
+
+def reversed_text(repeats: int) -> str:
+    """The same words as ``pattern_text`` in reverse order: what the pattern does not predict."""
+    return "".join(" ".join(reversed(s.split())) + "\n" for _ in range(repeats) for s in SENTENCES)
+
+
+@pytest.fixture
+def pattern_corpus_dir(tmp_path) -> Path:
+    """Tiny corpus folder with a strongly predictable pattern (train 2,240 tokens)."""
+    return write_corpus(tmp_path / "pattern", pattern_text(40), pattern_text(5), pattern_text(5))
+
+
+SMOKE_TRIALS = 6
+
+
+@pytest.fixture(scope="session")
+def smoke_search(tmp_path_factory):
+    """One real smoke search (local Ray, Optuna, ASHA, MLflow SQLite), shared by the search and
+    report tests: (working folder, finished process, tracking URI)."""
+    real_data("ptb")
+    import subprocess
+    import sys
+
+    cwd = tmp_path_factory.mktemp("smoke")
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.run", "--space", "smoke", "--num-samples",
+         str(SMOKE_TRIALS), "--max-epochs", "2", "--concurrency", "2", "--seed", "7",
+         "--storage", "ray_results"],
+        cwd=cwd, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return cwd, proc, f"sqlite:///{cwd / 'mlflow.db'}"

@@ -1,0 +1,477 @@
+"""Reports read from a real MLflow SQLite store written exactly as `search.schema` describes.
+
+The `experiments` fixture is the swap point: it returns (tracking_uri, [experiment names]) of
+searches to report on. By default it is two fake searches written by `write_search`; a fixture
+running a real smoke search can replace it, and the generic tests below still hold. Tests that
+check fake-specific content (ablations, published gaps) use `fake_store` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from awd.config import preset
+from reports.__main__ import main
+from reports.build import ARTIFACT_PATH, SUMMARY_CSV, build
+from search import schema
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = 1_700_000_000_000  # ms: the fake search's start
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --- a fake search, written as search/tracking.py writes a real one ---------------------------
+def _curve(epochs: int, floor: float, trigger: int | None) -> list[float]:
+    """A plausible val_ppl curve: decays towards ``floor``; drops again after the trigger."""
+    out = []
+    for e in range(1, epochs + 1):
+        ppl = floor * 1.08 + 600 * math.exp(-0.55 * e)
+        if trigger and e >= trigger:
+            ppl = floor + (ppl - floor) * 0.5 ** (e - trigger + 1)
+        out.append(ppl)
+    return out
+
+
+def write_search(client: MlflowClient, name: str, artifacts: Path, trials: list[dict],
+                 space: str, model_tag: str, gpus: float = 0.5) -> str:
+    """One experiment, one parent run and one nested child run per trial; the parent id."""
+    exp_id = client.create_experiment(name, artifact_location=(artifacts / name).as_uri())
+    parent = client.create_run(exp_id, run_name=f"{space}-search", start_time=T0, tags={
+        schema.ROLE: schema.ROLE_SEARCH, schema.SPACE: space, schema.MODEL: model_tag,
+        schema.DATASET: "ptb", schema.GIT_COMMIT: "0" * 40, schema.RAY_ADDRESS: "local",
+        schema.SEED: "0", schema.STORAGE: str(artifacts / "ray")}).info.run_id
+    search_params = {"num_samples": len(trials), "max_epochs": 12, "scheduler": "asha",
+                     "concurrency": 2, "grace_period": 3, "cpus_per_trial": 4,
+                     "gpus_per_trial": gpus, "seed": 0, "metric": "val_ppl",
+                     "time_budget_s": 0}
+    client.log_batch(parent, params=[Param(k, str(v)) for k, v in search_params.items()])
+    start, end, best = T0 + 5_000, T0, None
+    for i, spec in enumerate(trials):
+        end = max(end, _write_trial(client, exp_id, parent, space, i, spec, start, gpus))
+        start += 200_000 * (i % 2)  # two at a time
+        if spec["status"] == schema.STATUS_COMPLETED and not spec.get("ablation"):
+            best = min(best or (math.inf,), (spec["final"][0], spec["final"][1]))
+    statuses = [t["status"] for t in trials]
+    summary = {"trials_total": len(trials),
+               "trials_completed": statuses.count(schema.STATUS_COMPLETED),
+               "trials_stopped_early": statuses.count(schema.STATUS_STOPPED),
+               "trials_failed": statuses.count(schema.STATUS_FAILED),
+               "wall_seconds": (end - T0) / 1000, "gpu_hours": 0.0}
+    if best:
+        summary.update(best_val_ppl=best[0], best_test_ppl=best[1])
+    client.log_batch(parent, metrics=[Metric(k, float(v), end, 0) for k, v in summary.items()])
+    artifacts.mkdir(parents=True, exist_ok=True)
+    cfg = artifacts / "best_config.json"
+    cfg.write_text(json.dumps({"model": trials[0]["model"]}))
+    client.log_artifact(parent, str(cfg))
+    client.set_terminated(parent, "FINISHED", end_time=end)
+    return parent
+
+
+def _write_trial(client: MlflowClient, exp_id: str, parent: str | None, space: str, i: int,
+                 spec: dict, start: int, gpus: float) -> int:
+    trial_id = f"t{i:04d}"
+    tags = {schema.ROLE: schema.ROLE_TRIAL, schema.TRIAL_ID: trial_id,
+            schema.MODEL: spec["model"], schema.DATASET: "ptb", schema.SPACE: space,
+            schema.STATUS: spec["status"], schema.DEVICE: "NVIDIA H100", schema.NODE_IP: "10.0.0.1"}
+    if parent:
+        tags[schema.PARENT_RUN_ID] = parent
+    else:  # a stand-alone run (e.g. an ablation launched by hand)
+        tags.pop(schema.ROLE)
+    if spec["status"] == schema.STATUS_FAILED:
+        tags[schema.FAILURE] = "RuntimeError: CUDA out of memory"
+    if spec.get("ablation"):
+        tags["awdsearch.ablation"] = spec["ablation"]
+    run = client.create_run(exp_id, run_name=f"{space}-{trial_id}", start_time=start, tags=tags)
+    rid = run.info.run_id
+    size = spec.get("size", "")
+    flat = {**preset(spec["model"], "ptb", size).to_flat(), **spec.get("params", {})}
+    client.log_batch(rid, params=[Param(k, str(v)) for k, v in
+                                  {**flat, "gpus_per_trial": gpus}.items()])
+    trigger, epochs = spec.get("trigger"), spec["epochs"]
+    curve = _curve(epochs, spec.get("floor", 70.0), trigger)
+    metrics, t = [], start
+    for e, val in enumerate(curve, 1):
+        t += 40_000 + 1_000 * i
+        epoch = {"train_loss": math.log(val) + 0.1, "train_ppl": val * 1.1,
+                 "val_loss": math.log(val), "val_ppl": val, "best_val_ppl": min(curve[:e]),
+                 "lr": 30.0, "epoch_seconds": 40.0 + i, "tokens_per_s": 23_000.0,
+                 "averaging": float(bool(trigger and e >= trigger))}
+        metrics += [Metric(k, v, t, e) for k, v in epoch.items()]
+    metrics.append(Metric("num_params", spec.get("num_params", 24_221_600), start, 0))
+    once = {"epochs_run": epochs, "train_seconds": epochs * (40.0 + i)}
+    if trigger:
+        once["ntasgd_trigger_epoch"] = trigger
+    if spec["status"] == schema.STATUS_COMPLETED:
+        once["final_val_ppl"], once["final_test_ppl"] = spec["final"]
+    for name in spec.get("drop_metrics", ()):
+        once.pop(name)
+    metrics += [Metric(k, float(v), t, 0) for k, v in once.items()]
+    for chunk in range(0, len(metrics), 900):
+        client.log_batch(rid, metrics=metrics[chunk:chunk + 900])
+    client.set_terminated(rid, "FAILED" if spec["status"] == schema.STATUS_FAILED else "FINISHED",
+                          end_time=t)
+    return t
+
+
+LSTM, GRU = "awd_lstm", "awd_gru"
+AWD_TRIALS = [
+    dict(model=LSTM, status="completed", epochs=14, trigger=9, floor=60.0, final=(61.93, 59.41)),
+    dict(model=LSTM, status="completed", epochs=14, floor=66.0, final=(67.20, 64.85),
+         params={"dropout": 0.3, "wdrop": 0.4, "emsize": 300, "dropouti": 0.5}),
+    dict(model=GRU, status="completed", epochs=14, trigger=10, floor=71.0, final=(72.44, 69.90),
+         num_params=19_170_000, params={"dropouth": 0.2}),
+    dict(model=LSTM, status="stopped_early", epochs=4, floor=80.0,
+         params={"dropouti": 0.65, "emsize": 500, "dropoute": 0.0}),
+    dict(model=GRU, status="stopped_early", epochs=3, floor=90.0, num_params=19_170_000,
+         params={"dropout": 0.5, "wdrop": 0.3}),
+    dict(model=LSTM, status="failed", epochs=2, floor=70.0, params={"nhid": 1500}),
+    # the best LSTM config without weight drop: an ablation recognised from its params
+    dict(model=LSTM, status="completed", epochs=14, trigger=10, floor=64.0, final=(65.70, 63.02),
+         params={"wdrop": 0.0}),
+]
+ZAREMBA_TRIALS = [
+    dict(model="zaremba", size="medium", status=s, epochs=e, floor=f, final=fin,
+         num_params=19_775_200, params=p)
+    for s, e, f, fin, p in [
+        ("completed", 12, 85.0, (86.9, 83.6), {}),
+        ("completed", 12, 88.0, (89.5, 85.9), {"dropout": 0.4}),
+        ("stopped_early", 4, 95.0, None, {"dropout": 0.6, "lr": 1.5}),
+        ("stopped_early", 4, 99.0, None, {"dropout": 0.3, "lr": 0.7}),
+        ("completed", 12, 87.0, (88.1, 84.4), {"dropout": 0.55, "lr": 1.2}),
+    ]
+]
+
+
+GOOD = ["awd-mixed", "zaremba-medium"]
+
+
+@pytest.fixture(scope="module")
+def fake_store(tmp_path_factory) -> tuple[str, list[str]]:
+    """Two fake searches (AWD-LSTM/GRU with ablations; Zaremba) in one SQLite store, and two
+    bad ones: "nothing-finished" (its one trial failed), "missing-metrics" (a completed trial
+    without final_test_ppl)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri, arts = f"sqlite:///{root / 'mlflow.db'}", root / "mlartifacts"
+    client = MlflowClient(uri)
+    write_search(client, "awd-mixed", arts, AWD_TRIALS, "compare_ptb", "mixed")
+    exp = client.get_experiment_by_name("awd-mixed").experiment_id
+    # a hand-launched ablation, tagged: the best LSTM config without AR/TAR
+    best = dict(AWD_TRIALS[0], params={"alpha": 0.0, "beta": 0.0}, final=(63.10, 60.55),
+                ablation="no AR/TAR")
+    _write_trial(client, exp, None, "ablation", 99, best, T0 + 3_600_000, 1.0)
+    write_search(client, "zaremba-medium", arts, ZAREMBA_TRIALS, "zaremba_ptb", "zaremba",
+                 gpus=1.0)
+    write_search(client, "nothing-finished", arts, [
+        dict(model=LSTM, status="failed", epochs=3)], "awd_ptb", LSTM)
+    write_search(client, "missing-metrics", arts, [
+        dict(model=LSTM, status="completed", epochs=3, final=(70.0, 68.0)),
+        dict(model=LSTM, status="completed", epochs=3, final=(71.0, 69.0),
+             drop_metrics=("final_test_ppl",)),
+    ], "awd_ptb", LSTM)
+    return uri, GOOD
+
+
+@pytest.fixture(scope="module")
+def experiments(smoke_search) -> tuple[str, list[str]]:
+    """(tracking URI, experiment names) to report on: the real smoke search of conftest."""
+    return smoke_search[2], ["smoke"]
+
+
+@dataclass
+class Cli:
+    returncode: int
+    stdout: str
+    stderr: str
+    out: Path
+
+
+@pytest.fixture(scope="module")
+def cli(experiments, fake_store, tmp_path_factory) -> dict[str, Cli]:
+    """``python -m reports`` on `experiments` ("ok", which logs the report on the parent runs)
+    and on bad input; all at once, since each is slow to start (MLflow, matplotlib, Optuna)."""
+    uri, names = experiments
+    fake = ["--tracking-uri", fake_store[0]]
+    cases = {
+        "ok": ["--experiment", *names, "--tracking-uri", uri],
+        "unknown": ["--experiment", "no-such-search", *fake],
+        "nothing_finished": ["--experiment", "nothing-finished", *fake],
+        "missing_metrics": ["--experiment", "missing-metrics", *fake],
+    }
+    started = {}
+    for name, args in cases.items():
+        cwd = tmp_path_factory.mktemp(f"cli_{name}")
+        started[name] = (subprocess.Popen(
+            [sys.executable, "-m", "reports", *args, "--out", str(cwd / "r")], cwd=cwd,
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}), cwd / "r")
+    done = {}
+    for name, (proc, out) in started.items():
+        stdout, stderr = proc.communicate(timeout=180)
+        done[name] = Cli(proc.returncode, stdout, stderr, out)
+    return done
+
+
+@pytest.fixture(scope="module")
+def report(cli) -> Path:
+    """The folder of the report on `experiments`, written by the CLI."""
+    assert cli["ok"].returncode == 0, cli["ok"].stderr
+    return cli["ok"].out
+
+
+@pytest.fixture(scope="module")
+def fake_report(experiments, fake_store, report, tmp_path_factory) -> Path:
+    """The report on the two good fake searches (for checks of their known content)."""
+    if experiments == fake_store:
+        return report
+    out = tmp_path_factory.mktemp("fake_report")
+    build(*fake_store, out, log_artifacts=False)
+    return out
+
+
+def _assert_one_error_line(run: Cli, *needles: str) -> None:
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, run.stderr
+    for needle in needles:
+        assert needle in errors[0]
+
+
+# --- what the report says equals what MLflow holds ------------------------------------------
+def _independent_summary(uri: str, names: list[str]) -> list[dict]:
+    """Per (parent run, model, dataset, preset): the numbers the summary must show, read back
+    with MlflowClient without any of the reports code."""
+    client = MlflowClient(uri)
+    out = []
+    for name in names:
+        exp = client.get_experiment_by_name(name)
+        runs = client.search_runs([exp.experiment_id], max_results=5000)
+        parents = {r.info.run_id for r in runs if r.data.tags.get(schema.ROLE) == "search"}
+        trials = [r for r in runs if r.data.tags.get(schema.PARENT_RUN_ID) in parents
+                  and r.data.tags.get(schema.ROLE) == schema.ROLE_TRIAL
+                  and not r.data.tags.get("awdsearch.ablation")]
+        groups: dict[tuple, list] = {}
+        for r in trials:
+            key = (r.data.tags[schema.PARENT_RUN_ID], r.data.tags[schema.MODEL],
+                   r.data.tags[schema.DATASET], r.data.params.get("preset", ""))
+            groups.setdefault(key, []).append(r)
+        for (parent, model, dataset, preset_), group in groups.items():
+            done = [r for r in group if r.data.tags[schema.STATUS] == "completed"]
+            best = min(done, key=lambda r: r.data.metrics["final_val_ppl"]) if done else None
+            status = [r.data.tags[schema.STATUS] for r in group]
+            out.append({
+                "search_key": parent, "model": model, "dataset": dataset, "preset": preset_,
+                "trials": len(group), "completed": status.count("completed"),
+                "stopped_early": status.count("stopped_early"),
+                "failed": status.count("failed"),
+                "gpu_hours": sum(r.data.metrics.get("train_seconds", 0)
+                                 * float(r.data.params["gpus_per_trial"]) for r in group) / 3600,
+                "best_run_id": best.info.run_id if best else None,
+                "best": {k: (best.data.metrics.get(k, math.nan) if best else math.nan)
+                         for k in ("final_val_ppl", "final_test_ppl", "num_params", "epochs_run",
+                                   "ntasgd_trigger_epoch")},
+            })
+    return out
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12)
+
+
+def test_summary_numbers_equal_mlflow(experiments, report):
+    out = report
+    csv = pd.read_csv(out / SUMMARY_CSV, keep_default_na=False, na_values=[""])
+    csv["preset"] = csv["preset"].fillna("").astype(str)
+    expected = _independent_summary(*experiments)
+    assert len(csv) == len(expected)
+    md = (out / "report.md").read_text()
+    for exp in expected:
+        row = csv[(csv["search_key"] == exp["search_key"]) & (csv["model"] == exp["model"])
+                  & (csv["dataset"] == exp["dataset"]) & (csv["preset"] == exp["preset"])]
+        assert len(row) == 1, exp
+        row = row.iloc[0]
+        for k in ("trials", "completed", "stopped_early", "failed"):
+            assert row[k] == exp[k], k
+        assert row["gpu_hours"] == pytest.approx(exp["gpu_hours"])
+        assert (row["best_run_id"] if isinstance(row["best_run_id"], str) else None) \
+            == exp["best_run_id"]
+        for k, v in exp["best"].items():
+            assert _same(float(row[f"best_{k}"]), v), k
+        if exp["best_run_id"]:
+            assert f"{exp['best']['final_val_ppl']:,.2f}" in md
+            assert f"{exp['best']['final_test_ppl']:,.2f}" in md
+
+
+def test_published_numbers_and_gaps(fake_report):
+    out = fake_report
+    csv = pd.read_csv(out / SUMMARY_CSV, keep_default_na=False, na_values=[""])
+    refs = json.loads((ROOT / "reports" / "references.json").read_text())["references"]
+    by = {(r["model"], r["dataset"], r["preset"], r["finetuned"]): r for r in refs}
+    readme = by[(LSTM, "ptb", "", False)]  # the trials are not fine-tuned
+    lstm = csv[csv["model"] == LSTM].iloc[0]
+    assert lstm["ref_val_ppl"] == readme["val_ppl"]
+    assert lstm["gap_test_ppl"] == pytest.approx(59.41 - readme["test_ppl"])
+    zaremba = csv[csv["model"] == "zaremba"].iloc[0]
+    assert zaremba["ref_test_ppl"] == by[("zaremba", "ptb", "medium", False)]["test_ppl"]
+    gru = csv[csv["model"] == GRU].iloc[0]
+    assert math.isnan(gru["ref_val_ppl"]) and "no published" in gru["note"]
+    md = (out / "report.md").read_text()
+    assert "awd_gru: no published" in md and "Zaremba, Sutskever & Vinyals 2014" in md
+    assert "Missing or bad input" not in md
+
+
+def test_ablation_table_lists_runs_without_one_regulariser(fake_report):
+    md = (fake_report / "report.md").read_text()
+    section = md.split("## Ablation", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| awd_lstm")]
+    assert [ln.split("|")[3].strip() for ln in lines] == ["best config", "no AR/TAR", "no wdrop"]
+    assert "+3.77" in lines[2]  # 65.70 - 61.93
+    assert "| awd_gru" not in section  # no ablation runs of the GRU: no rows
+
+
+def test_every_figure_is_a_real_png(report):
+    out = report
+    pngs = sorted(out.glob("*.png"))
+    names = {p.name for p in pngs}
+    assert {"learning_curves.png", "progress.png"} <= names
+    assert any(n.startswith("slice_") for n in names)
+    for png in pngs:
+        data = png.read_bytes()
+        assert data[:8] == PNG_MAGIC, png
+        assert len(data) > 5_000, png
+    md = (out / "report.md").read_text()
+    for name in names:
+        assert f"]({name})" in md
+
+
+def test_html_is_self_contained(report):
+    out = report
+    page = (out / "report.html").read_text()
+    lowered = page.lower()
+    assert "<script" not in lowered
+    for attr in ("src=", "href="):
+        for chunk in lowered.split(attr)[1:]:
+            assert not chunk.lstrip("\"' ").startswith(("http:", "https:", "//")), chunk[:80]
+    assert "<link" not in lowered
+    n_png = len(list(out.glob("*.png")))
+    assert page.count('src="data:image/png;base64,') == n_png
+    assert page.count("<table>") >= 3
+
+
+def test_report_logged_on_each_parent_run(experiments, report):
+    uri, names = experiments
+    client = MlflowClient(uri)
+    parents = [r.info.run_id for n in names
+               for r in client.search_runs([client.get_experiment_by_name(n).experiment_id],
+                                           f"tags.`{schema.ROLE}` = 'search'")]
+    assert parents
+    local = {p.name for p in report.iterdir()}
+    for run_id in parents:
+        logged = {Path(a.path).name for a in client.list_artifacts(run_id, ARTIFACT_PATH)}
+        assert {"report.html", "report.md"} <= logged and logged == local
+
+
+def test_importance_needs_enough_trials(fake_report):
+    md = (fake_report / "report.md").read_text()
+    section = md.split("## Hyperparameter importance", 1)[1].split("\n## ", 1)[0]
+    assert "awd-mixed · awd_lstm: needs >= 5 finished trials, has 4" in section
+    assert "| Parameter | awd-mixed · all models (6) | zaremba-medium · zaremba (5) |" in section
+    assert (fake_report / "importance_awd-mixed.png").is_file()
+
+
+# --- the CLI and bad input -------------------------------------------------------------------
+def test_cli_writes_report(cli):
+    run = cli["ok"]
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    assert (run.out / "report.html").is_file() and "report:" in run.stdout
+    assert "logged under report/ on run(s)" in run.stdout
+
+
+def test_unknown_experiment_is_one_error_line(cli):
+    _assert_one_error_line(cli["unknown"], "unknown MLflow experiment 'no-such-search'")
+    assert not cli["unknown"].out.exists()
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("", "no MLflow database at"),  # default: sqlite:///mlflow.db in the working folder
+    ("http://127.0.0.1:9", "cannot reach the MLflow tracking server at http://127.0.0.1:9"),
+])
+def test_unusable_tracking_store_is_one_error_line(uri, message, tmp_path, monkeypatch,
+                                                   capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code = main(["--experiment", "x", "--out", str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    _assert_one_error_line(Cli(code, captured.out, captured.err, tmp_path / "r"), message)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_no_finished_runs_gives_partial_report(cli):
+    run = cli["nothing_finished"]
+    _assert_one_error_line(run, "'nothing-finished' has no finished trial runs (1 failed)")
+    page = (run.out / "report.html").read_text()
+    assert "Missing or bad input" in page and "no finished trial runs" in page
+
+
+def test_missing_metrics_gives_partial_report(cli):
+    run = cli["missing_metrics"]
+    _assert_one_error_line(run, "lacks final_test_ppl", "partial report written")
+    md = (run.out / "report.md").read_text()
+    assert "lacks final_test_ppl" in md.split("## Missing or bad input", 1)[1]
+
+
+def test_unknown_beside_known_experiment_gives_partial_report(fake_store, tmp_path):
+    result = build(fake_store[0], ["zaremba-medium", "no-such-search"], tmp_path,
+                   log_artifacts=False)
+    assert result.problems == ["unknown MLflow experiment 'no-such-search'"]
+    md = (tmp_path / "report.md").read_text()
+    assert "unknown MLflow experiment 'no-such-search'" in md.split("## Searches")[0]
+    assert "| zaremba (medium) | ptb | zaremba-medium | 86.90 |" in md
+
+
+# --- the HTML renders in a real browser -----------------------------------------------------
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH "
+                                    "(apt-get install chromium) to render report.html")
+
+
+def _chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+         "--v=0", *args, page.as_uri()],
+        capture_output=True, text=True, timeout=90)
+
+
+@needs_chromium
+def test_html_renders_in_headless_chromium(report, tmp_path):
+    from PIL import Image
+
+    out = report
+    shot = tmp_path / "shot.png"
+    proc = _chromium(out / "report.html", tmp_path, f"--screenshot={shot}",
+                     "--window-size=1280,2000")
+    assert shot.is_file() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
+    image = Image.open(shot).convert("L")
+    dark = sum(image.histogram()[:200])
+    assert dark / (image.width * image.height) > 0.02  # text, tables and plots, not blank
+    console = [ln for ln in proc.stderr.splitlines()
+               if "CONSOLE" in ln or "Uncaught" in ln or "Failed to load" in ln]
+    assert console == []
+    dom = _chromium(out / "report.html", tmp_path, "--dump-dom").stdout
+    assert dom.count("<table>") >= 3 and dom.count("data:image/png;base64,") >= 3
