@@ -56,7 +56,7 @@ def timed_space(train_tokens: int, epochs: int) -> Space:
 def breakdown(outcome, wall: float, slots: int) -> dict[str, Any]:
     trial_rows = []
     for t in outcome.trials:
-        rows = [json.loads(x) for x in (outcome.experiment_dir / _dir(outcome, t.trial_id)
+        rows = [json.loads(x) for x in (Path(outcome.experiment_dir) / _dir(outcome, t.trial_id)
                                         / "result.json").read_text().splitlines()]
         trial_rows.append({"trial": t.trial_id, "model": t.config["model"],
                            "training_s": sum(r["epoch_seconds"] for r in rows),
@@ -71,7 +71,8 @@ def breakdown(outcome, wall: float, slots: int) -> dict[str, Any]:
 
 
 def _dir(outcome, trial_id: str) -> str:
-    return next(d.name for d in outcome.experiment_dir.iterdir() if d.name.endswith(trial_id))
+    return next(d.name for d in Path(outcome.experiment_dir).iterdir()
+                if d.name.endswith(trial_id))
 
 
 def run_once(space: str, trials: int, concurrency: int, epochs: int, gpus: float,

@@ -21,7 +21,6 @@ from reports.errors import ReportError
 from reports.params import parse_value
 from search import schema
 
-ABLATION = "awdsearch.ablation"  # tag naming a run as an ablation of the best config
 FINISHED = (schema.STATUS_COMPLETED, schema.STATUS_STOPPED)
 REQUIRED = {  # metrics a trial of each status must have (schema: "metrics once")
     schema.STATUS_COMPLETED: ("final_val_ppl", "final_test_ppl", "num_params", "epochs_run",
@@ -141,7 +140,7 @@ def _run_row(run: Run, experiment: str, search_key: str, search_gpus: float) -> 
         "model": tags.get(schema.MODEL) or params.get("model", ""),
         "dataset": tags.get(schema.DATASET) or params.get("dataset", ""),
         "preset": params.get("preset", ""), "status": tags.get(schema.STATUS, ""),
-        "failure": tags.get(schema.FAILURE, ""), "ablation": tags.get(ABLATION, ""),
+        "failure": tags.get(schema.FAILURE, ""), "ablation": tags.get(schema.ABLATION, ""),
         "start_time": run.info.start_time, "end_time": run.info.end_time,
         "gpus_per_trial": gpus if not math.isnan(gpus) else search_gpus,
         "finetuned": _number(params.get("finetune_epochs")) > 0,

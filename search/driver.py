@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -19,7 +20,10 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from awd.config import from_flat
-from search import schema
+from awd.data.corpus import find_split_files
+from awd.data.registry import resolve_data
+from awd.errors import DataError
+from search import schema, storage
 from search.options import SearchOptions
 from search.scheduler import PersistentASHA
 from search.searcher import make_searcher
@@ -32,6 +36,8 @@ from search.tracking import (
     start_parent_run,
 )
 from search.trainable import best_model_file, train_trial
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "awdsearch.json"
 RUNGS_FILE = "asha_rungs.json"
@@ -47,7 +53,7 @@ class TrialSummary:
     status: str
     config: dict[str, Any]
     metrics: dict[str, Any]
-    checkpoint_path: str | None
+    checkpoint: tune.Checkpoint | None
     error: str | None
 
     @property
@@ -62,7 +68,7 @@ class SearchOutcome:
     best: TrialSummary | None
     parent_run_id: str
     tracking_uri: str
-    experiment_dir: Path
+    experiment_dir: str  # a local path or a storage URI
     best_config_path: Path | None
 
 
@@ -83,7 +89,16 @@ def connect_ray(address: str | None) -> None:
                  runtime_env={"env_vars": env} if env else None, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "a new local cluster"
-        raise SearchError(f"cannot connect to Ray at {where}: {e}") from None
+        cause = f" ({e.__cause__})" if e.__cause__ else ""
+        raise SearchError(f"cannot connect to Ray at {where}: {e}{cause}") from None
+
+
+def check_data(dataset: str) -> None:
+    """Every trial would fail without its corpus: say so before starting any."""
+    try:
+        find_split_files(resolve_data(dataset))
+    except DataError as e:
+        raise SearchError(f"{e} (fetch it with `python -m awd.data fetch {dataset}`)") from None
 
 
 def default_gpus_per_trial(opts: SearchOptions) -> float:
@@ -93,8 +108,13 @@ def default_gpus_per_trial(opts: SearchOptions) -> float:
 
 
 def default_concurrency(opts: SearchOptions, gpus: float) -> int:
+    """As many trials as the cluster holds now; an autoscaling cluster needs --concurrency to
+    grow, since the resources it could add are not visible here."""
     if opts.concurrency:
         return opts.concurrency
+    if opts.address:
+        log.warning("concurrency sized from the cluster's current resources; pass "
+                    "--concurrency on an autoscaling cluster so that it can grow")
     resources = ray.cluster_resources()
     by_cpu = int(resources.get("CPU", 1) // opts.cpus_per_trial)
     by_gpu = int(resources.get("GPU", 0) // gpus) if gpus else by_cpu
@@ -105,7 +125,7 @@ def _scheduler(opts: SearchOptions):
     space = opts.space_spec
     if opts.scheduler == "none":
         return FIFOScheduler()
-    return PersistentASHA(opts.experiment_dir / RUNGS_FILE, time_attr="epoch",
+    return PersistentASHA(storage.join(opts.experiment_dir, RUNGS_FILE), time_attr="epoch",
                           metric=space.metric, mode=space.mode, max_t=opts.epochs,
                           grace_period=opts.grace, reduction_factor=3)
 
@@ -121,7 +141,7 @@ def _trainable(cpus: float, gpus: float):
 def _prepare_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
                  concurrency: int) -> tune.Tuner:
     space = opts.space_spec
-    if tune.Tuner.can_restore(str(opts.experiment_dir)):
+    if tune.Tuner.can_restore(opts.experiment_dir):
         raise SearchError(f"a search already exists at {opts.experiment_dir}; pass --resume to "
                           "continue it, or --experiment NAME to start another")
     exp_id = ensure_experiment(client, opts.experiment_name, uri)
@@ -130,12 +150,11 @@ def _prepare_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: floa
     tags = {schema.SPACE: space.name, schema.MODEL: space.model, schema.DATASET: space.dataset,
             schema.GIT_COMMIT: git_commit(), schema.SEED: str(opts.seed),
             schema.RAY_ADDRESS: ray.get_runtime_context().gcs_address,
-            schema.STORAGE: str(opts.experiment_dir)}
+            schema.STORAGE: opts.experiment_dir}
     parent = start_parent_run(client, exp_id, f"{space.name}-search", tags, params)
-    opts.experiment_dir.mkdir(parents=True, exist_ok=True)
     state = {"parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri,
              "options": asdict(opts), "gpus_per_trial": gpus}
-    (opts.experiment_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    storage.write_text(storage.join(opts.experiment_dir, STATE_FILE), json.dumps(state, indent=2))
     logger = MLflowTrialLogger(uri, exp_id, parent, space.name, {"gpus_per_trial": gpus})
     searcher = make_searcher(space, {"epochs": opts.epochs}, opts.seed,
                              f"{opts.experiment_name}-{parent[:8]}", concurrency)
@@ -146,7 +165,7 @@ def _prepare_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: floa
                                     trial_name_creator=_trial_name,
                                     trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
-            name=opts.experiment_name, storage_path=str(opts.storage_path),
+            name=opts.experiment_name, storage_path=opts.storage_path,
             callbacks=[logger],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
@@ -156,10 +175,10 @@ def _prepare_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: floa
 
 
 def _load_state(opts: SearchOptions) -> dict[str, Any]:
-    path = opts.experiment_dir / STATE_FILE
-    if not path.exists() or not tune.Tuner.can_restore(str(opts.experiment_dir)):
+    text = storage.read_text(storage.join(opts.experiment_dir, STATE_FILE))
+    if text is None or not tune.Tuner.can_restore(opts.experiment_dir):
         raise SearchError(f"nothing to resume at {opts.experiment_dir} (no saved search there)")
-    return json.loads(path.read_text())
+    return json.loads(text)
 
 
 def summarize(result_grid) -> list[TrialSummary]:
@@ -175,7 +194,7 @@ def summarize(result_grid) -> list[TrialSummary]:
         trials.append(TrialSummary(
             trial_id=metrics.get("trial_id", r.path.rsplit("_", 1)[-1]), status=status,
             config=dict(r.config or {}), metrics=metrics,
-            checkpoint_path=r.checkpoint.path if r.checkpoint else None, error=error))
+            checkpoint=r.checkpoint, error=error))
     return trials
 
 
@@ -210,8 +229,10 @@ def _finish(client: MlflowClient, state: dict[str, Any], logger_runs: dict[str, 
     if best is not None:
         runs = [parent] + ([logger_runs[best.trial_id]] if best.trial_id in logger_runs else [])
         with tempfile.TemporaryDirectory() as d:
-            model = (best_model_file(best.checkpoint_path, Path(d) / "best_model.pt")
-                     if best.checkpoint_path else None)
+            model = None
+            if best.checkpoint is not None:  # local or remote storage alike
+                with best.checkpoint.as_directory() as ckpt:
+                    model = best_model_file(ckpt, Path(d) / "best_model.pt")
             log_best_artifacts(client, runs, best.full_config, model)
         client.set_tag(parent, "awdsearch.best_trial_id", best.trial_id)
     client.set_terminated(parent, "FINISHED")
@@ -231,16 +252,17 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         uri = state["tracking_uri"]
     else:
         state, uri = None, normalize_tracking_uri(opts.tracking_uri)
+    check_data(opts.space_spec.dataset)
     check_tracking_uri(uri)
     client = MlflowClient(uri)
     connect_ray(opts.address)
     if state is None:
         gpus = default_gpus_per_trial(opts)
         tuner = _prepare_new(opts, client, uri, gpus, default_concurrency(opts, gpus))
-        state = json.loads((opts.experiment_dir / STATE_FILE).read_text())
+        state = _load_state(opts)
     else:
         client.update_run(state["parent_run_id"], status="RUNNING")
-        tuner = tune.Tuner.restore(str(opts.experiment_dir),
+        tuner = tune.Tuner.restore(opts.experiment_dir,
                                    _trainable(state["options"]["cpus_per_trial"],
                                               state["gpus_per_trial"]),
                                    resume_unfinished=True, resume_errored=False)

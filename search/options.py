@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
+from search import storage
 from spaces import Space, get_space
 
 SCHEDULERS = ("asha", "none")
@@ -52,12 +52,13 @@ class SearchOptions:
         return self.experiment or self.space
 
     @property
-    def storage_path(self) -> Path:
-        return Path(self.storage).expanduser().resolve()
+    def storage_path(self) -> str:
+        """Ray's storage: an absolute local path, or a URI (s3://, gs://, ...) left as it is."""
+        return storage.absolute(self.storage)
 
     @property
-    def experiment_dir(self) -> Path:
-        return self.storage_path / self.experiment_name
+    def experiment_dir(self) -> str:
+        return storage.join(self.storage_path, self.experiment_name)
 
     def validate(self) -> SearchOptions:
         get_space(self.space)

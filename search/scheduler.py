@@ -9,14 +9,14 @@ reads them back the first time it is used after a restore.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler
 
+from search import storage
+
 
 class PersistentASHA(ASHAScheduler):
-    def __init__(self, state_path: str | os.PathLike, **kwargs) -> None:
+    def __init__(self, state_path: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.state_path = str(state_path)
         self._state_loaded = False
@@ -29,20 +29,16 @@ class PersistentASHA(ASHAScheduler):
         if self._state_loaded:
             return
         self._state_loaded = True
-        path = Path(self.state_path)
-        if not path.exists():
+        text = storage.read_text(self.state_path)
+        if text is None:
             return
-        saved = json.loads(path.read_text())
+        saved = json.loads(text)
         # ASHA keeps, per bracket, a list of (milestone, {trial_id: score}) pairs.
         for bracket, rungs in zip(self._brackets, saved, strict=True):
             bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
 
     def _save_rungs(self) -> None:
-        path = Path(self.state_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([b._rungs for b in self._brackets]))
-        os.replace(tmp, path)
+        storage.write_text(self.state_path, json.dumps([b._rungs for b in self._brackets]))
 
     def rungs(self) -> list[list[tuple[float, dict[str, float]]]]:
         self._load_rungs()

@@ -40,6 +40,7 @@ FAILURE = "awdsearch.failure"
 DEVICE = "awdsearch.device"
 NODE_IP = "awdsearch.node_ip"
 NODE_ID = "awdsearch.node_id"
+ABLATION = "awdsearch.ablation"  # names a hand-launched run as an ablation of the best config
 PARENT_RUN_ID = "mlflow.parentRunId"
 
 ROLE_SEARCH = "search"

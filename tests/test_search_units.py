@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
@@ -11,6 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from awd.config import from_flat, preset
+from search import storage
 from search.options import OptionError, SearchOptions
 from search.scheduler import PersistentASHA
 from search.searcher import make_searcher
@@ -173,3 +175,19 @@ def test_dead_tracking_server_is_a_clear_error():
 def test_sqlite_in_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(TrackingError, match="does not exist"):
         check_tracking_uri(f"sqlite:///{tmp_path}/missing/mlflow.db")
+
+
+def test_storage_uris_reach_ray_untouched_and_local_paths_become_absolute(tmp_path):
+    assert SearchOptions(space="smoke", storage="s3://b/r").experiment_dir == "s3://b/r/smoke"
+    local = SearchOptions(space="smoke", storage="rr", experiment="x").experiment_dir
+    assert local == str(Path.cwd() / "rr" / "x")
+
+
+@pytest.mark.parametrize("uri", [False, True])
+def test_small_state_files_round_trip_on_paths_and_uris(tmp_path, uri):
+    location = storage.join((tmp_path.as_uri() if uri else str(tmp_path)), "exp", "state.json")
+    assert storage.read_text(location) is None
+    storage.write_text(location, '{"a": 1}')
+    storage.write_text(location, '{"a": 2}')
+    assert storage.read_text(location) == '{"a": 2}'
+    assert (tmp_path / "exp" / "state.json").read_text() == '{"a": 2}'

@@ -1,0 +1,53 @@
+"""Small files of the search's own (its state, ASHA's rungs) next to Ray's results, wherever
+those live: a local folder, NFS, or an object store URI such as ``s3://bucket/ray_results``.
+
+Paths are plain strings, not `Path`s, so that a URI survives untouched; pyarrow's filesystems
+(what Ray itself uses for storage) do the reading and writing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pyarrow import fs
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def absolute(location: str) -> str:
+    """A URI as it is; a local path made absolute (Ray wants absolute storage paths)."""
+    return location if is_uri(location) else str(Path(location).expanduser().resolve())
+
+
+def join(location: str, *parts: str) -> str:
+    return "/".join([location.rstrip("/"), *parts])
+
+
+def read_text(location: str) -> str | None:
+    """The file's text, or None if it does not exist."""
+    if not is_uri(location):
+        path = Path(location)
+        return path.read_text() if path.exists() else None
+    filesystem, path = fs.FileSystem.from_uri(location)
+    if filesystem.get_file_info(path).type == fs.FileType.NotFound:
+        return None
+    with filesystem.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def write_text(location: str, text: str) -> None:
+    """Write atomically: a local temp file renamed into place, or one object-store PUT."""
+    if not is_uri(location):
+        path = Path(location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return
+    filesystem, path = fs.FileSystem.from_uri(location)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as f:
+        f.write(text.encode())
