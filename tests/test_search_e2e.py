@@ -226,6 +226,15 @@ def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
     assert time.time() - start < 30
 
 
+def test_missing_data_fails_before_any_trial(tmp_path):
+    env = {**os.environ, "AWD_DATA_DIR": str(tmp_path / "no-data")}
+    proc = subprocess.run(search_cmd("--space", "smoke"), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "fetch it with `python -m awd.data fetch ptb`" in proc.stderr
+    assert not (tmp_path / "ray_results").exists()
+
+
 def test_list_spaces_names_every_space():
     proc = subprocess.run(search_cmd("--list-spaces"), capture_output=True, text=True,
                           timeout=60)
