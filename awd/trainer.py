@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from awd.config import RunConfig, from_flat
 from awd.data import Corpus, batchify, eval_windows, train_windows
-from awd.errors import TrainingDiverged
+from awd.errors import AWDError, TrainingDiverged
 from awd.models import build_model, count_parameters, detach_hidden
 from awd.ntasgd import NTASGD, finetune_should_stop, zaremba_lr
 from awd.regularizers import activation_regularization, temporal_activation_regularization
@@ -76,9 +77,9 @@ class Trainer:
         seed_everything(cfg.seed)
         corpus = corpus.truncated(cfg.train_tokens or None, cfg.eval_tokens or None)
         self.ntokens = corpus.ntokens
-        self.train_data = batchify(corpus.train, cfg.batch_size).to(self.device)
-        self.val_data = batchify(corpus.valid, cfg.eval_batch_size).to(self.device)
-        self.test_data = batchify(corpus.test, cfg.test_batch_size).to(self.device)
+        self.train_data = batchify(corpus.train, cfg.batch_size, "train").to(self.device)
+        self.val_data = batchify(corpus.valid, cfg.eval_batch_size, "valid").to(self.device)
+        self.test_data = batchify(corpus.test, cfg.test_batch_size, "test").to(self.device)
         self.model = build_model(self.run_config, corpus.ntokens).to(self.device)
         self.num_params = count_parameters(self.model)
         self.opt = NTASGD(list(self.model.parameters()), cfg.lr, cfg.wdecay, cfg.nonmono)
@@ -269,4 +270,10 @@ class Trainer:
         torch.save(self.state_dict(), path)
 
     def load(self, path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        """Resume from a file written by `save`; a missing or mismatched one is a user error."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            self.load_state_dict(state)
+        except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AWDError(f"cannot resume from {path}: {first}") from None

@@ -20,7 +20,8 @@ def define(trial: optuna.Trial) -> dict[str, Any]:
             "dropout": trial.suggest_float("dropout", 0.0, 0.5),
             "lr": trial.suggest_float("lr", 0.5, 2.0, log=True),
         }
-        return {"model": model, "preset": "small", "init_range": 0.1, **SLICE, **sampled}
+        return {"model": model, "preset": "small", "init_range": 0.1, "optimizer": "ntasgd",
+                **SLICE, **sampled}
     sampled = {
         "emsize": trial.suggest_int("emsize", 16, 64, step=16),
         "nhid": trial.suggest_int("nhid", 32, 96, step=16),

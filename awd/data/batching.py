@@ -8,12 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from awd.errors import DataError
 
-def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
+
+def batchify(ids: torch.Tensor, batch_size: int, split: str = "data") -> torch.Tensor:
     """Trim to a multiple of ``batch_size`` and lay out as (T, B): B contiguous streams."""
     nrows = ids.numel() // batch_size
     if nrows < 2:
-        raise ValueError(f"{ids.numel()} tokens are too few for batch size {batch_size}")
+        raise DataError(f"the {split} split ({ids.numel()} tokens) is too short for batch size "
+                        f"{batch_size} (it needs at least {2 * batch_size})")
     return ids[: nrows * batch_size].view(batch_size, nrows).t().contiguous()
 
 

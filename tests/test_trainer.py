@@ -1,0 +1,333 @@
+"""The training loop on tiny models: learning, resuming, divergence, NT-ASGD, schedules,
+fine-tuning, and one epoch on real PTB."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from conftest import pattern_text, reversed_text, write_corpus
+
+from awd.data import load_corpus
+from awd.errors import TrainingDiverged
+from awd.ntasgd import zaremba_lr
+from awd.trainer import EpochMetrics, Trainer
+
+TRAIN = {"batch_size": 8, "eval_batch_size": 4, "test_batch_size": 1, "bptt": 15,
+         "device": "cpu", "seed": 3}
+AWD = {"emsize": 32, "nhid": 32, "nlayers": 2, "dropout": 0.1, "dropouth": 0.1,
+       "dropouti": 0.1, "dropoute": 0.05, "wdrop": 0.1, "lr": 30.0}
+TINY = {
+    "awd_lstm": {"model": "awd_lstm", **AWD, **TRAIN},
+    "awd_gru": {"model": "awd_gru", **AWD, **TRAIN},
+    # Zaremba's recipe (summed loss, clip 5, no weight decay) on a 2 x 64 LSTM
+    "zaremba": {"model": "zaremba", "preset": "small", "nhid": 64, "nlayers": 2, "dropout": 0.0,
+                "lr": 0.3, "optimizer": "ntasgd", **TRAIN},
+}
+LEARN_EPOCHS = {"awd_lstm": 12, "awd_gru": 12, "zaremba": 15}
+# On the overfit corpus a one-layer AWD model without AR/TAR learns the training bigrams within
+# two epochs, so validation gets much worse and NT-ASGD with nonmono=1 fires at epoch 3 (for
+# every seed tried, by a factor of 5 or more in perplexity).
+TRIGGER = {"nlayers": 1, "alpha": 0.0, "beta": 0.0, "nonmono": 1}
+TIMING = {"seconds", "tokens_per_s"}
+
+
+@pytest.fixture(scope="module")
+def pattern(tmp_path_factory):
+    """Train, valid and test all follow the same eight-sentence pattern (49 types)."""
+    folder = tmp_path_factory.mktemp("pattern")
+    return load_corpus(write_corpus(folder, pattern_text(40), pattern_text(5), pattern_text(5)),
+                       use_cache=False)
+
+
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory):
+    """Validation is the pattern read backwards: learning the training data makes it worse,
+    so NT-ASGD's trigger fires early (epoch 3 with nonmono=1)."""
+    folder = tmp_path_factory.mktemp("overfit")
+    return load_corpus(write_corpus(folder, pattern_text(40), reversed_text(5), reversed_text(5)),
+                       use_cache=False)
+
+
+def without_timing(history: list[EpochMetrics]) -> list[dict]:
+    return [{k: v for k, v in m.as_dict().items() if k not in TIMING} for m in history]
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# --- learning --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["awd_lstm", "awd_gru", "zaremba"])
+def test_tiny_model_learns_a_repeated_pattern(pattern, model):
+    epochs = LEARN_EPOCHS[model]
+    trainer = Trainer({**TINY[model], "epochs": epochs}, pattern)
+    history = trainer.fit()
+    assert [m.epoch for m in history] == list(range(1, epochs + 1))
+    final = trainer.final_metrics()
+    limit = pattern.ntokens / 5  # uniform guessing: 49; the pattern is almost deterministic
+    assert final["val_ppl"] < limit, [round(m.val_ppl, 1) for m in history]
+    assert final["test_ppl"] < limit
+    assert history[-1].train_ppl < history[0].train_ppl
+    assert final["val_ppl"] == pytest.approx(history[-1].best_val_ppl)
+    assert final["val_ppl"] == pytest.approx(min(m.val_ppl for m in history))
+
+
+# --- resuming --------------------------------------------------------------------------------
+
+
+RESUME_CASES = {
+    # name: (corpus, config, total epochs, stop after, trigger expected by epoch)
+    "awd_lstm": ("pattern", {**TINY["awd_lstm"]}, 4, 2, None),
+    "awd_lstm_trigger_after_resume": ("overfit", {**TINY["awd_lstm"], **TRIGGER}, 4, 2, 3),
+    "awd_gru_averaging_in_checkpoint": ("overfit", {**TINY["awd_gru"], **TRIGGER}, 5, 4, 3),
+    "zaremba_sgd_schedule": ("pattern", {**TINY["zaremba"], "optimizer": "sgd_schedule",
+                                         "lr_decay": 2.0, "decay_start": 2}, 4, 2, None),
+    "finetune_boundary": ("pattern", {**TINY["awd_lstm"], "epochs": 2, "finetune_epochs": 2},
+                          4, 2, None),
+    "finetune_middle": ("pattern", {**TINY["awd_lstm"], "epochs": 2, "finetune_epochs": 2},
+                        4, 3, None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_resume_from_checkpoint_gives_identical_weights_and_history(
+        case, pattern, overfit, tmp_path):
+    corpus_name, flat, total, stop, trigger = RESUME_CASES[case]
+    corpus = {"pattern": pattern, "overfit": overfit}[corpus_name]
+    flat = {"epochs": total, **flat}
+
+    straight = Trainer(flat, corpus)
+    straight.fit()
+    assert straight.epoch == total
+
+    first = Trainer(flat, corpus)
+    for metrics in first.run():
+        if metrics.epoch == stop:
+            break
+    path = tmp_path / "trainer.pt"
+    first.save(path)
+    del first
+    resumed = Trainer(flat, corpus)
+    resumed.load(path)
+    assert resumed.epoch == stop
+    rest = resumed.fit()
+    assert [m.epoch for m in rest] == list(range(1, total + 1))
+
+    assert_same_tensors(straight.model.state_dict(), resumed.model.state_dict())
+    assert without_timing(straight.history) == without_timing(resumed.history)
+    assert straight.best_val_loss == resumed.best_val_loss
+    assert_same_tensors(straight.best_state, resumed.best_state)
+    assert straight.opt.history == resumed.opt.history
+    assert straight.opt.trigger_epoch == resumed.opt.trigger_epoch == trigger
+    assert straight.opt.n_averaged == resumed.opt.n_averaged
+    if straight.opt.average is not None:
+        for a, b in zip(straight.opt.average, resumed.opt.average, strict=True):
+            assert torch.equal(a, b)
+    assert straight.final_metrics() == resumed.final_metrics()
+    if trigger is not None:
+        assert straight.opt.averaging and straight.opt.n_averaged > 0
+
+
+def test_checkpoint_during_averaging_holds_the_running_mean(overfit, tmp_path):
+    flat = {**TINY["awd_gru"], **TRIGGER, "epochs": 4}
+    trainer = Trainer(flat, overfit)
+    trainer.fit()
+    assert trainer.opt.trigger_epoch == 3 and trainer.opt.n_averaged > 0
+    trainer.save(tmp_path / "t.pt")
+    state = torch.load(tmp_path / "t.pt", weights_only=False)
+    assert state["ntasgd"]["n_averaged"] == trainer.opt.n_averaged
+    assert state["epoch"] == 4 and len(state["history"]) == 4
+
+
+# --- divergence ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["awd_lstm", "zaremba"])
+def test_huge_learning_rate_raises_training_diverged(pattern, model):
+    trainer = Trainer({**TINY[model], "epochs": 3, "lr": 1e38}, pattern)
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit()
+    assert info.value.epoch == 1
+    assert info.value.phase == "train"
+    assert not math.isfinite(info.value.loss)
+    assert "epoch 1" in str(info.value)
+
+
+def _nan_logits_from_epoch(trainer: Trainer, epoch: int, training: bool | None):
+    """Make the decoder output NaN from ``epoch`` on (only in train or eval mode if given)."""
+    def hook(module, args, output):
+        if trainer.epoch >= epoch and (training is None or module.training == training):
+            return output * float("nan")
+        return output
+    return trainer.model.decoder.register_forward_hook(hook)
+
+
+def test_nan_training_loss_raises_with_the_epoch_it_happened_in(pattern):
+    trainer = Trainer({**TINY["awd_lstm"], "epochs": 4}, pattern)
+    _nan_logits_from_epoch(trainer, 2, training=True)
+    seen = []
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit(seen.append)
+    assert [m.epoch for m in seen] == [1]
+    assert (info.value.epoch, info.value.phase) == (2, "train")
+    assert math.isnan(info.value.loss)
+
+
+def test_nan_validation_loss_raises_in_the_validation_phase(pattern):
+    trainer = Trainer({**TINY["zaremba"], "epochs": 4}, pattern)
+    _nan_logits_from_epoch(trainer, 3, training=False)
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit()
+    assert (info.value.epoch, info.value.phase) == (3, "validation")
+    assert len(trainer.history) == 2
+
+
+# --- metrics and NT-ASGD ---------------------------------------------------------------------
+
+
+def test_epoch_metrics_fields_and_averaging_turns_on_at_the_trigger(overfit):
+    trainer = Trainer({**TINY["awd_lstm"], **TRIGGER, "epochs": 5}, overfit)
+    history = trainer.fit()
+    assert {f.name for f in dataclasses.fields(EpochMetrics)} == {
+        "epoch", "phase", "train_loss", "train_ppl", "val_loss", "val_ppl", "best_val_ppl",
+        "lr", "seconds", "tokens_per_s", "averaging", "trigger_epoch"}
+    assert set(history[0].as_dict()) == {f.name for f in dataclasses.fields(EpochMetrics)}
+    trigger = trainer.opt.trigger_epoch
+    assert trigger == 3
+    for m in history:
+        assert m.phase == "train"
+        assert m.averaging == (m.epoch >= trigger)
+        assert m.trigger_epoch == (trigger if m.epoch >= trigger else None)
+        assert m.train_ppl == pytest.approx(math.exp(m.train_loss))
+        assert m.val_ppl == pytest.approx(math.exp(m.val_loss))
+        assert m.lr == 30.0
+        assert m.seconds > 0 and m.tokens_per_s > 0
+    # the trigger rule with nonmono=1: epoch 3 is worse than epoch 1
+    assert history[2].val_loss > history[0].val_loss
+    best = [m.best_val_ppl for m in history]
+    assert best == [min(m.val_ppl for m in history[: i + 1]) for i in range(len(history))]
+    # after the trigger, validation uses the averaged weights
+    with trainer.opt.averaged_weights():
+        assert trainer.evaluate("valid") == pytest.approx(history[-1].val_loss, abs=1e-9)
+    assert trainer.evaluate("valid") != pytest.approx(history[-1].val_loss, abs=1e-6)
+
+
+def test_averaging_stays_off_while_validation_keeps_improving(pattern):
+    trainer = Trainer({**TINY["awd_lstm"], **TRIGGER, "epochs": 4}, pattern)
+    history = trainer.fit()
+    vals = [m.val_loss for m in history]
+    assert vals == sorted(vals, reverse=True)  # the same config fires at 3 on the overfit corpus
+    assert not any(m.averaging for m in history)
+    assert all(m.trigger_epoch is None for m in history)
+    assert trainer.opt.history == vals
+
+
+def test_ntasgd_steps_use_the_length_scaled_lr(pattern, monkeypatch):
+    trainer = Trainer({**TINY["awd_lstm"], "epochs": 1, "lr": 30.0, "bptt": 15}, pattern)
+    lrs = []
+    step = trainer.opt.step
+    monkeypatch.setattr(trainer.opt, "step", lambda lr: (lrs.append(lr), step(lr)))
+    trainer.fit()
+    lengths = [lr * 15 / 30.0 for lr in lrs]
+    assert all(abs(n - round(n)) < 1e-9 for n in lengths)
+    assert len({round(n) for n in lengths}) > 2  # variable windows, variable lr
+    total_rows = trainer.train_data.size(0) - 1
+    assert sum(round(n) for n in lengths) == total_rows
+
+
+def test_sgd_schedule_applies_zaremba_lr_per_epoch(overfit, monkeypatch):
+    flat = {**TINY["zaremba"], "optimizer": "sgd_schedule", "lr": 1.0, "lr_decay": 2.0,
+            "decay_start": 2, "nonmono": 1, "epochs": 5}
+    trainer = Trainer(flat, overfit)
+    assert trainer.cfg.variable_bptt is False
+    step_lrs: dict[int, set[float]] = {}
+    step = trainer.opt.step
+
+    def record(lr):
+        step_lrs.setdefault(trainer.epoch, set()).add(lr)
+        step(lr)
+
+    monkeypatch.setattr(trainer.opt, "step", record)
+    history = trainer.fit()
+    expected = [zaremba_lr(1.0, e, 2.0, 2) for e in range(1, 6)]
+    assert expected == [1.0, 1.0, 0.5, 0.25, 0.125]
+    assert [m.lr for m in history] == expected
+    assert [step_lrs[e] for e in range(1, 6)] == [{lr} for lr in expected]
+    # NT-ASGD is never consulted under the schedule
+    assert trainer.opt.history == []
+    assert not any(m.averaging for m in history)
+    assert trainer.opt.trigger_epoch is None
+
+
+# --- fine-tuning -----------------------------------------------------------------------------
+
+
+def test_finetune_runs_after_main_epochs_until_its_budget(pattern):
+    trainer = Trainer({**TINY["awd_lstm"], "epochs": 2, "finetune_epochs": 3}, pattern)
+    history = trainer.fit()
+    assert [m.phase for m in history] == ["train"] * 2 + ["finetune"] * 3
+    assert [m.epoch for m in history] == [1, 2, 3, 4, 5]
+    assert all(m.averaging for m in history[2:])
+    assert not trainer.finetune_done  # the budget, not the rule, ended it
+    assert trainer.finished
+
+
+def test_finetune_starts_from_the_best_weights_with_a_fresh_average(pattern):
+    trainer = Trainer({**TINY["awd_lstm"], "epochs": 2, "finetune_epochs": 3}, pattern)
+    trainer.step_epoch()
+    trainer.step_epoch()
+    best = {k: v.clone() for k, v in trainer.best_state.items()}
+    trainer.start_finetune()
+    assert_same_tensors(trainer.model.state_dict(), best)
+    assert trainer.phase == "finetune"
+    assert trainer.opt.averaging and trainer.opt.n_averaged == 0
+
+
+def test_finetune_stops_by_its_rule(pattern, monkeypatch):
+    trainer = Trainer({**TINY["zaremba"], "epochs": 2, "finetune_epochs": 20}, pattern)
+    scripted = iter([5.0, 4.0,  # main epochs
+                     3.0, 3.1, 3.2, 3.3, 3.4, 3.5,  # fine-tuning: 6 checks, best first
+                     3.05,  # worse than the best before the last 5: stop
+                     1.0, 1.0, 1.0])
+    real_evaluate = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate",
+                        lambda split="valid": next(scripted) if split == "valid"
+                        else real_evaluate(split))
+    history = trainer.fit()
+    assert [m.phase for m in history] == ["train"] * 2 + ["finetune"] * 7
+    assert trainer.finetune_done
+    assert trainer.finetune_history == [3.0, 3.1, 3.2, 3.3, 3.4, 3.5]
+
+
+# --- real data -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ptb(tmp_path_factory):
+    from conftest import real_data
+
+    return load_corpus(real_data("ptb"))
+
+
+@pytest.mark.parametrize("model", ["awd_lstm", "awd_gru", "zaremba"])
+def test_one_epoch_on_a_slice_of_ptb_beats_uniform_guessing(ptb, model):
+    sizes = ({"nhid": 32, "preset": "small"} if model == "zaremba"
+             else {"emsize": 32, "nhid": 64, "nlayers": 2})
+    flat = {"model": model, "dataset": "ptb", **sizes, "epochs": 1, "train_tokens": 20_000,
+            "eval_tokens": 5_000, "batch_size": 20, "bptt": 35, "device": "cpu"}
+    trainer = Trainer(flat, ptb)
+    assert trainer.ntokens == 10_000
+    assert trainer.train_data.shape == (1_000, 20)
+    (metrics,) = trainer.fit()
+    final = trainer.final_metrics()
+    for ppl in (metrics.train_ppl, metrics.val_ppl, final["val_ppl"], final["test_ppl"]):
+        assert math.isfinite(ppl)
+        assert 50 < ppl < 5_000  # uniform guessing over 10,000 words gives 10,000
+    assert trainer.test_data.shape == (5_000, 1)
