@@ -12,6 +12,7 @@ from awd.regularizers import (
     LockedDropout,
     WeightDropRNN,
     activation_regularization,
+    dropconnect,
     embedding_dropout,
     temporal_activation_regularization,
 )
@@ -143,7 +144,7 @@ def test_weight_drop_masks_weight_hh_once_per_call(cell):
     torch.manual_seed(7)
     out, _ = layer(x, _zero_hidden(cell))
     torch.manual_seed(7)
-    dropped = nn.functional.dropout(layer.rnn.weight_hh_l0, 0.5, training=True)
+    dropped = dropconnect(layer.rnn.weight_hh_l0, 0.5)
     reference = cell(8, 16)
     reference.load_state_dict(layer.rnn.state_dict())
     with torch.no_grad():
@@ -203,3 +204,13 @@ def test_temporal_activation_regularization_is_beta_times_mean_square_difference
     # differences: (2, 1), (-3, 0) -> squares 4, 1, 9, 0 -> mean 3.5
     assert temporal_activation_regularization(h, 0.5).item() == pytest.approx(0.5 * 3.5)
     assert temporal_activation_regularization(h[:1], 1.0).item() == 0.0
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
+def test_dropconnect_keeps_1_minus_p_of_the_weights_scaled(p):
+    torch.manual_seed(0)
+    weight = torch.ones(400, 500)
+    dropped = dropconnect(weight, p)
+    kept = dropped != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.01
+    assert torch.allclose(dropped[kept], torch.full_like(dropped[kept], 1 / (1 - p)))

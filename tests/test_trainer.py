@@ -319,7 +319,7 @@ def ptb(tmp_path_factory):
 @pytest.mark.parametrize("model", ["awd_lstm", "awd_gru", "zaremba"])
 def test_one_epoch_on_a_slice_of_ptb_beats_uniform_guessing(ptb, model):
     sizes = ({"nhid": 32, "preset": "small"} if model == "zaremba"
-             else {"emsize": 32, "nhid": 64, "nlayers": 2})
+             else {"emsize": 32, "nhid": 64, "nlayers": 2, "lr": 10.0})
     flat = {"model": model, "dataset": "ptb", **sizes, "epochs": 1, "train_tokens": 20_000,
             "eval_tokens": 5_000, "batch_size": 20, "bptt": 35, "device": "cpu"}
     trainer = Trainer(flat, ptb)
