@@ -19,8 +19,6 @@ from awd.data import load_corpus
 from awd.errors import AWDError
 from awd.trainer import EpochMetrics, Trainer
 
-ARCH_CLASSES = {"awd_lstm": AWDLSTMConfig, "awd_gru": AWDLSTMConfig, "zaremba": ZarembaConfig}
-
 
 def _field_flags(parser: argparse.ArgumentParser) -> None:
     """Add one flag per config field; the help shows the awd_lstm/PTB preset default."""

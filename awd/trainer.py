@@ -7,7 +7,6 @@ epoch k and resumed gives the same weights as one that never stopped (on CPU).
 
 from __future__ import annotations
 
-import copy
 import math
 import pickle
 import random
@@ -109,8 +108,9 @@ class Trainer:
         lr = self._epoch_lr()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         tokens = 0
-        windows = train_windows(self.train_data, cfg.bptt, rng, cfg.min_seq_len,
-                                cfg.max_seq_len or None)
+        # Fine-tuning caps the window at bptt + 10, as the reference's finetune.py does.
+        cap = cfg.max_seq_len or (cfg.bptt + 10 if self.phase == "finetune" else None)
+        windows = train_windows(self.train_data, cfg.bptt, rng, cfg.min_seq_len, cap)
         for start, w in windows:
             hidden = detach_hidden(hidden)
             self.opt.zero_grad()
@@ -214,12 +214,14 @@ class Trainer:
         return self.history
 
     def final_metrics(self) -> dict[str, float]:
-        """Validation and test (batch 1) loss and perplexity of the best weights."""
+        """Validation and test (batch 1) loss and perplexity of the best weights (the
+        validation loss of those weights is the best one seen: no need to evaluate again)."""
         current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         try:
-            val, test = self.evaluate("valid"), self.evaluate("test")
+            val = self.best_val_loss if self.best_state is not None else self.evaluate("valid")
+            test = self.evaluate("test")
         finally:
             self.model.load_state_dict(current)
         return {"val_loss": val, "val_ppl": perplexity(val), "test_loss": test,
@@ -246,7 +248,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state["model"])  # copies onto the model's device
         self.opt.load_state_dict(state["ntasgd"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"].cpu())
@@ -261,10 +263,19 @@ class Trainer:
         self.finetune_done = state["finetune_done"]
         self.best_val_loss = state["best_val_loss"]
         best = state["best_state"]
-        self.best_state = None if best is None else {
-            k: v.to(self.device) for k, v in copy.copy(best).items()
-        }
+        self.best_state = None if best is None else {k: v.to(self.device) for k, v in best.items()}
         self.history = [EpochMetrics(**m) for m in state["history"]]
+
+    # Fields a resumed run may change: where it runs and how long it goes on.
+    RESUMABLE_CHANGES = frozenset({"device", "epochs", "finetune_epochs"})
+
+    def _check_same_run(self, saved: dict[str, Any]) -> None:
+        ours = self.run_config.to_flat()
+        changed = sorted(k for k in ours.keys() | saved.keys()
+                         if k not in self.RESUMABLE_CHANGES and ours.get(k) != saved.get(k))
+        if changed:
+            raise AWDError(f"the checkpoint was trained with other values of {', '.join(changed)}"
+                           f" (saved: {', '.join(f'{k}={saved.get(k)}' for k in changed)})")
 
     def save(self, path) -> None:
         torch.save(self.state_dict(), path)
@@ -272,8 +283,10 @@ class Trainer:
     def load(self, path) -> None:
         """Resume from a file written by `save`; a missing or mismatched one is a user error."""
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
+            # On the CPU first: RNG states must stay CPU tensors; weights move in load_state_dict.
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            self._check_same_run(state["config"])
             self.load_state_dict(state)
-        except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
+        except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise AWDError(f"cannot resume from {path}: {first}") from None

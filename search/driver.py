@@ -9,7 +9,7 @@ import os
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,12 @@ from search.searcher import make_searcher
 from search.tracking import (
     MLflowTrialLogger,
     check_tracking_uri,
+    child_runs,
     ensure_experiment,
     log_best_artifacts,
     normalize_tracking_uri,
     start_parent_run,
+    status_of,
 )
 from search.trainable import best_model_file, train_trial
 
@@ -162,6 +164,7 @@ def _prepare_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: floa
         _trainable(opts.cpus_per_trial, gpus),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(opts),
                                     num_samples=opts.num_samples, time_budget_s=opts.time_budget,
+                                    reuse_actors=True,  # no new worker + torch import per trial
                                     trial_name_creator=_trial_name,
                                     trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
@@ -185,16 +188,12 @@ def summarize(result_grid) -> list[TrialSummary]:
     trials = []
     for r in result_grid:
         metrics = dict(r.metrics or {})
-        if r.error is not None or metrics.get("diverged"):
-            status, error = schema.STATUS_FAILED, str(r.error or "diverged")
-        elif metrics.get("finished"):
-            status, error = schema.STATUS_COMPLETED, None
-        else:
-            status, error = schema.STATUS_STOPPED, None
+        status = schema.STATUS_FAILED if r.error is not None else status_of(metrics)
+        error = str(r.error) if r.error is not None else (
+            "diverged" if status == schema.STATUS_FAILED else None)
         trials.append(TrialSummary(
             trial_id=metrics.get("trial_id", r.path.rsplit("_", 1)[-1]), status=status,
-            config=dict(r.config or {}), metrics=metrics,
-            checkpoint=r.checkpoint, error=error))
+            config=dict(r.config or {}), metrics=metrics, checkpoint=r.checkpoint, error=error))
     return trials
 
 
@@ -208,40 +207,46 @@ def pick_best(trials: list[TrialSummary], metric: str) -> TrialSummary | None:
     return min(scored, key=lambda t: t.metrics[metric]) if scored else None
 
 
-def _finish(client: MlflowClient, state: dict[str, Any], logger_runs: dict[str, str],
-            trials: list[TrialSummary], best: TrialSummary | None) -> None:
+def close_open_trials(logger: MLflowTrialLogger, runs: dict[str, Any],
+                      trials: list[TrialSummary]) -> None:
+    """Tune ends trials without callbacks when the time budget runs out or the driver is
+    interrupted: close their runs too, so that no run stays RUNNING after the search."""
+    for t in trials:
+        run = runs.get(t.trial_id)
+        if run is not None and run.data.tags.get(schema.STATUS) == schema.STATUS_RUNNING:
+            logger.finish(run.info.run_id, t.metrics, t.status, t.error)
+
+
+def write_summary(client: MlflowClient, state: dict[str, Any], runs: dict[str, Any],
+                  trials: list[TrialSummary], best: TrialSummary | None) -> None:
+    """The parent run's summary metrics and the best trial's artifacts; closes the parent."""
     parent = state["parent_run_id"]
-    gpus = state["gpus_per_trial"]
     started = client.get_run(parent).info.start_time / 1000
     now = int(time.time() * 1000)
-    seconds = sum(client_sum(client, logger_runs.get(t.trial_id)) for t in trials)
+    train_seconds = sum(r.data.metrics.get("train_seconds", 0.0) for r in runs.values())
     counts = {s: sum(t.status == s for t in trials) for s in
               (schema.STATUS_COMPLETED, schema.STATUS_STOPPED, schema.STATUS_FAILED)}
     summary = {"trials_total": len(trials), "trials_completed": counts[schema.STATUS_COMPLETED],
                "trials_stopped_early": counts[schema.STATUS_STOPPED],
                "trials_failed": counts[schema.STATUS_FAILED],
-               "wall_seconds": time.time() - started, "gpu_hours": seconds * gpus / 3600}
+               "wall_seconds": time.time() - started,
+               "gpu_hours": train_seconds * state["gpus_per_trial"] / 3600}
     if best is not None:
         summary["best_val_ppl"] = best.metrics.get("final_val_ppl", best.metrics["best_val_ppl"])
         if "final_test_ppl" in best.metrics:
             summary["best_test_ppl"] = best.metrics["final_test_ppl"]
     client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
     if best is not None:
-        runs = [parent] + ([logger_runs[best.trial_id]] if best.trial_id in logger_runs else [])
+        best_run = runs.get(best.trial_id)
+        targets = [parent] + ([best_run.info.run_id] if best_run is not None else [])
         with tempfile.TemporaryDirectory() as d:
             model = None
             if best.checkpoint is not None:  # local or remote storage alike
                 with best.checkpoint.as_directory() as ckpt:
                     model = best_model_file(ckpt, Path(d) / "best_model.pt")
-            log_best_artifacts(client, runs, best.full_config, model)
+            log_best_artifacts(client, targets, best.full_config, model, Path(d))
         client.set_tag(parent, "awdsearch.best_trial_id", best.trial_id)
     client.set_terminated(parent, "FINISHED")
-
-
-def client_sum(client: MlflowClient, run_id: str | None) -> float:
-    if run_id is None:
-        return 0.0
-    return sum(m.value for m in client.get_metric_history(run_id, "epoch_seconds"))
 
 
 def run_search(opts: SearchOptions) -> SearchOutcome:
@@ -250,6 +255,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     if opts.resume:
         state = _load_state(opts)
         uri = state["tracking_uri"]
+        opts = replace(opts, space=state["options"]["space"])  # the space it was started with
     else:
         state, uri = None, normalize_tracking_uri(opts.tracking_uri)
     check_data(opts.space_spec.dataset)
@@ -270,8 +276,10 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     trials = summarize(grid)
     best = pick_best(trials, opts.space_spec.metric)
     logger = MLflowTrialLogger(uri, state["experiment_id"], state["parent_run_id"], opts.space)
-    runs = {t.trial_id: logger._find_child(t.trial_id) for t in trials}
-    _finish(client, state, {k: v for k, v in runs.items() if v}, trials, best)
+    close_open_trials(logger, child_runs(client, state["experiment_id"],
+                                         state["parent_run_id"]), trials)
+    runs = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    write_summary(client, state, runs, trials, best)
     best_path = None
     if best is not None:
         best_path = Path(opts.best_config or f"best_config_{opts.experiment_name}.json")

@@ -2,8 +2,9 @@
 
 On restore, Tune re-creates the scheduler as it was when the experiment started, so plain ASHA
 forgets every rung recorded before the interruption and a resumed search would let trials pass
-rungs they had already lost. This subclass writes the rungs to a file after every decision and
-reads them back the first time it is used after a restore.
+rungs they had already lost. This subclass writes the rungs, and the trials it stopped, to a
+file after every decision (Tune's own snapshot may be older) and reads them back the first time
+it is used after a restore.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class PersistentASHA(ASHAScheduler):
     def __init__(self, state_path: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.state_path = str(state_path)
+        self._stopped: set[str] = set()  # trials ASHA stopped: they stay stopped after a restore
         self._state_loaded = False
 
     def __setstate__(self, state: dict) -> None:
@@ -33,12 +35,14 @@ class PersistentASHA(ASHAScheduler):
         if text is None:
             return
         saved = json.loads(text)
+        self._stopped = set(saved["stopped"])
         # ASHA keeps, per bracket, a list of (milestone, {trial_id: score}) pairs.
-        for bracket, rungs in zip(self._brackets, saved, strict=True):
+        for bracket, rungs in zip(self._brackets, saved["rungs"], strict=True):
             bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
 
     def _save_rungs(self) -> None:
-        storage.write_text(self.state_path, json.dumps([b._rungs for b in self._brackets]))
+        state = {"rungs": [b._rungs for b in self._brackets], "stopped": sorted(self._stopped)}
+        storage.write_text(self.state_path, json.dumps(state))
 
     def rungs(self) -> list[list[tuple[float, dict[str, float]]]]:
         self._load_rungs()
@@ -50,7 +54,11 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._load_rungs()
+        if trial.trial_id in self._stopped:  # stopped before the driver died, restored live
+            return self.STOP
         action = super().on_trial_result(tune_controller, trial, result)
+        if action == self.STOP:
+            self._stopped.add(trial.trial_id)
         self._save_rungs()
         return action
 

@@ -11,7 +11,8 @@ Parent run
            cpus_per_trial, gpus_per_trial, seed, metric, time_budget_s ...)
   metrics: best_val_ppl, best_test_ppl, trials_total, trials_completed, trials_stopped_early,
            trials_failed, wall_seconds, gpu_hours
-  artifacts: best_config.json, best_checkpoint/ (the best trial's checkpoint files)
+  artifacts: config.json (the best trial's full config), checkpoint/best_model.pt (its best
+           weights and config)
 
 Child (trial) run, named "<space>-<trial_id>"
   tags:    awdsearch.role = "trial", awdsearch.trial_id, awdsearch.model, awdsearch.dataset,
@@ -23,7 +24,7 @@ Child (trial) run, named "<space>-<trial_id>"
            epoch_seconds, tokens_per_s, averaging (1.0/0.0)
   metrics once: num_params, ntasgd_trigger_epoch (absent if never triggered), epochs_run,
            train_seconds (sum of epoch_seconds), final_val_ppl, final_test_ppl (completed trials)
-  artifacts (best trial only): config.json, checkpoint/ (trainer checkpoint of the best weights)
+  artifacts (best trial only): config.json, checkpoint/best_model.pt
 """
 
 ROLE = "awdsearch.role"

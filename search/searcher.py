@@ -40,6 +40,10 @@ class AWDOptunaSearch(OptunaSearch):
     def study(self) -> optuna.Study:
         return self._ot_study
 
+    def tune_trial_id(self, number: int) -> str:
+        """The Tune trial that ran Optuna trial ``number`` (0: the warm start)."""
+        return next(tid for tid, t in self._ot_trials.items() if t.number == number)
+
 
 @dataclass(frozen=True)
 class SpaceConfig:

@@ -87,9 +87,19 @@ def start_parent_run(client: MlflowClient, experiment_id: str, run_name: str,
     return run.info.run_id
 
 
-def _status_of(trial) -> str:
-    result = trial.last_result or {}
+def status_of(result: dict) -> str:
+    """A trial's outcome from its last result (errors are reported separately by Tune)."""
+    if result.get("diverged"):  # ASHA may stop a diverged trial before its error surfaces
+        return schema.STATUS_FAILED
     return schema.STATUS_COMPLETED if result.get("finished") else schema.STATUS_STOPPED
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
+    """The trial runs of one search, by trial id."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{schema.PARENT_RUN_ID}` = '{parent_run_id}'",
+        max_results=50_000)
+    return {r.data.tags[schema.TRIAL_ID]: r for r in runs if schema.TRIAL_ID in r.data.tags}
 
 
 def _error_reason(trial) -> str:
@@ -113,6 +123,7 @@ class MLflowTrialLogger(Callback):
         self.space = space
         self.extra_params = extra_params or {}
         self.run_ids: dict[str, str] = {}
+        self.logged_epochs: dict[str, int] = {}  # the last epoch logged per trial
         self._tagged: set[str] = set()
         self._client: MlflowClient | None = None
 
@@ -129,10 +140,11 @@ class MLflowTrialLogger(Callback):
         return self._client
 
     def get_state(self) -> dict:
-        return {"run_ids": dict(self.run_ids)}
+        return {"run_ids": dict(self.run_ids), "logged_epochs": dict(self.logged_epochs)}
 
     def set_state(self, state: dict) -> None:
         self.run_ids.update(state.get("run_ids", {}))
+        self.logged_epochs.update(state.get("logged_epochs", {}))
 
     # --- child runs ----------------------------------------------------------------------
     def _find_child(self, trial_id: str) -> str | None:
@@ -181,16 +193,22 @@ class MLflowTrialLogger(Callback):
         self._safely("log epoch metrics", self._log_result, trial, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._safely("finish the trial run", self._finish, trial, _status_of(trial), None)
+        result = trial.last_result or {}
+        failure = "diverged (see the trial's error)" if result.get("diverged") else None
+        self._safely("finish the trial run", self.finish, self.run_id(trial), result,
+                     status_of(result), failure)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._safely("mark the trial failed", self._finish, trial, schema.STATUS_FAILED,
-                     _error_reason(trial))
+        self._safely("mark the trial failed", self.finish, self.run_id(trial),
+                     trial.last_result or {}, schema.STATUS_FAILED, _error_reason(trial))
 
     def _log_result(self, trial, result: dict) -> None:
-        if result.get("diverged"):
+        step = int(result["epoch"])
+        # A diverged epoch is no result; an epoch re-run after a restore is logged only once.
+        if result.get("diverged") or step <= self.logged_epochs.get(trial.trial_id, 0):
             return
-        run_id, step, now = self.run_id(trial), int(result["epoch"]), int(time.time() * 1000)
+        self.logged_epochs[trial.trial_id] = step
+        run_id, now = self.run_id(trial), int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), now, step)
                    for k in schema.EPOCH_METRICS if k in result]
         tags = []
@@ -202,11 +220,10 @@ class MLflowTrialLogger(Callback):
                     RunTag(schema.NODE_ID, str(result.get("node_id", "")))]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
-    def _finish(self, trial, status: str, failure: str | None) -> None:
-        run_id = self.run_id(trial)
+    def finish(self, run_id: str, result: dict, status: str, failure: str | None) -> None:
+        """Close a trial's run: its status, summary metrics and MLflow run state."""
         history = self.client.get_metric_history(run_id, "epoch_seconds")
         by_epoch = {m.step: m.value for m in history}
-        result = trial.last_result or {}
         now = int(time.time() * 1000)
         summary = {"epochs_run": float(len(by_epoch)), "train_seconds": sum(by_epoch.values())}
         if result.get("trigger_epoch"):
@@ -224,10 +241,9 @@ class MLflowTrialLogger(Callback):
 
 
 def log_best_artifacts(client: MlflowClient, run_ids: list[str], config: dict[str, Any],
-                       model_file: Path | None) -> None:
+                       model_file: Path | None, workdir: Path) -> None:
     """The best trial's config (JSON) and slim checkpoint, on its own run and the parent."""
-    tmp = Path(model_file).parent if model_file else Path.cwd()
-    cfg = tmp / "config.json"
+    cfg = workdir / "config.json"
     cfg.write_text(json.dumps(config, indent=2, sort_keys=True))
     for run_id in run_ids:
         client.log_artifact(run_id, str(cfg))

@@ -9,7 +9,6 @@ doomed epochs.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from awd.trainer import EpochMetrics, Trainer
 
 CHECKPOINT_FILE = "trainer.pt"
 DIVERGED_FILE = "diverged.json"
+DIVERGED_PPL = 1e12
 
 
 def _limit_threads() -> None:
@@ -87,8 +87,9 @@ def train_trial(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / DIVERGED_FILE).write_text(
                 json.dumps({"epoch": e.epoch, "loss": str(e.loss), "phase": e.phase}))
-            # The search metric must be in every result; a diverged run ranks last.
-            tune.report({"epoch": e.epoch, "diverged": 1.0, "best_val_ppl": math.inf},
+            # The search metric must be in every result. A diverged run ranks last, with a
+            # finite value: ASHA's rung percentiles turn NaN once infinities dominate.
+            tune.report({"epoch": e.epoch, "diverged": 1.0, "best_val_ppl": DIVERGED_PPL},
                         checkpoint=tune.Checkpoint.from_directory(d))
         raise
 

@@ -16,10 +16,12 @@ import pytest
 import torch
 from conftest import SMOKE_TRIALS
 from mlflow.tracking import MlflowClient
+from ray.tune import ExperimentAnalysis
 
 from awd.config import from_flat
 from awd.models import build_model
 from search import schema
+from search.searcher import AWDOptunaSearch
 from spaces import get_space
 
 pytestmark = pytest.mark.slow
@@ -81,6 +83,7 @@ def test_parent_run_has_search_tags_and_config(smoke):
     assert params["num_samples"] == str(SMOKE_TRIALS) and params["max_epochs"] == "2"
     assert params["scheduler"] == "asha"
     assert parent.info.status == "FINISHED"
+    assert set(schema.SEARCH_SUMMARY_METRICS) <= set(metrics)
     assert metrics["trials_total"] == SMOKE_TRIALS == len(children)
     assert (metrics["trials_completed"] + metrics["trials_stopped_early"]
             + metrics["trials_failed"]) == SMOKE_TRIALS
@@ -107,11 +110,17 @@ def test_every_trial_is_a_nested_child_with_params_and_epoch_metrics(smoke):
 
 
 def test_paper_configuration_is_the_first_trial(smoke):
-    _, _, uri = smoke
-    _, _, children = runs_of(uri, "smoke")
-    first = min(children, key=lambda r: r.info.start_time)
+    cwd, _, uri = smoke
+    searcher = AWDOptunaSearch()  # the searcher as Tune saved it at the end of the search
+    searcher.restore_from_dir(str(cwd / "ray_results" / "smoke"))
+    first_id = searcher.tune_trial_id(0)
+    first = next(t for t in ExperimentAnalysis(str(cwd / "ray_results" / "smoke")).trials
+                 if t.trial_id == first_id)
     warm = get_space("smoke").warm_start
-    assert {k: first.data.params[k] for k in warm} == {k: str(v) for k, v in warm.items()}
+    assert {k: first.config[k] for k in warm} == warm
+    _, _, children = runs_of(uri, "smoke")
+    logged = next(c for c in children if c.data.tags[schema.TRIAL_ID] == first_id)
+    assert {k: logged.data.params[k] for k in warm} == {k: str(v) for k, v in warm.items()}
 
 
 def test_best_trial_has_config_and_checkpoint_artifacts(smoke, tmp_path):

@@ -135,7 +135,7 @@ def _trial(tid):
 
 
 def test_asha_rungs_survive_a_restore(tmp_path):
-    state = tmp_path / "rungs.json"
+    state = str(tmp_path / "rungs.json")
 
     def make():
         return PersistentASHA(state, time_attr="epoch", metric="best_val_ppl", mode="min",
@@ -154,7 +154,12 @@ def test_asha_rungs_survive_a_restore(tmp_path):
     restored.on_trial_add(None, _trial("d"))
     assert restored.on_trial_result(None, _trial("d"), {"epoch": 1, "best_val_ppl": 500.0}) \
         == "STOP"
-    fresh = PersistentASHA(tmp_path / "other.json", time_attr="epoch", metric="best_val_ppl",
+    # A trial ASHA stopped stays stopped if Tune's older snapshot restores it as live.
+    stopped = pickle.loads(pickle.dumps(make()))
+    stopped.on_trial_add(None, _trial("d"))
+    assert stopped.on_trial_result(None, _trial("d"), {"epoch": 2, "best_val_ppl": 1.0}) \
+        == "STOP"
+    fresh = PersistentASHA(str(tmp_path / "other.json"), time_attr="epoch", metric="best_val_ppl",
                            mode="min", max_t=9, grace_period=1, reduction_factor=3)
     fresh.on_trial_add(None, _trial("d"))
     assert fresh.on_trial_result(None, _trial("d"), {"epoch": 1, "best_val_ppl": 500.0}) \

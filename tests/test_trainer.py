@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import pattern_text, reversed_text, write_corpus
 
-from awd.data import load_corpus
-from awd.errors import TrainingDiverged
+from awd.data import load_corpus, train_windows
+from awd.errors import AWDError, TrainingDiverged
 from awd.ntasgd import zaremba_lr
 from awd.trainer import EpochMetrics, Trainer
 
@@ -331,3 +331,31 @@ def test_one_epoch_on_a_slice_of_ptb_beats_uniform_guessing(ptb, model):
         assert math.isfinite(ppl)
         assert 50 < ppl < 5_000  # uniform guessing over 10,000 words gives 10,000
     assert trainer.test_data.shape == (5_000, 1)
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(pattern, tmp_path):
+    trainer = Trainer({**TINY["awd_lstm"], "epochs": 1}, pattern)
+    trainer.fit()
+    trainer.save(tmp_path / "ck.pt")
+    longer = Trainer({**TINY["awd_lstm"], "epochs": 2}, pattern)
+    longer.load(tmp_path / "ck.pt")  # more epochs: a legitimate continuation
+    assert longer.epoch == 1
+    other = Trainer({**TINY["awd_lstm"], "epochs": 2, "lr": 5.0}, pattern)
+    with pytest.raises(AWDError, match="other values of lr"):
+        other.load(tmp_path / "ck.pt")
+
+
+def test_fine_tuning_caps_windows_at_bptt_plus_10(pattern, monkeypatch):
+    import awd.trainer
+
+    caps = []
+
+    def recording(source, bptt, rng, min_len=5, max_len=None):
+        caps.append(max_len)
+        return train_windows(source, bptt, rng, min_len, max_len)
+
+    monkeypatch.setattr(awd.trainer, "train_windows", recording)
+    trainer = Trainer({**TINY["awd_lstm"], "epochs": 2, "finetune_epochs": 1}, pattern)
+    trainer.fit()
+    bptt = trainer.cfg.bptt
+    assert caps == [None, None, bptt + 10]  # two main epochs uncapped, fine-tuning capped

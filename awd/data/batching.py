@@ -57,10 +57,9 @@ def train_windows(
     rng: np.random.Generator | None,
     min_len: int = 5,
     max_len: int | None = None,
-    start: int = 0,
 ) -> Iterator[tuple[int, Window]]:
     """Yield (start, window) over ``source``; variable lengths when ``rng`` is given."""
-    i = start
+    i = 0
     while i < source.size(0) - 1:
         seq_len = draw_seq_len(rng, bptt, min_len, max_len) if rng is not None else bptt
         w = get_window(source, i, seq_len, bptt)
