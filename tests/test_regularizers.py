@@ -214,3 +214,26 @@ def test_dropconnect_keeps_1_minus_p_of_the_weights_scaled(p):
     kept = dropped != 0
     assert abs(kept.float().mean().item() - (1 - p)) < 0.01
     assert torch.allclose(dropped[kept], torch.full_like(dropped[kept], 1 / (1 - p)))
+
+
+def test_cuda_weight_layout_is_one_buffer_in_cudnn_order_with_gradients():
+    """On CUDA the substituted weights are views of one flat buffer (so cuDNN takes them as
+    they are); checked here on CPU: same values, one storage, in order, gradients flow."""
+    from awd.regularizers import _contiguous_views
+
+    rnn = nn.LSTM(8, 16)
+    weights = {n: getattr(rnn, n) for n in rnn._flat_weights_names}
+    views = _contiguous_views(weights)
+    assert list(views) == list(weights)
+    storage = {v.untyped_storage().data_ptr() for v in views.values()}
+    assert len(storage) == 1
+    offsets = [v.storage_offset() for v in views.values()]
+    assert offsets == sorted(offsets) and offsets[0] == 0
+    for name, w in weights.items():
+        assert torch.equal(views[name], w)
+    x = torch.randn(5, 3, 8)
+    out, _ = torch.func.functional_call(rnn, views, (x,))
+    expected, _ = rnn(x)
+    assert torch.allclose(out, expected, atol=1e-6)
+    out.sum().backward()
+    assert rnn.weight_hh_l0.grad is not None and rnn.weight_ih_l0.grad.abs().sum() > 0
