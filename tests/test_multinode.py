@@ -27,20 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import DATA_DIR, real_data
 from mlflow.tracking import MlflowClient
 
 from search import schema
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 EXPERIMENT = "multinode"
 NUM_SAMPLES, EPOCHS = 4, 2
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("AWD_DATA_DIR", REPO.parent / "shared" / "data"))
 
 
 def free_port() -> int:
@@ -128,8 +124,7 @@ def alive_node_ids(address: str, env: dict[str, str], expected: int, timeout: fl
 def root() -> Iterator[Path]:
     """A private folder for the cluster, the MLflow server and the search; on the way out, any
     process whose command line still names it is killed."""
-    if not (data_dir() / "ptb" / "train.txt").exists():
-        pytest.skip(f"PTB not found under {data_dir()} (set AWD_DATA_DIR)")
+    real_data("ptb")
     # Short path: Ray's Unix sockets live under it and must stay below ~107 characters.
     folder = Path(tempfile.mkdtemp(prefix="awdmn", dir="/tmp"))
     try:
@@ -182,7 +177,7 @@ def cluster(root) -> Iterator[Cluster]:
     # Token authentication as on the real cluster, with a token of our own (RAY_AUTH_TOKEN_PATH)
     # so that the user's ~/.ray/auth_token is neither used nor changed.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-    env.update(AWD_DATA_DIR=str(data_dir()), RAY_AUTH_MODE="token",
+    env.update(AWD_DATA_DIR=str(DATA_DIR), RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN_PATH=str(token))
     port = free_port()
     address = f"127.0.0.1:{port}"

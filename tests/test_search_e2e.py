@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMOKE_TRIALS
+from conftest import DATA_DIR, SMOKE_TRIALS, real_data
 from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
@@ -26,17 +26,9 @@ from spaces import get_space
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("AWD_DATA_DIR", REPO.parent / "shared" / "data"))
-
-
 @pytest.fixture(scope="module", autouse=True)
 def need_ptb():
-    if not (data_dir() / "ptb" / "train.txt").exists():
-        pytest.skip(f"PTB not found under {data_dir()} (set AWD_DATA_DIR)")
+    real_data("ptb")
 
 
 def search_cmd(*args: str) -> list[str]:
@@ -44,7 +36,7 @@ def search_cmd(*args: str) -> list[str]:
 
 
 def run_search(cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    env = {**os.environ, "AWD_DATA_DIR": str(data_dir())}
+    env = {**os.environ, "AWD_DATA_DIR": str(DATA_DIR)}
     return subprocess.run(search_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -168,7 +160,7 @@ def _progress(exp_dir: Path) -> tuple[int, int]:
 def test_resume_after_the_driver_is_killed_loses_nothing_and_reruns_nothing(tmp_path):
     args = ["--space", "smoke", "--num-samples", "3", "--max-epochs", "3", "--concurrency", "1",
             "--scheduler", "none", "--storage", "rr", "--experiment", "resumable"]
-    env = {**os.environ, "AWD_DATA_DIR": str(data_dir())}
+    env = {**os.environ, "AWD_DATA_DIR": str(DATA_DIR)}
     exp_dir = tmp_path / "rr" / "resumable"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(search_cmd(*args), cwd=tmp_path, env=env, stdout=log,

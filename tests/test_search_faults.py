@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import ray
+from conftest import DATA_DIR, real_data
 from mlflow.tracking import MlflowClient
 
 from search import schema
@@ -21,14 +21,11 @@ from spaces import SPACES, Space, smoke
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("AWD_DATA_DIR", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def need_ptb():
-    if not (DATA / "ptb" / "train.txt").exists():
-        pytest.skip(f"PTB not found under {DATA} (set AWD_DATA_DIR)")
+    real_data("ptb")
 
 
 def first_trial_diverges(trial):
@@ -40,7 +37,7 @@ def first_trial_diverges(trial):
 
 def test_diverging_trial_is_failed_with_its_reason_and_the_search_goes_on(tmp_path,
                                                                          monkeypatch):
-    monkeypatch.setenv("AWD_DATA_DIR", str(DATA))
+    monkeypatch.setenv("AWD_DATA_DIR", str(DATA_DIR))
     monkeypatch.setitem(SPACES, "diverge", Space(
         name="diverge", description="smoke whose first trial diverges", model="mixed",
         dataset="ptb", define=first_trial_diverges, warm_start=smoke.SPACE.warm_start,
@@ -85,7 +82,7 @@ def _session_pids(sid: int, needle: str) -> list[int]:
 
 
 def test_trial_whose_worker_dies_restarts_from_its_last_checkpoint(tmp_path):
-    env = {**os.environ, "AWD_DATA_DIR": str(DATA)}
+    env = {**os.environ, "AWD_DATA_DIR": str(DATA_DIR)}
     cmd = [sys.executable, "-m", "search.run", "--space", "smoke", "--num-samples", "1",
            "--max-epochs", "4", "--storage", "rr", "--experiment", "crash"]
     with open(tmp_path / "log.txt", "w") as log:
