@@ -5,10 +5,11 @@ from typing import Any
 
 import optuna
 
+from spaces._common import fixed
 from spaces._space import Space
 
 MODELS = ("awd_lstm", "awd_gru", "zaremba")
-SLICE = {"dataset": "ptb", "train_tokens": 20_000, "eval_tokens": 3_000, "batch_size": 20,
+SLICE = {"train_tokens": 20_000, "eval_tokens": 3_000, "batch_size": 20,
          "bptt": 35, "eval_batch_size": 10, "test_batch_size": 10}
 
 
@@ -20,8 +21,7 @@ def define(trial: optuna.Trial) -> dict[str, Any]:
             "dropout": trial.suggest_float("dropout", 0.0, 0.5),
             "lr": trial.suggest_float("lr", 0.5, 2.0, log=True),
         }
-        return {"model": model, "preset": "small", "init_range": 0.1, "optimizer": "ntasgd",
-                **SLICE, **sampled}
+        return {**fixed(model, "ptb", "small"), "init_range": 0.1, **SLICE, **sampled}
     sampled = {
         "emsize": trial.suggest_int("emsize", 16, 64, step=16),
         "nhid": trial.suggest_int("nhid", 32, 96, step=16),
@@ -32,7 +32,7 @@ def define(trial: optuna.Trial) -> dict[str, Any]:
         "wdrop": trial.suggest_float("wdrop", 0.0, 0.5),
         "lr": trial.suggest_float("lr", 2.0, 20.0, log=True),
     }
-    return {"model": model, "nlayers": 2, "clip": 0.25, **SLICE, **sampled}
+    return {**fixed(model, "ptb"), "nlayers": 2, "clip": 0.25, **SLICE, **sampled}
 
 
 SPACE = Space(
