@@ -11,9 +11,10 @@ import dataclasses
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from awd.data.registry import canonical_dataset
 from awd.errors import ConfigError
 
-MODELS = ("awd_lstm", "awd_gru", "zaremba")
+MODELS = ("awd_lstm", "awd_gru", "zaremba")  # the one list of model names
 ZAREMBA_SIZES = ("small", "medium", "large")
 OPTIMIZERS = ("ntasgd", "sgd_schedule")
 
@@ -172,7 +173,7 @@ class RunConfig:
 
 def preset(model: str, dataset: str = "ptb", size: str = "") -> RunConfig:
     """The paper configuration of ``model`` on ``dataset`` (size: Zaremba's small/medium/large)."""
-    wt2 = dataset.lower() in ("wikitext-2", "wt2", "wikitext2")
+    wt2 = canonical_dataset(dataset) == "wikitext-2"
     if model in ("awd_lstm", "awd_gru"):
         cls = AWDLSTMConfig if model == "awd_lstm" else AWDGRUConfig
         if wt2:  # reference README: WT2 uses dropouth 0.2, dropouti 0.65, batch 80, 750 epochs

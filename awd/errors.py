@@ -1,19 +1,30 @@
-"""Exceptions with messages meant for users, raised instead of bare tracebacks."""
+"""The error family of awdsearch: every problem a user can fix is a `UserError`.
+
+Each command line (``awd.train``, ``awd.data``, ``search.run``, ``reports``) catches
+`UserError` alone and prints its message on one line; anything else is a bug and keeps its
+traceback. The subclasses live beside the code that raises them (``spaces.UnknownSpaceError``,
+``search.options.OptionError``, ``search.tracking.TrackingError``, ``reports.ReportError`` ...);
+this module, at the bottom of the layering, holds the base and the ``awd`` ones.
+"""
 
 
-class AWDError(Exception):
-    """Base class: a problem the user can fix (bad data, bad config)."""
+class UserError(Exception):
+    """Base class: input the user can fix (config, data, space, options, tracking, report)."""
 
 
-class DataError(AWDError):
+class DataError(UserError):
     """Missing, corrupt or inconsistent corpus files."""
 
 
-class ConfigError(AWDError, ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value outside its valid range."""
 
 
-class TrainingDiverged(AWDError):
+class CheckpointError(UserError):
+    """A checkpoint that cannot be resumed: missing, corrupt, or trained with another config."""
+
+
+class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the run must not be reported as a result."""
 
     def __init__(self, epoch: int, loss: float, phase: str = "train") -> None:

@@ -16,8 +16,18 @@ from tqdm import tqdm
 
 from awd.config import MODELS, AWDLSTMConfig, TrainConfig, ZarembaConfig, from_flat
 from awd.data import load_corpus
-from awd.errors import AWDError
+from awd.errors import UserError
 from awd.trainer import EpochMetrics, Trainer
+
+
+def _field_flag(group: argparse._ArgumentGroup, name: str, default: object, help: str) -> None:
+    """``--batch-size`` (shown) and ``--batch_size`` (the config field's own spelling, hidden)
+    both set field ``batch_size``."""
+    metavar = type(default).__name__
+    group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar=metavar,
+                       help=help)
+    if "_" in name:
+        group.add_argument(f"--{name}", dest=name, default=None, help=argparse.SUPPRESS)
 
 
 def _field_flags(parser: argparse.ArgumentParser) -> None:
@@ -29,12 +39,10 @@ def _field_flags(parser: argparse.ArgumentParser) -> None:
             if f.init and f.name not in seen:
                 seen.add(f.name)
                 owner = "zaremba" if cls is ZarembaConfig else "awd"
-                arch.add_argument(f"--{f.name}", default=None, metavar=type(f.default).__name__,
-                                  help=f"{owner} preset default: {f.default}")
+                _field_flag(arch, f.name, f.default, f"{owner} preset default: {f.default}")
     train = parser.add_argument_group("training fields (defaults: AWD-LSTM PTB preset)")
     for f in fields(TrainConfig):
-        train.add_argument(f"--{f.name}", default=None, metavar=type(f.default).__name__,
-                           help=f"default: {f.default}")
+        _field_flag(train, f.name, f.default, f"default: {f.default}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,8 +74,6 @@ def _dataset_name(data: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.model not in MODELS:
-            raise AWDError(f"unknown model {args.model!r}; known: {', '.join(MODELS)}")
         run = from_flat({"model": args.model, "dataset": _dataset_name(args.data),
                          "preset": args.preset, **_overrides(args)})
         corpus = load_corpus(args.data)
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         final = trainer.final_metrics()
         print(f"final | val ppl {final['val_ppl']:.2f} | test ppl {final['test_ppl']:.2f}")
         print(json.dumps({"num_params": trainer.num_params, **final}))
-    except AWDError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -118,8 +124,8 @@ def _epochs_with_bars(trainer: Trainer, quiet: bool):
 
 def _line(m: EpochMetrics) -> str:
     return (f"epoch {m.epoch:3d} ({m.phase}) | train ppl {m.train_ppl:8.2f} | val ppl "
-            f"{m.val_ppl:8.2f} | lr {m.lr:.3g} | {m.seconds:.1f}s | {m.tokens_per_s:,.0f} tok/s"
-            f" | averaging {'on' if m.averaging else 'off'}")
+            f"{m.val_ppl:8.2f} | lr {m.lr:.3g} | {m.epoch_seconds:.1f}s | "
+            f"{m.tokens_per_s:,.0f} tok/s | averaging {'on' if m.averaging else 'off'}")
 
 
 if __name__ == "__main__":

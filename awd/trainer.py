@@ -8,11 +8,13 @@ epoch k and resumed gives the same weights as one that never stopped (on CPU).
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,16 +22,19 @@ import torch
 import torch.nn.functional as F
 
 from awd.config import RunConfig, from_flat
-from awd.data import Corpus, batchify, eval_windows, train_windows
-from awd.errors import AWDError, TrainingDiverged
-from awd.models import build_model, count_parameters, detach_hidden
+from awd.data import Corpus, Window, batchify, eval_windows, train_windows
+from awd.errors import CheckpointError, TrainingDiverged
+from awd.models import Hidden, build_model, count_parameters, detach_hidden
 from awd.ntasgd import NTASGD, finetune_should_stop, zaremba_lr
 from awd.regularizers import activation_regularization, temporal_activation_regularization
 
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """What one epoch produced; ``averaging`` tells whether NT-ASGD's average was in use."""
+    """What one epoch produced; ``averaging`` tells whether NT-ASGD's average was in use.
+
+    These names are the platform's names: Tune results and MLflow metrics use them unchanged.
+    """
 
     epoch: int
     phase: str  # "train" or "finetune"
@@ -39,10 +44,10 @@ class EpochMetrics:
     val_ppl: float
     best_val_ppl: float
     lr: float
-    seconds: float
+    epoch_seconds: float
     tokens_per_s: float
     averaging: bool
-    trigger_epoch: int | None
+    ntasgd_trigger_epoch: int | None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,12 +60,14 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (the model's init and dropout)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def perplexity(loss: float) -> float:
+    """exp(loss), capped so that a huge loss gives a huge finite number, not an overflow."""
     return math.exp(min(loss, 700.0))
 
 
@@ -76,6 +83,7 @@ class Trainer:
         seed_everything(cfg.seed)
         corpus = corpus.truncated(cfg.train_tokens or None, cfg.eval_tokens or None)
         self.ntokens = corpus.ntokens
+        self.vocab = list(corpus.vocab)
         self.train_data = batchify(corpus.train, cfg.batch_size, "train").to(self.device)
         self.val_data = batchify(corpus.valid, cfg.eval_batch_size, "valid").to(self.device)
         self.test_data = batchify(corpus.test, cfg.test_batch_size, "test").to(self.device)
@@ -99,11 +107,30 @@ class Trainer:
             return zaremba_lr(self.cfg.lr, self.epoch, self.cfg.lr_decay, self.cfg.decay_start)
         return self.cfg.lr
 
+    def train_step(self, window: Window, hidden: Hidden, lr: float) -> tuple[Hidden, torch.Tensor]:
+        """The one training step: forward, cross-entropy (times the window length for Zaremba's
+        summed loss), AR and TAR, backward, gradient clipping and the NT-ASGD optimiser's step
+        at ``lr``. Returns the next hidden state (cut from the graph) and the window's mean
+        token loss as a detached device tensor (no host sync)."""
+        cfg, model = self.cfg, self.model
+        self.opt.zero_grad()
+        out = model(window.inputs, hidden)
+        loss = F.cross_entropy(out.logits.view(-1, self.ntokens), window.targets.reshape(-1))
+        objective = loss * window.seq_len if cfg.loss_sum_over_time else loss
+        if cfg.alpha:
+            objective = objective + activation_regularization(out.dropped_output, cfg.alpha)
+        if cfg.beta:
+            objective = objective + temporal_activation_regularization(out.raw_output, cfg.beta)
+        objective.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        self.opt.step(lr)
+        return detach_hidden(out.hidden), loss.detach()
+
     def train_epoch(self) -> tuple[float, int]:
         """One pass over the training data; returns (mean token loss, tokens seen)."""
-        cfg, model = self.cfg, self.model
-        model.train()
-        hidden = model.init_hidden(cfg.batch_size)
+        cfg = self.cfg
+        self.model.train()
+        hidden = self.model.init_hidden(cfg.batch_size)
         rng = self.window_rng if cfg.variable_bptt else None
         lr = self._epoch_lr()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -112,22 +139,10 @@ class Trainer:
         cap = cfg.max_seq_len or (cfg.bptt + 10 if self.phase == "finetune" else None)
         windows = train_windows(self.train_data, cfg.bptt, rng, cfg.min_seq_len, cap)
         for start, w in windows:
-            hidden = detach_hidden(hidden)
-            self.opt.zero_grad()
-            out = model(w.inputs, hidden)
-            hidden = out.hidden
-            loss = F.cross_entropy(out.logits.view(-1, self.ntokens), w.targets.reshape(-1))
-            objective = loss * w.seq_len if cfg.loss_sum_over_time else loss
-            if cfg.alpha:
-                objective = objective + activation_regularization(out.dropped_output, cfg.alpha)
-            if cfg.beta:
-                objective = objective + temporal_activation_regularization(out.raw_output,
-                                                                           cfg.beta)
-            objective.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            self.opt.step(lr * w.lr_scale if cfg.variable_bptt else lr)
+            hidden, loss = self.train_step(w, hidden, lr * w.lr_scale if cfg.variable_bptt
+                                           else lr)
             n = w.targets.numel()
-            total += loss.detach().double() * n
+            total += loss.double() * n
             tokens += n
             if self.on_window is not None:
                 self.on_window(start + w.seq_len, self.train_data.size(0) - 1)
@@ -177,9 +192,9 @@ class Trainer:
         metrics = EpochMetrics(
             epoch=self.epoch, phase=self.phase, train_loss=train_loss,
             train_ppl=perplexity(train_loss), val_loss=val_loss, val_ppl=perplexity(val_loss),
-            best_val_ppl=perplexity(self.best_val_loss), lr=lr, seconds=seconds,
+            best_val_ppl=perplexity(self.best_val_loss), lr=lr, epoch_seconds=seconds,
             tokens_per_s=tokens / seconds, averaging=self.opt.averaging,
-            trigger_epoch=self.opt.trigger_epoch,
+            ntasgd_trigger_epoch=self.opt.trigger_epoch,
         )
         self.history.append(metrics)
         return metrics
@@ -207,7 +222,14 @@ class Trainer:
                 self.start_finetune()
             yield self.step_epoch()
 
+    @property
+    def train_seconds(self) -> float:
+        """Seconds spent in epochs (training and validation) over the whole run, resumes
+        included: the cost a search charges to this run."""
+        return sum(m.epoch_seconds for m in self.history)
+
     def fit(self, callback: Callable[[EpochMetrics], None] | None = None) -> list[EpochMetrics]:
+        """Run to the end, calling ``callback`` after every epoch; returns the history."""
         for metrics in self.run():
             if callback is not None:
                 callback(metrics)
@@ -235,6 +257,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "config": self.run_config.to_flat(),
+            "vocab": self.vocab,
             "model": self.model.state_dict(),
             "ntasgd": self.opt.state_dict(),
             "rng": rng,
@@ -248,6 +271,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("vocab", self.vocab) != self.vocab:
+            raise CheckpointError("the checkpoint was trained on another vocabulary")
         self.model.load_state_dict(state["model"])  # copies onto the model's device
         self.opt.load_state_dict(state["ntasgd"])
         rng = state["rng"]
@@ -274,13 +299,15 @@ class Trainer:
         changed = sorted(k for k in ours.keys() | saved.keys()
                          if k not in self.RESUMABLE_CHANGES and ours.get(k) != saved.get(k))
         if changed:
-            raise AWDError(f"the checkpoint was trained with other values of {', '.join(changed)}"
-                           f" (saved: {', '.join(f'{k}={saved.get(k)}' for k in changed)})")
+            raise CheckpointError(
+                f"the checkpoint was trained with other values of {', '.join(changed)}"
+                f" (saved: {', '.join(f'{k}={saved.get(k)}' for k in changed)})")
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """The whole trainer, enough for `load` to continue the run exactly."""
         torch.save(self.state_dict(), path)
 
-    def load(self, path) -> None:
+    def load(self, path: str | os.PathLike[str]) -> None:
         """Resume from a file written by `save`; a missing or mismatched one is a user error."""
         try:
             # On the CPU first: RNG states must stay CPU tensors; weights move in load_state_dict.
@@ -289,4 +316,63 @@ class Trainer:
             self.load_state_dict(state)
         except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise AWDError(f"cannot resume from {path}: {first}") from None
+            raise CheckpointError(f"cannot resume from {path}: {first}") from None
+
+    # --- the trained model, for use -------------------------------------------------------
+    def export_best(self, path: str | os.PathLike[str]) -> Path:
+        """Write the best weights (the current ones if no epoch ran) with the full config and
+        the vocabulary: a file `load_exported` reads with ``weights_only=True``."""
+        weights = self.best_state if self.best_state is not None else self.model.state_dict()
+        return _write_export(self.run_config.to_flat(), self.vocab, weights, Path(path))
+
+    @staticmethod
+    def export_checkpoint(checkpoint: str | os.PathLike[str],
+                          path: str | os.PathLike[str]) -> Path:
+        """`export_best` of the trainer saved in ``checkpoint``, without rebuilding it (no
+        corpus needed): what a search does with its best trial's last checkpoint."""
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            weights = state["best_state"] or state["model"]
+            return _write_export(state["config"], state["vocab"], weights, Path(path))
+        except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"cannot export {checkpoint}: {first}") from None
+
+
+EXPORT_FORMAT = "awdsearch.model/1"
+
+
+def _write_export(config: dict[str, Any], vocab: list[str], weights: dict[str, torch.Tensor],
+                  path: Path) -> Path:
+    cpu = {k: v.detach().cpu() for k, v in weights.items()}
+    torch.save({"format": EXPORT_FORMAT, "config": config, "vocab": list(vocab), "model": cpu},
+               path)
+    return path
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """A model written by `Trainer.export_best`: its run config, vocabulary and weights."""
+
+    run: RunConfig
+    vocab: list[str]
+    state_dict: dict[str, torch.Tensor]
+
+    def build(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The model with its trained weights, in evaluation mode."""
+        model = build_model(self.run, len(self.vocab))
+        model.load_state_dict(self.state_dict)
+        return model.to(device).eval()
+
+
+def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
+    """Read an exported model without executing any code from the file (``weights_only``)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("format") != EXPORT_FORMAT:
+            raise KeyError("format")
+        return ExportedModel(from_flat(saved["config"]), list(saved["vocab"]), saved["model"])
+    except (OSError, RuntimeError, KeyError, TypeError, AttributeError,
+            pickle.UnpicklingError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a model exported by awdsearch: {first}") from None

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
 
-from reports.errors import ReportError
+from awd.errors import UserError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -29,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
                    help="MLflow experiment name(s); several are compared side by side")
     p.add_argument("--tracking-uri", default=None, metavar="URI",
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                   "sqlite:///mlflow.db in the working folder)")
+                   "sqlite:///mlflow.db in the working folder: the store a search writes to)")
     p.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
                    help="output folder (default: report/)")
     p.add_argument("--no-log", action="store_true",
@@ -52,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         _quiet()
     try:
         from reports.build import build
-        from reports.load import default_tracking_uri
+        from search.tracking import resolve_tracking_uri
 
-        uri = args.tracking_uri or default_tracking_uri(dict(os.environ), Path.cwd())
+        uri = resolve_tracking_uri(args.tracking_uri)
         result = build(uri, args.experiment, args.out, log_artifacts=not args.no_log)
-    except ReportError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:

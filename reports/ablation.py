@@ -12,6 +12,7 @@ import pandas as pd
 from reports.load import ReportData
 from reports.params import REGULARISERS, is_zero, same_value
 from reports.tables import GROUP, best_trial
+from search import schema
 
 IGNORED = ("gpus_per_trial",)  # resources, not configuration
 COLUMNS = ("search", "model", "variant", "removed", "run_id", "trial_id", "val_ppl", "test_ppl",
@@ -44,7 +45,7 @@ def table(data: ReportData) -> pd.DataFrame:
     runs = data.runs[data.runs["final_val_ppl"].notna()]
     for (key, model, dataset, _preset), group in data.trials().groupby(GROUP, sort=False):
         best = best_trial(group)
-        if best is None:
+        if best is None or best["status"] != schema.STATUS_COMPLETED:
             continue
         label = data.searches.loc[data.searches["search_key"] == key, "label"]
         search = str(label.iloc[0]) if not label.empty else key

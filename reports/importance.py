@@ -72,11 +72,11 @@ def _value(dist: BaseDistribution, raw: str) -> Any:
 
 
 def study_of(trials: pd.DataFrame) -> optuna.Study:
-    """An in-memory study holding ``trials`` (rows with ``params`` and ``best_val``)."""
+    """An in-memory study holding ``trials`` (rows with ``params`` and ``best_val_ppl``)."""
     params = list(trials["params"])
     dists = distributions(params)
     study = optuna.create_study(direction="minimize")
-    for p, value in zip(params, trials["best_val"], strict=True):
+    for p, value in zip(params, trials["best_val_ppl"], strict=True):
         present = {k: d for k, d in dists.items() if k in p}
         study.add_trial(optuna.trial.create_trial(
             params={k: _value(d, p[k]) for k, d in present.items()},
@@ -86,7 +86,7 @@ def study_of(trials: pd.DataFrame) -> optuna.Study:
 
 def evaluate(trials: pd.DataFrame, search: str, model: str) -> Importance:
     """Importances for one group, or a message saying why there are none."""
-    trials = trials[trials["best_val"].notna()]
+    trials = trials[trials["best_val_ppl"].notna()]
     result = Importance(search, model, len(trials))
     if len(trials) < MIN_TRIALS:
         result.message = f"needs >= {MIN_TRIALS} finished trials, has {len(trials)}"

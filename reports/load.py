@@ -30,9 +30,12 @@ REQUIRED = {  # metrics a trial of each status must have (schema: "metrics once"
 RUN_COLUMNS = ("run_id", "run_name", "experiment", "search_key", "role", "trial_id", "model",
                "dataset", "preset", "status", "failure", "ablation", "start_time", "end_time",
                *schema.TRIAL_SUMMARY_METRICS, "gpus_per_trial", "finetuned", "train_tokens",
-               "best_val", "params")
+               schema.BEST_VAL_PPL, "params")
+# A search's row: its parent run's tags and params, and its summary metrics (NaN where the
+# parent has none: a search still running or killed before its summary).
 SEARCH_COLUMNS = ("search_key", "label", "experiment", "run_id", "run_name", "space", "model",
-                  "dataset", "start_time", "end_time", "wall_seconds", "gpus_per_trial")
+                  "dataset", "start_time", "end_time", "gpus_per_trial", "best_trial_id",
+                  *schema.SEARCH_SUMMARY_METRICS)
 HISTORY_COLUMNS = ("run_id", "epoch", "val_ppl", "timestamp")
 
 
@@ -62,12 +65,6 @@ class ReportData:
     def finished(self, search_key: str | None = None) -> pd.DataFrame:
         trials = self.trials(search_key)
         return trials[trials["status"].isin(FINISHED)]
-
-
-def default_tracking_uri(env: dict[str, str], workdir: Path) -> str:
-    """``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working folder."""
-    uri = env.get("MLFLOW_TRACKING_URI", "").strip()
-    return uri or f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
 def open_client(uri: str) -> MlflowClient:
@@ -116,8 +113,9 @@ def _search_row(run: Run, experiment: str, label: str) -> dict[str, Any]:
         "run_id": run.info.run_id, "run_name": run.info.run_name or "",
         "space": tags.get(schema.SPACE, ""), "model": tags.get(schema.MODEL, ""),
         "dataset": tags.get(schema.DATASET, ""), "start_time": run.info.start_time,
-        "end_time": run.info.end_time, "wall_seconds": _metric(run, "wall_seconds"),
-        "gpus_per_trial": _number(params.get("gpus_per_trial")),
+        "end_time": run.info.end_time, "gpus_per_trial": _number(params.get("gpus_per_trial")),
+        "best_trial_id": tags.get(schema.BEST_TRIAL_ID, ""),
+        **{name: _metric(run, name) for name in schema.SEARCH_SUMMARY_METRICS},
     }
 
 
@@ -148,6 +146,7 @@ def _run_row(run: Run, experiment: str, search_key: str, search_gpus: float) -> 
         "params": dict(params),
     }
     row.update({name: _metric(run, name) for name in schema.TRIAL_SUMMARY_METRICS})
+    row[schema.BEST_VAL_PPL] = _metric(run, schema.BEST_VAL_PPL)  # its latest value: the lowest
     return row
 
 
@@ -181,7 +180,8 @@ def _load_experiment(client: MlflowClient, name: str,
         rows.append(row)
         curve = _history(client, run.info.run_id)
         history.extend(curve)
-        row["best_val"] = min((c["val_ppl"] for c in curve), default=math.nan)
+        if math.isnan(row[schema.BEST_VAL_PPL]):  # a run that logged no best_val_ppl
+            row[schema.BEST_VAL_PPL] = min((c["val_ppl"] for c in curve), default=math.nan)
     orphans = [r for r in rows if r["search_key"] == orphan_key
                and r["role"] == schema.ROLE_TRIAL and not r["ablation"]]
     if orphans:
@@ -191,8 +191,8 @@ def _load_experiment(client: MlflowClient, name: str,
         searches[orphan_key] = {
             "search_key": orphan_key, "label": f"{name} (no search run)", "experiment": name,
             "run_id": None, "run_name": "", "space": "", "model": "", "dataset": "",
-            "start_time": start, "end_time": None, "wall_seconds": math.nan,
-            "gpus_per_trial": math.nan}
+            "start_time": start, "end_time": None, "gpus_per_trial": math.nan,
+            "best_trial_id": "", **{name: math.nan for name in schema.SEARCH_SUMMARY_METRICS}}
     _check(name, rows, data)
     return list(searches.values()), rows, history
 
@@ -210,7 +210,7 @@ def _check(experiment: str, rows: list[dict[str, Any]], data: ReportData) -> Non
                                  f"{schema.STATUS} tag")
             continue
         missing = [m for m in REQUIRED.get(r["status"], ()) if math.isnan(r[m])]
-        if r["status"] == schema.STATUS_COMPLETED and math.isnan(r["best_val"]):
+        if r["status"] == schema.STATUS_COMPLETED and math.isnan(r["best_val_ppl"]):
             missing.append("val_ppl history")
         if missing:
             data.problems.append(f"{r['status']} trial run {r['run_id']} ({r['run_name']}) lacks "

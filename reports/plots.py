@@ -85,7 +85,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def _ranked(trials: pd.DataFrame) -> pd.DataFrame:
     """Trials best first: by final val ppl where there is one, else lowest val ppl reached."""
-    key = trials["final_val_ppl"].fillna(trials["best_val"])
+    key = trials["final_val_ppl"].fillna(trials["best_val_ppl"])
     return trials.assign(_rank=key).dropna(subset=["_rank"]).sort_values("_rank")
 
 
@@ -159,7 +159,7 @@ def progress(data: ReportData, out: Path) -> Plot | None:
         if trials.empty:
             continue
         index = np.arange(1, len(trials) + 1)
-        values = trials["best_val"].to_numpy(dtype=float)
+        values = trials["best_val_ppl"].to_numpy(dtype=float)
         best = pd.Series(values).cummin().ffill().to_numpy()
         by_index.scatter(index, values, color=c, alpha=0.35, s=18)
         by_index.step(index, best, where="post", color=c, lw=2, label=search["label"])
@@ -211,7 +211,7 @@ def slices(data: ReportData, out: Path) -> list[Plot]:
     markers = {schema.STATUS_COMPLETED: "o", schema.STATUS_STOPPED: "x"}
     for _, search in data.searches.iterrows():
         finished = data.finished(search["search_key"])
-        finished = finished[finished["best_val"].notna()]
+        finished = finished[finished["best_val_ppl"].notna()]
         names = [n for n in DROPOUT_AND_SIZE if any(n in p for p in finished["params"])]
         if finished.empty or not names:
             continue
@@ -221,16 +221,16 @@ def slices(data: ReportData, out: Path) -> list[Plot]:
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         models = sorted(finished["model"].unique())
         colors = dict(zip(models, COLORS, strict=False))
-        best = finished.loc[finished["best_val"].idxmin()]
+        best = finished.loc[finished["best_val_ppl"].idxmin()]
         for i, (ax, name) in enumerate(zip(axes, names, strict=False)):
             for _, trial in finished.iterrows():
                 if name not in trial["params"]:
                     continue
                 x = parse_value(trial["params"][name])
-                ax.scatter([x], [trial["best_val"]], color=colors[trial["model"]],
+                ax.scatter([x], [trial["best_val_ppl"]], color=colors[trial["model"]],
                            marker=markers.get(trial["status"], "o"), s=30)
             if name in best["params"]:
-                ax.scatter([parse_value(best["params"][name])], [best["best_val"]], marker="*",
+                ax.scatter([parse_value(best["params"][name])], [best["best_val_ppl"]], marker="*",
                            s=220, facecolor="none", edgecolor="black", lw=1.2)
             _log_ppl(ax, "lowest val ppl" if i % cols == 0 else "")
             ax.set_xlabel(name)

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-REFERENCES_FILE = Path(__file__).with_name("references.json")
+from awd.data.registry import canonical_dataset
 
-_DATASET_ALIASES = {"ptb": "ptb", "penn": "ptb", "penntreebank": "ptb", "penn_treebank": "ptb",
-                    "wt2": "wt2", "wikitext-2": "wt2", "wikitext2": "wt2", "wikitext_2": "wt2"}
+REFERENCES_FILE = Path(__file__).with_name("references.json")
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,8 @@ class Match:
 
 
 def normalize_dataset(name: str) -> str:
-    return _DATASET_ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    """The registry's name of a dataset (``wt2`` -> ``wikitext-2``): one alias list."""
+    return canonical_dataset(str(name).strip())
 
 
 @cache

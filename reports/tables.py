@@ -9,6 +9,7 @@ import pandas as pd
 from reports import references
 from reports.load import ReportData
 from search import schema
+from search.results import best_index
 
 GROUP = ["search_key", "model", "dataset", "preset"]
 
@@ -31,11 +32,14 @@ def _counts(trials: pd.DataFrame) -> dict[str, int]:
 
 
 def best_trial(trials: pd.DataFrame) -> pd.Series | None:
-    """The completed trial with the lowest final validation perplexity, if any."""
-    done = trials[(trials["status"] == schema.STATUS_COMPLETED) & trials["final_val_ppl"].notna()]
-    if done.empty:
-        return None
-    return done.loc[done["final_val_ppl"].idxmin()]
+    """The best of ``trials`` by the search's own rule (`search.results.best_index`)."""
+    i = best_index(trials.to_dict("records"))
+    return None if i is None else trials.iloc[i]
+
+
+def _summary_or(value: float, derived: float) -> float:
+    """A parent run's summary metric when it has one, else the value derived from trials."""
+    return derived if value is None or math.isnan(value) else float(value)
 
 
 def _label(data: ReportData, search_key: str) -> str:
@@ -68,7 +72,10 @@ def summary(data: ReportData) -> pd.DataFrame:
         row["reference"] = ref.citation if ref else ""
         notes = [found.note] if found.note else []
         if best is None:
-            notes.append("no completed trial")
+            notes.append("no trial with a result")
+        elif best["status"] != schema.STATUS_COMPLETED:
+            notes.append(f"no completed trial; the best stopped early at val ppl "
+                         f"{best[schema.BEST_VAL_PPL]:.2f}")
         elif row["best_train_tokens"] > 0:
             notes.append(f"trained on a {int(row['best_train_tokens']):,}-token slice: "
                          "not comparable with the published number")
@@ -94,11 +101,27 @@ def wall_seconds(data: ReportData, search: pd.Series) -> float:
 
 
 def searches(data: ReportData) -> pd.DataFrame:
-    """One row per search: space, models, wall time, GPU-hours, counts, best val/test."""
+    """One row per search: space, models, wall time, GPU-hours, counts, best val/test.
+
+    The numbers are the parent run's summary (what the search itself wrote); they are derived
+    from the trial runs only for a search that has none (still running, killed, or trials
+    without a parent run)."""
     rows = []
     for _, search in data.searches.iterrows():
         trials = data.trials(search["search_key"])
-        best = best_trial(trials)
+        summarized = not math.isnan(search["trials_total"])
+        best = None
+        if search["best_trial_id"]:
+            chosen = trials[trials["trial_id"] == search["best_trial_id"]]
+            best = chosen.iloc[0] if not chosen.empty else None
+        if best is None and not summarized:
+            best = best_trial(trials)
+        counts = _counts(trials)
+        if summarized:
+            counts.update(trials=int(search["trials_total"]),
+                          completed=int(search["trials_completed"]),
+                          stopped_early=int(search["trials_stopped_early"]),
+                          failed=int(search["trials_failed"]))
         models = sorted(trials["model"].dropna().unique())
         rows.append({
             "search": search["label"], "experiment": search["experiment"],
@@ -106,13 +129,24 @@ def searches(data: ReportData) -> pd.DataFrame:
                 sorted(trials["dataset"].unique())),
             "models": ", ".join(models), "parent_run_id": search["run_id"] or "",
             "started": pd.to_datetime(search["start_time"], unit="ms", utc=True),
-            "wall_hours": wall_seconds(data, search) / 3600, **_counts(trials),
-            "gpu_hours": gpu_hours(trials),
-            "best_val_ppl": best["final_val_ppl"] if best is not None else math.nan,
-            "best_test_ppl": best["final_test_ppl"] if best is not None else math.nan,
+            "wall_hours": wall_seconds(data, search) / 3600, **counts,
+            "gpu_hours": _summary_or(search["gpu_hours"], gpu_hours(trials)),
+            "best_val_ppl": _summary_or(search[schema.BEST_VAL_PPL], _best_value(best)),
+            "best_test_ppl": _summary_or(search[schema.BEST_TEST_PPL],
+                                         best[schema.FINAL_TEST_PPL] if best is not None
+                                         else math.nan),
             "best_model": best["model"] if best is not None else "",
+            "best_trial_id": best["trial_id"] if best is not None else "",
         })
     return pd.DataFrame(rows)
+
+
+def _best_value(best: pd.Series | None) -> float:
+    """The best trial's validation perplexity: final if it completed, else the lowest seen."""
+    if best is None:
+        return math.nan
+    final = best[schema.FINAL_VAL_PPL]
+    return float(best[schema.BEST_VAL_PPL] if math.isnan(final) else final)
 
 
 def failures(data: ReportData) -> pd.DataFrame:

@@ -4,40 +4,39 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import subprocess
 import tempfile
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import ray
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler
+from ray.tune.result_grid import ResultGrid
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 
-from awd.config import from_flat
 from awd.data.corpus import find_split_files
 from awd.data.registry import resolve_data
-from awd.errors import DataError
+from awd.errors import DataError, UserError
 from search import schema, storage
+from search.callback import MLflowTrialLogger
 from search.options import SearchOptions
+from search.results import TrialSummary, pick_best, status_of
 from search.scheduler import PersistentASHA
 from search.searcher import make_searcher
 from search.tracking import (
-    MLflowTrialLogger,
     check_tracking_uri,
     child_runs,
+    close_open_trials,
     ensure_experiment,
-    log_best_artifacts,
-    normalize_tracking_uri,
+    resolve_tracking_uri,
     start_parent_run,
-    status_of,
+    write_summary,
 )
-from search.trainable import best_model_file, train_trial
+from search.trainable import export_best_model, train_trial
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +44,40 @@ STATE_FILE = "awdsearch.json"
 RUNGS_FILE = "asha_rungs.json"
 
 
-class SearchError(RuntimeError):
+class SearchError(UserError):
     """The search cannot start or resume; the message says why."""
 
 
-@dataclass
-class TrialSummary:
-    trial_id: str
-    status: str
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    checkpoint: tune.Checkpoint | None
-    error: str | None
+@dataclass(frozen=True)
+class SearchState:
+    """What a search needs to be resumed, kept in its experiment folder (`STATE_FILE`)."""
 
-    @property
-    def full_config(self) -> dict[str, Any]:
-        """Every field of the run, preset values included: enough to reproduce it."""
-        return from_flat(self.config).to_flat()
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    options: dict[str, Any]  # the SearchOptions it was started with
+    gpus_per_trial: float
+
+    def save(self, experiment_dir: str) -> None:
+        storage.write_text(storage.join(experiment_dir, STATE_FILE),
+                           json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, experiment_dir: str) -> SearchState:
+        text = storage.read_text(storage.join(experiment_dir, STATE_FILE))
+        if text is None or not tune.Tuner.can_restore(experiment_dir):
+            raise SearchError(f"nothing to resume at {experiment_dir} (no saved search there)")
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, ValueError) as e:
+            raise SearchError(f"the saved search at {experiment_dir} is unreadable "
+                              f"({STATE_FILE}: {e})") from None
 
 
 @dataclass
 class SearchOutcome:
+    """What a finished (or ended) search leaves: its trials, the best, and where it all is."""
+
     trials: list[TrialSummary]
     best: TrialSummary | None
     parent_run_id: str
@@ -123,25 +135,33 @@ def default_concurrency(opts: SearchOptions, gpus: float) -> int:
     return max(1, min(by_cpu, by_gpu, opts.num_samples))
 
 
-def _scheduler(opts: SearchOptions):
+def _scheduler(opts: SearchOptions) -> TrialScheduler:
     space = opts.space_spec
     if opts.scheduler == "none":
         return FIFOScheduler()
-    return PersistentASHA(storage.join(opts.experiment_dir, RUNGS_FILE), time_attr="epoch",
+    return PersistentASHA(storage.join(opts.experiment_dir, RUNGS_FILE), time_attr=schema.EPOCH,
                           metric=space.metric, mode=space.mode, max_t=opts.epochs,
                           grace_period=opts.grace, reduction_factor=3)
 
 
-def _trial_name(trial) -> str:
+def _trial_name(trial: tune.experiment.Trial) -> str:
     return f"{trial.config.get('model', 'trial')}_{trial.trial_id}"
 
 
-def _trainable(cpus: float, gpus: float):
+def _trainable(cpus: float, gpus: float) -> Any:
     return tune.with_resources(train_trial, {"cpu": cpus, "gpu": gpus})
 
 
-def _prepare_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
-                 concurrency: int) -> tune.Tuner:
+def _searcher(opts: SearchOptions, parent_run_id: str, concurrency: int) -> Searcher:
+    """TPE over the space, every trial's config with the search's fixed values applied."""
+    overrides = {**opts.fixed_values, "epochs": opts.epochs}
+    return make_searcher(opts.space_spec, overrides, opts.seed,
+                         f"{opts.experiment_name}-{parent_run_id[:8]}", concurrency)
+
+
+def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
+               concurrency: int) -> tuple[tune.Tuner, SearchState]:
+    """The parent run, the saved state and the Tuner of a new search."""
     space = opts.space_spec
     if tune.Tuner.can_restore(opts.experiment_dir):
         raise SearchError(f"a search already exists at {opts.experiment_dir}; pass --resume to "
@@ -154,15 +174,14 @@ def _prepare_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: floa
             schema.RAY_ADDRESS: ray.get_runtime_context().gcs_address,
             schema.STORAGE: opts.experiment_dir}
     parent = start_parent_run(client, exp_id, f"{space.name}-search", tags, params)
-    state = {"parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri,
-             "options": asdict(opts), "gpus_per_trial": gpus}
-    storage.write_text(storage.join(opts.experiment_dir, STATE_FILE), json.dumps(state, indent=2))
+    state = SearchState(parent_run_id=parent, experiment_id=exp_id, tracking_uri=uri,
+                        options=asdict(opts), gpus_per_trial=gpus)
+    state.save(opts.experiment_dir)
     logger = MLflowTrialLogger(uri, exp_id, parent, space.name, {"gpus_per_trial": gpus})
-    searcher = make_searcher(space, {"epochs": opts.epochs}, opts.seed,
-                             f"{opts.experiment_name}-{parent[:8]}", concurrency)
-    return tune.Tuner(
+    tuner = tune.Tuner(
         _trainable(opts.cpus_per_trial, gpus),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(opts),
+        tune_config=tune.TuneConfig(search_alg=_searcher(opts, parent, concurrency),
+                                    scheduler=_scheduler(opts),
                                     num_samples=opts.num_samples, time_budget_s=opts.time_budget,
                                     reuse_actors=True,  # no new worker + torch import per trial
                                     trial_name_creator=_trial_name,
@@ -175,16 +194,11 @@ def _prepare_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: floa
             verbose=1,
         ),
     )
+    return tuner, state
 
 
-def _load_state(opts: SearchOptions) -> dict[str, Any]:
-    text = storage.read_text(storage.join(opts.experiment_dir, STATE_FILE))
-    if text is None or not tune.Tuner.can_restore(opts.experiment_dir):
-        raise SearchError(f"nothing to resume at {opts.experiment_dir} (no saved search there)")
-    return json.loads(text)
-
-
-def summarize(result_grid) -> list[TrialSummary]:
+def summarize(result_grid: ResultGrid) -> list[TrialSummary]:
+    """Each trial's outcome from Tune's results: status, last result, last checkpoint."""
     trials = []
     for r in result_grid:
         metrics = dict(r.metrics or {})
@@ -197,92 +211,46 @@ def summarize(result_grid) -> list[TrialSummary]:
     return trials
 
 
-def pick_best(trials: list[TrialSummary], metric: str) -> TrialSummary | None:
-    """Best completed trial by final validation perplexity, else best by the search metric."""
-    completed = [t for t in trials if t.status == schema.STATUS_COMPLETED]
-    if completed:
-        return min(completed, key=lambda t: t.metrics["final_val_ppl"])
-    scored = [t for t in trials if t.status != schema.STATUS_FAILED
-              and math.isfinite(t.metrics.get(metric, math.inf))]
-    return min(scored, key=lambda t: t.metrics[metric]) if scored else None
-
-
-def close_open_trials(logger: MLflowTrialLogger, runs: dict[str, Any],
-                      trials: list[TrialSummary]) -> None:
-    """Tune ends trials without callbacks when the time budget runs out or the driver is
-    interrupted: close their runs too, so that no run stays RUNNING after the search."""
-    for t in trials:
-        run = runs.get(t.trial_id)
-        if run is not None and run.data.tags.get(schema.STATUS) == schema.STATUS_RUNNING:
-            logger.finish(run.info.run_id, t.metrics, t.status, t.error)
-
-
-def write_summary(client: MlflowClient, state: dict[str, Any], runs: dict[str, Any],
-                  trials: list[TrialSummary], best: TrialSummary | None) -> None:
-    """The parent run's summary metrics and the best trial's artifacts; closes the parent."""
-    parent = state["parent_run_id"]
-    started = client.get_run(parent).info.start_time / 1000
-    now = int(time.time() * 1000)
-    train_seconds = sum(r.data.metrics.get("train_seconds", 0.0) for r in runs.values())
-    counts = {s: sum(t.status == s for t in trials) for s in
-              (schema.STATUS_COMPLETED, schema.STATUS_STOPPED, schema.STATUS_FAILED)}
-    summary = {"trials_total": len(trials), "trials_completed": counts[schema.STATUS_COMPLETED],
-               "trials_stopped_early": counts[schema.STATUS_STOPPED],
-               "trials_failed": counts[schema.STATUS_FAILED],
-               "wall_seconds": time.time() - started,
-               "gpu_hours": train_seconds * state["gpus_per_trial"] / 3600}
-    if best is not None:
-        summary["best_val_ppl"] = best.metrics.get("final_val_ppl", best.metrics["best_val_ppl"])
-        if "final_test_ppl" in best.metrics:
-            summary["best_test_ppl"] = best.metrics["final_test_ppl"]
-    client.log_batch(parent, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
-    if best is not None:
-        best_run = runs.get(best.trial_id)
-        targets = [parent] + ([best_run.info.run_id] if best_run is not None else [])
-        with tempfile.TemporaryDirectory() as d:
-            model = None
-            if best.checkpoint is not None:  # local or remote storage alike
-                with best.checkpoint.as_directory() as ckpt:
-                    model = best_model_file(ckpt, Path(d) / "best_model.pt")
-            log_best_artifacts(client, targets, best.full_config, model, Path(d))
-        client.set_tag(parent, "awdsearch.best_trial_id", best.trial_id)
-    client.set_terminated(parent, "FINISHED")
+def _write_best_config(opts: SearchOptions, best: TrialSummary) -> Path:
+    path = Path(opts.best_config or f"best_config_{opts.experiment_name}.json")
+    path.write_text(json.dumps(best.full_config, indent=2, sort_keys=True))
+    return path
 
 
 def run_search(opts: SearchOptions) -> SearchOutcome:
     """Run (or resume) a search and write its summary to MLflow; returns what happened."""
     opts.validate()
+    state: SearchState | None = None
     if opts.resume:
-        state = _load_state(opts)
-        uri = state["tracking_uri"]
-        opts = replace(opts, space=state["options"]["space"])  # the space it was started with
+        state = SearchState.load(opts.experiment_dir)
+        uri = state.tracking_uri
+        saved = state.options  # the space and fixed values it was started with
+        opts = replace(opts, space=saved["space"], fixed=tuple(saved.get("fixed", ())))
     else:
-        state, uri = None, normalize_tracking_uri(opts.tracking_uri)
+        uri = resolve_tracking_uri(opts.tracking_uri)
     check_data(opts.space_spec.dataset)
     check_tracking_uri(uri)
     client = MlflowClient(uri)
     connect_ray(opts.address)
     if state is None:
         gpus = default_gpus_per_trial(opts)
-        tuner = _prepare_new(opts, client, uri, gpus, default_concurrency(opts, gpus))
-        state = _load_state(opts)
+        tuner, state = _start_new(opts, client, uri, gpus, default_concurrency(opts, gpus))
     else:
-        client.update_run(state["parent_run_id"], status="RUNNING")
+        client.update_run(state.parent_run_id, status="RUNNING")
         tuner = tune.Tuner.restore(opts.experiment_dir,
-                                   _trainable(state["options"]["cpus_per_trial"],
-                                              state["gpus_per_trial"]),
+                                   _trainable(state.options["cpus_per_trial"],
+                                              state.gpus_per_trial),
                                    resume_unfinished=True, resume_errored=False)
-    grid = tuner.fit()
-    trials = summarize(grid)
-    best = pick_best(trials, opts.space_spec.metric)
-    logger = MLflowTrialLogger(uri, state["experiment_id"], state["parent_run_id"], opts.space)
-    close_open_trials(logger, child_runs(client, state["experiment_id"],
-                                         state["parent_run_id"]), trials)
-    runs = child_runs(client, state["experiment_id"], state["parent_run_id"])
-    write_summary(client, state, runs, trials, best)
-    best_path = None
-    if best is not None:
-        best_path = Path(opts.best_config or f"best_config_{opts.experiment_name}.json")
-        best_path.write_text(json.dumps(best.full_config, indent=2, sort_keys=True))
-    return SearchOutcome(trials, best, state["parent_run_id"], uri, opts.experiment_dir,
-                         best_path)
+    trials = summarize(tuner.fit())
+    best = pick_best(trials)
+    close_open_trials(client, child_runs(client, state.experiment_id, state.parent_run_id),
+                      trials)
+    runs = child_runs(client, state.experiment_id, state.parent_run_id)
+    with tempfile.TemporaryDirectory() as d:
+        model = None
+        if best is not None and best.checkpoint is not None:
+            model = export_best_model(best.checkpoint, Path(d) / "best_model.pt")
+        write_summary(client, state.parent_run_id, state.gpus_per_trial, runs, trials, best,
+                      model)
+    best_path = _write_best_config(opts, best) if best is not None else None
+    return SearchOutcome(trials, best, state.parent_run_id, uri, opts.experiment_dir, best_path)

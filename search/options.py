@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Any
 
+from awd.config import from_flat
+from awd.errors import ConfigError, UserError
 from search import storage
 from spaces import Space, get_space
 
 SCHEDULERS = ("asha", "none")
 
 
-class OptionError(ValueError):
+class OptionError(UserError):
     """A flag value that cannot work; the message names the flag."""
 
 
@@ -34,6 +37,12 @@ class SearchOptions:
     time_budget: float | None = None
     max_failures: int = 2
     best_config: str | None = None
+    fixed: tuple[str, ...] = ()  # "KEY=VALUE": a config value fixed for every trial
+
+    @property
+    def fixed_values(self) -> dict[str, Any]:
+        """``fixed`` as a dict (values stay strings: `awd.config.from_flat` coerces them)."""
+        return dict(item.split("=", 1) for item in self.fixed)
 
     @property
     def space_spec(self) -> Space:
@@ -80,6 +89,14 @@ class SearchOptions:
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
+        bad = [item for item in self.fixed if "=" not in item or not item.split("=", 1)[0]]
+        if bad:
+            raise OptionError(f"--set takes KEY=VALUE, got {bad[0]!r}")
+        if self.fixed:
+            try:  # on the space's first configuration: an unknown key or bad value fails here
+                from_flat(self.space_spec.paper_config(**self.fixed_values))
+            except ConfigError as e:
+                raise OptionError(f"--set: {e}") from None
         return self
 
 
@@ -117,9 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restarts of a trial whose worker died, from its last checkpoint")
     p.add_argument("--best-config", help="where to write the best configuration "
                    "(default best_config_<experiment>.json)")
+    p.add_argument("--set", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a config field for every trial, e.g. --set train_tokens=200000 "
+                   "(repeatable; any field of `python -m awd.train --help`)")
     return p
 
 
 def options_from_args(args: argparse.Namespace) -> SearchOptions:
     values = {k: v for k, v in vars(args).items() if k != "list_spaces"}
+    values["fixed"] = tuple(values.get("fixed") or ())
     return SearchOptions(**values).validate()

@@ -6,11 +6,11 @@ import sys
 
 import pandas as pd
 
-from awd.errors import AWDError
-from search.driver import SearchError, SearchOutcome, run_search
-from search.options import OptionError, build_parser, options_from_args
-from search.tracking import TrackingError
-from spaces import SPACES, UnknownSpaceError
+from awd.errors import UserError
+from search import schema
+from search.driver import SearchOutcome, run_search
+from search.options import build_parser, options_from_args
+from spaces import SPACES
 
 SHOWN_PARAMS = ("model", "emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute",
                 "wdrop", "lr")
@@ -23,18 +23,22 @@ def list_spaces() -> str:
 
 
 def results_table(outcome: SearchOutcome, top: int = 10) -> pd.DataFrame:
+    """The best trial (by `search.results.pick_best`) first, then the rest by best_val_ppl."""
     rows = []
     for t in outcome.trials:
-        row = {"trial": t.trial_id, "status": t.status, "epochs": t.metrics.get("epoch"),
-               "best_val_ppl": t.metrics.get("best_val_ppl"),
-               "final_val_ppl": t.metrics.get("final_val_ppl"),
-               "final_test_ppl": t.metrics.get("final_test_ppl")}
+        row = {"trial": t.trial_id, "status": t.status,
+               "epochs": t.metrics.get(schema.EPOCHS_RUN),
+               schema.BEST_VAL_PPL: t.metrics.get(schema.BEST_VAL_PPL),
+               schema.FINAL_VAL_PPL: t.metrics.get(schema.FINAL_VAL_PPL),
+               schema.FINAL_TEST_PPL: t.metrics.get(schema.FINAL_TEST_PPL),
+               "_rank": 0 if t is outcome.best else 1}
         row.update({k: t.config[k] for k in SHOWN_PARAMS if k in t.config})
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    return frame.sort_values("best_val_ppl", na_position="last").head(top)
+    frame = frame.sort_values(["_rank", schema.BEST_VAL_PPL], na_position="last")
+    return frame.drop(columns="_rank").head(top)
 
 
 def ui_hint(uri: str) -> str:
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         outcome = run_search(options_from_args(args))
-    except (OptionError, UnknownSpaceError, TrackingError, SearchError, AWDError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\nBest trials:")

@@ -1,18 +1,20 @@
 """What a search writes to MLflow: the names `search/` logs and `reports/` reads.
 
 One experiment per search. One parent run per search, one child run per trial nested under it
-(tag ``mlflow.parentRunId``).
+(tag ``mlflow.parentRunId``). A metric keeps its name from `awd.trainer.EpochMetrics` through
+Tune's results to MLflow and the report.
 
 Parent run
   tags:    awdsearch.role = "search", awdsearch.space, awdsearch.model (or "mixed"),
            awdsearch.dataset, awdsearch.git_commit, awdsearch.ray_address, awdsearch.seed,
-           awdsearch.storage (Ray's experiment folder)
+           awdsearch.storage (Ray's experiment folder), awdsearch.best_trial_id (at the end)
   params:  the search config (num_samples, max_epochs, scheduler, concurrency, grace_period,
-           cpus_per_trial, gpus_per_trial, seed, metric, time_budget_s ...)
-  metrics: best_val_ppl, best_test_ppl, trials_total, trials_completed, trials_stopped_early,
-           trials_failed, wall_seconds, gpu_hours
+           cpus_per_trial, gpus_per_trial, seed, metric, time_budget ...)
+  metrics: best_val_ppl, best_test_ppl (the best trial's, chosen by `search.results.pick_best`),
+           trials_total, trials_completed, trials_stopped_early, trials_failed, wall_seconds,
+           gpu_hours
   artifacts: config.json (the best trial's full config), checkpoint/best_model.pt (its best
-           weights and config)
+           weights, config and vocabulary: `awd.trainer.load_exported` reads it)
 
 Child (trial) run, named "<space>-<trial_id>"
   tags:    awdsearch.role = "trial", awdsearch.trial_id, awdsearch.model, awdsearch.dataset,
@@ -20,13 +22,14 @@ Child (trial) run, named "<space>-<trial_id>"
            awdsearch.device, awdsearch.node_ip, awdsearch.node_id (Ray node)
   params:  every field of the flat trial config (awd.config.RunConfig.to_flat), plus
            gpus_per_trial
-  metrics per epoch (step = epoch): train_loss, train_ppl, val_loss, val_ppl, best_val_ppl, lr,
-           epoch_seconds, tokens_per_s, averaging (1.0/0.0)
-  metrics once: num_params, ntasgd_trigger_epoch (absent if never triggered), epochs_run,
-           train_seconds (sum of epoch_seconds), final_val_ppl, final_test_ppl (completed trials)
+  metrics per epoch (step = epoch): EPOCH_METRICS
+  metrics once: TRIAL_SUMMARY_METRICS: num_params, ntasgd_trigger_epoch (absent if never
+           triggered), epochs_run, train_seconds (sum of epoch_seconds), final_val_ppl,
+           final_test_ppl (completed trials)
   artifacts (best trial only): config.json, checkpoint/best_model.pt
 """
 
+# --- tags --------------------------------------------------------------------------------
 ROLE = "awdsearch.role"
 SPACE = "awdsearch.space"
 MODEL = "awdsearch.model"
@@ -35,6 +38,7 @@ GIT_COMMIT = "awdsearch.git_commit"
 RAY_ADDRESS = "awdsearch.ray_address"
 SEED = "awdsearch.seed"
 STORAGE = "awdsearch.storage"
+BEST_TRIAL_ID = "awdsearch.best_trial_id"
 TRIAL_ID = "awdsearch.trial_id"
 STATUS = "awdsearch.status"
 FAILURE = "awdsearch.failure"
@@ -52,9 +56,26 @@ STATUS_FAILED = "failed"
 STATUS_RUNNING = "running"
 TRIAL_STATUSES = (STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING)
 
-EPOCH_METRICS = ("train_loss", "train_ppl", "val_loss", "val_ppl", "best_val_ppl", "lr",
-                 "epoch_seconds", "tokens_per_s", "averaging")
-TRIAL_SUMMARY_METRICS = ("num_params", "ntasgd_trigger_epoch", "epochs_run", "train_seconds",
-                         "final_val_ppl", "final_test_ppl")
-SEARCH_SUMMARY_METRICS = ("best_val_ppl", "best_test_ppl", "trials_total", "trials_completed",
+# --- metrics: one name per concept --------------------------------------------------------
+EPOCH = "epoch"  # epochs done: ASHA's time attribute, the step of every per-epoch metric
+VAL_PPL = "val_ppl"  # validation perplexity of this epoch
+BEST_VAL_PPL = "best_val_ppl"  # lowest validation perplexity so far: the search's objective
+EPOCH_SECONDS = "epoch_seconds"  # one epoch's training + validation time
+NTASGD_TRIGGER_EPOCH = "ntasgd_trigger_epoch"  # the epoch NT-ASGD switched to averaging
+NUM_PARAMS = "num_params"
+EPOCHS_RUN = "epochs_run"
+TRAIN_SECONDS = "train_seconds"  # sum of epoch_seconds
+FINAL_VAL_PPL = "final_val_ppl"  # validation perplexity of the best weights at the end
+FINAL_TEST_PPL = "final_test_ppl"  # test perplexity (batch 1) of the same weights
+BEST_TEST_PPL = "best_test_ppl"  # parent run: final_test_ppl of the best trial
+
+EPOCH_METRICS = ("train_loss", "train_ppl", "val_loss", VAL_PPL, BEST_VAL_PPL, "lr",
+                 EPOCH_SECONDS, "tokens_per_s", "averaging")
+TRIAL_SUMMARY_METRICS = (NUM_PARAMS, NTASGD_TRIGGER_EPOCH, EPOCHS_RUN, TRAIN_SECONDS,
+                         FINAL_VAL_PPL, FINAL_TEST_PPL)
+SEARCH_SUMMARY_METRICS = (BEST_VAL_PPL, BEST_TEST_PPL, "trials_total", "trials_completed",
                           "trials_stopped_early", "trials_failed", "wall_seconds", "gpu_hours")
+
+# --- keys of a trial's Tune result that are not metrics ------------------------------------
+FINISHED = "finished"  # 1 on the last result of a trial that ran its whole budget
+DIVERGED = "diverged"  # 1 on the result of a trial whose loss became NaN or infinite

@@ -1,39 +1,49 @@
-"""The MLflow bridge: tracking-URI checks, the parent run of a search, one nested child run
-per trial, and the summary and artifacts written when the search ends.
+"""The MLflow side of a search: which store, the parent run, the trial runs' closing records,
+and the summary and artifacts written when the search ends.
 
-Trials are logged from the driver by a Tune callback (not from inside the trainables), so
-workers on other nodes need no MLflow access of their own and a restored search keeps logging
-into the same runs: each child run is found again by its trial id under the parent.
-The names used are those of `search.schema`.
+Ray-free (the Tune callback that logs each epoch is `search.callback`), so that `reports` can
+share `resolve_tracking_uri` and the names of `search.schema` without importing Ray. Every
+number written here comes from Tune's last result of each trial: nothing is read back from
+MLflow's metric histories.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback
 
+from awd.errors import UserError
 from search import schema
+from search.results import TrialSummary
 
 log = logging.getLogger(__name__)
 
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 
-class TrackingError(RuntimeError):
+
+class TrackingError(UserError):
     """The MLflow tracking store cannot be used; raised before any trial starts."""
 
 
-def normalize_tracking_uri(uri: str | None, workdir: Path | None = None) -> str:
-    """Default to a SQLite file in the working folder; make SQLite paths absolute so that the
-    printed ``mlflow ui`` command works from anywhere."""
+def resolve_tracking_uri(uri: str | None = None, env: Mapping[str, str] | None = None,
+                         workdir: Path | None = None) -> str:
+    """The store a search writes to and a report reads from: ``uri`` if given, else
+    ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working folder. SQLite paths
+    are made absolute so that the printed ``mlflow ui`` command works from anywhere."""
+    env = os.environ if env is None else env
     workdir = workdir or Path.cwd()
+    uri = (uri or env.get(ENV_TRACKING_URI, "")).strip()
     if not uri:
         return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -53,7 +63,8 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
             reason = getattr(e, "reason", e)
             raise TrackingError(
                 f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
-                "(`mlflow server --host 0.0.0.0 --port 5000 ...`) or pass another --tracking-uri"
+                "(`mlflow server --host 127.0.0.1 --port 5000 ...`) or pass another "
+                "--tracking-uri"
             ) from None
         return
     if uri.startswith("sqlite:///"):
@@ -72,29 +83,23 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
+        return str(exp.experiment_id)
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    return str(client.create_experiment(name, artifact_location=location))
 
 
 def start_parent_run(client: MlflowClient, experiment_id: str, run_name: str,
                      tags: dict[str, str], params: dict[str, Any]) -> str:
+    """The search's parent run, with its tags and the search's options as params."""
     run = client.create_run(experiment_id, run_name=run_name,
                             tags={schema.ROLE: schema.ROLE_SEARCH, **tags})
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    return run.info.run_id
+    return str(run.info.run_id)
 
 
-def status_of(result: dict) -> str:
-    """A trial's outcome from its last result (errors are reported separately by Tune)."""
-    if result.get("diverged"):  # ASHA may stop a diverged trial before its error surfaces
-        return schema.STATUS_FAILED
-    return schema.STATUS_COMPLETED if result.get("finished") else schema.STATUS_STOPPED
-
-
-def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, Run]:
     """The trial runs of one search, by trial id."""
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`{schema.PARENT_RUN_ID}` = '{parent_run_id}'",
@@ -102,147 +107,80 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
     return {r.data.tags[schema.TRIAL_ID]: r for r in runs if schema.TRIAL_ID in r.data.tags}
 
 
-def _error_reason(trial) -> str:
-    """The last line of the trial's error file: the exception and its message."""
-    path = trial.error_file
-    if path and Path(path).exists():
-        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
-        if lines:
-            return lines[-1][:500]
-    return "trial failed"
+def trial_summary_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """A trial run's once-only metrics, all taken from the trial's last Tune result."""
+    summary = {name: float(result[name]) for name in (schema.EPOCHS_RUN, schema.TRAIN_SECONDS)
+               if name in result}
+    if result.get(schema.NTASGD_TRIGGER_EPOCH):
+        summary[schema.NTASGD_TRIGGER_EPOCH] = float(result[schema.NTASGD_TRIGGER_EPOCH])
+    if result.get(schema.FINISHED):
+        summary[schema.FINAL_VAL_PPL] = float(result[schema.FINAL_VAL_PPL])
+        summary[schema.FINAL_TEST_PPL] = float(result[schema.FINAL_TEST_PPL])
+    return summary
 
 
-class MLflowTrialLogger(Callback):
-    """Logs each trial as a child run of the search's parent run."""
-
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 space: str, extra_params: dict[str, Any] | None = None) -> None:
-        self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.space = space
-        self.extra_params = extra_params or {}
-        self.run_ids: dict[str, str] = {}
-        self.logged_epochs: dict[str, int] = {}  # the last epoch logged per trial
-        self._tagged: set[str] = set()
-        self._client: MlflowClient | None = None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_client"] = None
-        state["_tagged"] = set()
-        return state
-
-    @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
-        return self._client
-
-    def get_state(self) -> dict:
-        return {"run_ids": dict(self.run_ids), "logged_epochs": dict(self.logged_epochs)}
-
-    def set_state(self, state: dict) -> None:
-        self.run_ids.update(state.get("run_ids", {}))
-        self.logged_epochs.update(state.get("logged_epochs", {}))
-
-    # --- child runs ----------------------------------------------------------------------
-    def _find_child(self, trial_id: str) -> str | None:
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{schema.PARENT_RUN_ID}` = '{self.parent_run_id}' and "
-            f"tags.`{schema.TRIAL_ID}` = '{trial_id}'",
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
-
-    def run_id(self, trial) -> str:
-        """The trial's child run, created on first sight (idempotent across restores)."""
-        tid = trial.trial_id
-        if tid not in self.run_ids:
-            existing = self._find_child(tid)
-            self.run_ids[tid] = existing or self._create_child(trial)
-        return self.run_ids[tid]
-
-    def _create_child(self, trial) -> str:
-        config = trial.config
-        tags = {schema.PARENT_RUN_ID: self.parent_run_id, schema.ROLE: schema.ROLE_TRIAL,
-                schema.TRIAL_ID: trial.trial_id, schema.SPACE: self.space,
-                schema.MODEL: str(config.get("model", "")),
-                schema.DATASET: str(config.get("dataset", "")),
-                schema.STATUS: schema.STATUS_RUNNING}
-        run = self.client.create_run(self.experiment_id, run_name=f"{self.space}-{trial.trial_id}",
-                                     tags=tags)
-        params = {**config, **self.extra_params}
-        self.client.log_batch(run.info.run_id,
-                              params=[Param(k, str(v)) for k, v in params.items()])
-        return run.info.run_id
-
-    def _safely(self, what: str, fn, *args) -> None:
-        """Tracking must never kill a search: results stay in Ray's storage regardless."""
-        try:
-            fn(*args)
-        except Exception as e:  # any tracking failure is logged, not raised
-            log.warning("MLflow: could not %s: %s", what, e)
-
-    # --- Tune hooks ----------------------------------------------------------------------
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._safely("create the trial run", self.run_id, trial)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self._safely("log epoch metrics", self._log_result, trial, result)
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        result = trial.last_result or {}
-        failure = "diverged (see the trial's error)" if result.get("diverged") else None
-        self._safely("finish the trial run", self.finish, self.run_id(trial), result,
-                     status_of(result), failure)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._safely("mark the trial failed", self.finish, self.run_id(trial),
-                     trial.last_result or {}, schema.STATUS_FAILED, _error_reason(trial))
-
-    def _log_result(self, trial, result: dict) -> None:
-        step = int(result["epoch"])
-        # A diverged epoch is no result; an epoch re-run after a restore is logged only once.
-        if result.get("diverged") or step <= self.logged_epochs.get(trial.trial_id, 0):
-            return
-        self.logged_epochs[trial.trial_id] = step
-        run_id, now = self.run_id(trial), int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), now, step)
-                   for k in schema.EPOCH_METRICS if k in result]
-        tags = []
-        if trial.trial_id not in self._tagged:  # once per trial (again after a restore)
-            self._tagged.add(trial.trial_id)
-            metrics.append(Metric("num_params", float(result["num_params"]), now, 0))
-            tags = [RunTag(schema.DEVICE, str(result.get("device_name", ""))),
-                    RunTag(schema.NODE_IP, str(result.get("node_ip", ""))),
-                    RunTag(schema.NODE_ID, str(result.get("node_id", "")))]
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
-
-    def finish(self, run_id: str, result: dict, status: str, failure: str | None) -> None:
-        """Close a trial's run: its status, summary metrics and MLflow run state."""
-        history = self.client.get_metric_history(run_id, "epoch_seconds")
-        by_epoch = {m.step: m.value for m in history}
-        now = int(time.time() * 1000)
-        summary = {"epochs_run": float(len(by_epoch)), "train_seconds": sum(by_epoch.values())}
-        if result.get("trigger_epoch"):
-            summary["ntasgd_trigger_epoch"] = float(result["trigger_epoch"])
-        if result.get("finished"):
-            summary.update(final_val_ppl=result["final_val_ppl"],
-                           final_test_ppl=result["final_test_ppl"])
-        tags = [RunTag(schema.STATUS, status)]
-        if failure:
-            tags.append(RunTag(schema.FAILURE, failure))
-        self.client.log_batch(run_id, tags=tags,
-                              metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
-        self.client.set_terminated(run_id, "FAILED" if status == schema.STATUS_FAILED
-                                   else "FINISHED")
+def finish_trial_run(client: MlflowClient, run_id: str, result: Mapping[str, Any], status: str,
+                     failure: str | None) -> None:
+    """Close a trial's run: its status, summary metrics and MLflow run state."""
+    now = int(time.time() * 1000)
+    tags = [RunTag(schema.STATUS, status)]
+    if failure:
+        tags.append(RunTag(schema.FAILURE, failure))
+    metrics = [Metric(k, v, now, 0) for k, v in trial_summary_metrics(result).items()]
+    client.log_batch(run_id, tags=tags, metrics=metrics)
+    client.set_terminated(run_id, "FAILED" if status == schema.STATUS_FAILED else "FINISHED")
 
 
-def log_best_artifacts(client: MlflowClient, run_ids: list[str], config: dict[str, Any],
+def close_open_trials(client: MlflowClient, runs: Mapping[str, Run],
+                      trials: Sequence[TrialSummary]) -> None:
+    """Tune ends trials without callbacks when the time budget runs out or the driver is
+    interrupted: close their runs too, so that no run stays RUNNING after the search."""
+    for t in trials:
+        run = runs.get(t.trial_id)
+        if run is not None and run.data.tags.get(schema.STATUS) == schema.STATUS_RUNNING:
+            finish_trial_run(client, run.info.run_id, t.metrics, t.status, t.error)
+
+
+def search_summary_metrics(trials: Sequence[TrialSummary], best: TrialSummary | None,
+                           wall_seconds: float, gpus_per_trial: float) -> dict[str, float]:
+    """The parent run's metrics, from the trials' last results."""
+    train_seconds = sum(float(t.metrics.get(schema.TRAIN_SECONDS, 0.0)) for t in trials)
+    counts = {s: sum(t.status == s for t in trials) for s in
+              (schema.STATUS_COMPLETED, schema.STATUS_STOPPED, schema.STATUS_FAILED)}
+    summary = {"trials_total": float(len(trials)),
+               "trials_completed": float(counts[schema.STATUS_COMPLETED]),
+               "trials_stopped_early": float(counts[schema.STATUS_STOPPED]),
+               "trials_failed": float(counts[schema.STATUS_FAILED]),
+               "wall_seconds": wall_seconds,
+               "gpu_hours": train_seconds * gpus_per_trial / 3600}
+    if best is not None:
+        summary[schema.BEST_VAL_PPL] = float(best.metrics.get(
+            schema.FINAL_VAL_PPL, best.metrics[schema.BEST_VAL_PPL]))
+        if schema.FINAL_TEST_PPL in best.metrics:
+            summary[schema.BEST_TEST_PPL] = float(best.metrics[schema.FINAL_TEST_PPL])
+    return summary
+
+
+def write_summary(client: MlflowClient, parent_run_id: str, gpus_per_trial: float,
+                  runs: Mapping[str, Run], trials: Sequence[TrialSummary],
+                  best: TrialSummary | None, best_model: Path | None) -> None:
+    """The parent run's summary metrics and the best trial's artifacts; closes the parent."""
+    started = client.get_run(parent_run_id).info.start_time / 1000
+    now = int(time.time() * 1000)
+    summary = search_summary_metrics(trials, best, time.time() - started, gpus_per_trial)
+    client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in summary.items()])
+    if best is not None:
+        best_run = runs.get(best.trial_id)
+        targets = [parent_run_id] + ([best_run.info.run_id] if best_run is not None else [])
+        with tempfile.TemporaryDirectory() as d:
+            log_best_artifacts(client, targets, best.full_config, best_model, Path(d))
+        client.set_tag(parent_run_id, schema.BEST_TRIAL_ID, best.trial_id)
+    client.set_terminated(parent_run_id, "FINISHED")
+
+
+def log_best_artifacts(client: MlflowClient, run_ids: Sequence[str], config: dict[str, Any],
                        model_file: Path | None, workdir: Path) -> None:
-    """The best trial's config (JSON) and slim checkpoint, on its own run and the parent."""
+    """The best trial's config (JSON) and exported model, on its own run and the parent."""
     cfg = workdir / "config.json"
     cfg.write_text(json.dumps(config, indent=2, sort_keys=True))
     for run_id in run_ids:

@@ -1,7 +1,9 @@
 """The Ray Tune trainable: one trial is one `awd` training run with NT-ASGD.
 
 It reports every epoch with a checkpoint of the whole trainer (so a restarted worker resumes
-mid-trial), and on the last epoch adds the final validation and test perplexity. A diverging run
+mid-trial). Every result carries the trial's running totals (epochs run, train seconds, NT-ASGD
+trigger epoch), and the last one adds the final validation and test perplexity: the last result
+is all the search's summary needs. A diverging run
 raises `TrainingDiverged`; its checkpoint is marked so that Ray's retries do not re-train the same
 doomed epochs.
 """
@@ -9,7 +11,6 @@ doomed epochs.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from awd.config import from_flat
 from awd.data import load_corpus
 from awd.errors import TrainingDiverged
 from awd.trainer import EpochMetrics, Trainer
+from search import schema
 
 CHECKPOINT_FILE = "trainer.pt"
 DIVERGED_FILE = "diverged.json"
@@ -47,15 +49,16 @@ def _restore(trainer: Trainer) -> None:
 
 
 def epoch_result(m: EpochMetrics, trainer: Trainer) -> dict[str, Any]:
-    """The metrics Tune sees for one epoch (``epoch`` is ASHA's time attribute)."""
+    """The metrics Tune sees for one epoch (``epoch`` is ASHA's time attribute), under the
+    names of `EpochMetrics`, plus the trial's running totals."""
     result = m.as_dict()
     result.pop("phase")
     result["averaging"] = float(m.averaging)
-    result["trigger_epoch"] = m.trigger_epoch or 0
-    result["epoch_seconds"] = result.pop("seconds")
-    result.update(num_params=trainer.num_params, device=str(trainer.device),
-                  device_name=_device_name(trainer.device), node_id=_node_id(),
-                  node_ip=ray.util.get_node_ip_address(), finished=False)
+    result[schema.NTASGD_TRIGGER_EPOCH] = m.ntasgd_trigger_epoch or 0
+    result.update({schema.EPOCHS_RUN: trainer.epoch, schema.TRAIN_SECONDS: trainer.train_seconds,
+                   schema.NUM_PARAMS: trainer.num_params, schema.FINISHED: False,
+                   "device": str(trainer.device), "device_name": _device_name(trainer.device),
+                   "node_id": _node_id(), "node_ip": ray.util.get_node_ip_address()})
     return result
 
 
@@ -78,8 +81,8 @@ def train_trial(config: dict[str, Any]) -> None:
             result = epoch_result(m, trainer)
             if trainer.finished:
                 final = trainer.final_metrics()
-                result.update(final_val_ppl=final["val_ppl"], final_test_ppl=final["test_ppl"],
-                              finished=True)
+                result.update({schema.FINAL_VAL_PPL: final["val_ppl"],
+                               schema.FINAL_TEST_PPL: final["test_ppl"], schema.FINISHED: True})
             with tempfile.TemporaryDirectory() as d:
                 trainer.save(Path(d) / CHECKPOINT_FILE)
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
@@ -89,15 +92,15 @@ def train_trial(config: dict[str, Any]) -> None:
                 json.dumps({"epoch": e.epoch, "loss": str(e.loss), "phase": e.phase}))
             # The search metric must be in every result. A diverged run ranks last, with a
             # finite value: ASHA's rung percentiles turn NaN once infinities dominate.
-            tune.report({"epoch": e.epoch, "diverged": 1.0, "best_val_ppl": DIVERGED_PPL},
+            tune.report({schema.EPOCH: e.epoch, schema.DIVERGED: 1.0,
+                         schema.BEST_VAL_PPL: DIVERGED_PPL, schema.EPOCHS_RUN: e.epoch - 1,
+                         schema.TRAIN_SECONDS: trainer.train_seconds},
                         checkpoint=tune.Checkpoint.from_directory(d))
         raise
 
 
-def best_model_file(checkpoint_dir: str | os.PathLike, out: Path) -> Path:
-    """Write the best weights and config of a trial checkpoint as a slim file for MLflow."""
-    state = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location="cpu",
-                       weights_only=False)
-    weights = state["best_state"] or state["model"]
-    torch.save({"config": state["config"], "model": weights}, out)
-    return out
+def export_best_model(checkpoint: tune.Checkpoint, out: Path) -> Path:
+    """The best weights, config and vocabulary of a trial's last checkpoint (local or remote
+    storage alike), written by `Trainer.export_checkpoint`."""
+    with checkpoint.as_directory() as d:
+        return Trainer.export_checkpoint(Path(d) / CHECKPOINT_FILE, out)

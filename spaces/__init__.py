@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from awd.errors import UserError
 from spaces import awd_ptb, awd_wt2, compare_ptb, gru_ptb, gru_wt2, smoke, zaremba_ptb
 from spaces._space import Space
 
@@ -11,11 +12,8 @@ SPACES: dict[str, Space] = {
 }
 
 
-class UnknownSpaceError(KeyError):
+class UnknownSpaceError(UserError):
     """A space name that is not registered; the message lists the known ones."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def get_space(name: str) -> Space:

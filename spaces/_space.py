@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -33,7 +33,6 @@ class Space:
     grace_period: int
     metric: str = "best_val_ppl"
     mode: str = "min"
-    tags: dict[str, str] = field(default_factory=dict)
 
     def config(self, trial: optuna.Trial, **overrides: Any) -> dict[str, Any]:
         """The trial's config with search-level overrides (e.g. the epoch budget) applied."""

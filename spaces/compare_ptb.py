@@ -5,6 +5,7 @@ from typing import Any
 
 import optuna
 
+from awd.config import MODELS
 from spaces._common import (
     AWD_SEARCHED,
     fixed,
@@ -13,8 +14,6 @@ from spaces._common import (
     suggest_zaremba,
 )
 from spaces._space import Space
-
-MODELS = ("awd_lstm", "awd_gru", "zaremba")
 
 
 def define(trial: optuna.Trial) -> dict[str, Any]:

@@ -5,10 +5,10 @@ from typing import Any
 
 import optuna
 
+from awd.config import MODELS
 from spaces._common import fixed
 from spaces._space import Space
 
-MODELS = ("awd_lstm", "awd_gru", "zaremba")
 SLICE = {"train_tokens": 20_000, "eval_tokens": 3_000, "batch_size": 20,
          "bptt": 35, "eval_batch_size": 10, "test_batch_size": 10}
 

@@ -3,13 +3,20 @@
 from awd.data.batching import Window, batchify, draw_seq_len, eval_windows, train_windows
 from awd.data.corpus import Corpus, load_corpus
 from awd.data.fetch import fetch, import_local, verify
-from awd.data.registry import DATASETS, data_root, dataset_spec, resolve_data
+from awd.data.registry import (
+    DATASETS,
+    canonical_dataset,
+    data_root,
+    dataset_spec,
+    resolve_data,
+)
 
 __all__ = [
     "DATASETS",
     "Corpus",
     "Window",
     "batchify",
+    "canonical_dataset",
     "data_root",
     "dataset_spec",
     "draw_seq_len",

@@ -12,7 +12,7 @@ from pathlib import Path
 from awd.data.corpus import find_split_files
 from awd.data.fetch import DEFAULT_TIMEOUT, fetch, import_local, verify
 from awd.data.registry import DATASETS, data_root, dataset_spec
-from awd.errors import DataError
+from awd.errors import DataError, UserError
 
 EXIT_DATA_ERROR = 2
 
@@ -99,11 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; DataError becomes ``error: ...`` on stderr and exit status 2."""
+    """Run the CLI; a `UserError` becomes ``error: ...`` on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DataError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DATA_ERROR
     except KeyboardInterrupt:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import platformdirs
 
+from awd.errors import DataError
+
 SPLITS = ("train", "valid", "test")
 
 
@@ -36,7 +38,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "valid": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
             "test": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
         },
-        aliases=("penn", "penn-treebank"),
+        aliases=("penn", "penn-treebank", "penntreebank", "penn_treebank"),
     ),
     "wikitext-2": DatasetSpec(
         name="wikitext-2",
@@ -47,20 +49,33 @@ DATASETS: dict[str, DatasetSpec] = {
             "valid": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
             "test": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
         },
-        aliases=("wt2", "wikitext2"),
+        aliases=("wt2", "wikitext2", "wikitext_2"),
     ),
 }
 
 
-def dataset_spec(name: str) -> DatasetSpec:
-    """Look a dataset up by name or alias; unknown names list the known ones."""
-    key = name.lower()
+def find_dataset(name: str) -> DatasetSpec | None:
+    """The dataset a name or alias (any case) stands for, or None."""
+    key = str(name).strip().lower()
     for spec in DATASETS.values():
         if key == spec.name or key in spec.aliases:
             return spec
-    from awd.errors import DataError
+    return None
 
-    raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """Look a dataset up by name or alias; unknown names list the known ones."""
+    spec = find_dataset(name)
+    if spec is None:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return spec
+
+
+def canonical_dataset(name: str) -> str:
+    """The registry's name for a dataset name or alias (``wt2`` -> ``wikitext-2``); any other
+    name (a folder of the user's) is returned as it is."""
+    spec = find_dataset(name)
+    return spec.name if spec is not None else str(name)
 
 
 def data_root() -> Path:
@@ -74,8 +89,5 @@ def data_root() -> Path:
 def resolve_data(name_or_path: str | os.PathLike) -> Path:
     """A dataset name (``ptb``) maps to ``data_root()/ptb``; anything else is a folder path."""
     text = str(name_or_path)
-    try:
-        spec = dataset_spec(text)
-    except Exception:
-        return Path(text).expanduser()
-    return data_root() / spec.name
+    spec = find_dataset(text)
+    return data_root() / spec.name if spec is not None else Path(text).expanduser()

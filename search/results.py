@@ -1,0 +1,69 @@
+"""What each trial of a search left, and the one rule that names the best trial.
+
+Ray-free on purpose: the search's summary and `reports` both rank trials with `best_index`, so
+the two can never disagree on which trial won.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from awd.config import from_flat
+from search import schema
+
+
+def status_of(result: Mapping[str, Any]) -> str:
+    """A trial's outcome from its last result (errors are reported separately by Tune)."""
+    if result.get(schema.DIVERGED):  # ASHA may stop a diverged trial before its error surfaces
+        return schema.STATUS_FAILED
+    return schema.STATUS_COMPLETED if result.get(schema.FINISHED) else schema.STATUS_STOPPED
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def best_index(records: Sequence[Mapping[str, Any]]) -> int | None:
+    """Index of the best trial among ``records`` (mappings with ``status``, ``final_val_ppl``,
+    ``best_val_ppl``): the completed trial with the lowest final validation perplexity; if none
+    completed, the unfailed trial with the lowest validation perplexity reached; else None."""
+    completed = [i for i, r in enumerate(records) if r.get("status") == schema.STATUS_COMPLETED
+                 and _finite(r.get(schema.FINAL_VAL_PPL))]
+    if completed:
+        return min(completed, key=lambda i: float(records[i][schema.FINAL_VAL_PPL]))
+    scored = [i for i, r in enumerate(records) if r.get("status") != schema.STATUS_FAILED
+              and _finite(r.get(schema.BEST_VAL_PPL))]
+    return min(scored, key=lambda i: float(records[i][schema.BEST_VAL_PPL])) if scored else None
+
+
+@dataclass
+class TrialSummary:
+    """One trial as Tune ended it: its config, last result, last checkpoint and outcome."""
+
+    trial_id: str
+    status: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]  # the trial's last Tune result
+    checkpoint: Any  # a ray.tune.Checkpoint, or None
+    error: str | None
+
+    @property
+    def full_config(self) -> dict[str, Any]:
+        """Every field of the run, preset values included: enough to reproduce it."""
+        return from_flat(self.config).to_flat()
+
+    def record(self) -> dict[str, Any]:
+        """The trial as `best_index` reads it."""
+        return {**self.metrics, "status": self.status}
+
+
+def pick_best(trials: Sequence[TrialSummary]) -> TrialSummary | None:
+    """The best trial by `best_index`."""
+    i = best_index([t.record() for t in trials])
+    return None if i is None else trials[i]
