@@ -62,6 +62,7 @@ class AWDModel(nn.Module):
         weight = self.encoder.weight
         hidden = []
         for layer in self.rnns:
+            assert isinstance(layer, WeightDropRNN)
             h = weight.new_zeros(1, batch_size, layer.rnn.hidden_size)
             hidden.append((h, h.clone()) if self.cfg.cell == "lstm" else h)
         return hidden
@@ -101,7 +102,10 @@ class ZarembaModel(nn.Module):
         return ModelOutput(self.decoder(dropped), hidden, raw, dropped)
 
 
-def build_model(run: RunConfig, ntoken: int) -> nn.Module:
+LanguageModel = AWDModel | ZarembaModel
+
+
+def build_model(run: RunConfig, ntoken: int) -> LanguageModel:
     """The model a RunConfig names, for a vocabulary of ``ntoken`` words."""
     if isinstance(run.arch, ZarembaConfig):
         return ZarembaModel(run.arch, ntoken)

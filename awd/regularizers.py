@@ -9,6 +9,8 @@ uses them as they are (no "weights are not part of single contiguous chunk" warn
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +31,8 @@ class LockedDropout(nn.Module):
         return x * mask
 
 
-def embedding_dropout(embed: nn.Embedding, words: torch.Tensor, p: float, training: bool):
+def embedding_dropout(embed: nn.Embedding, words: torch.Tensor, p: float,
+                      training: bool) -> torch.Tensor:
     """Drop whole word types (rows of the embedding matrix) for this minibatch; scale the rest."""
     weight = embed.weight
     if training and p > 0:
@@ -71,7 +74,9 @@ class WeightDropRNN(nn.Module):
         self.rnn = rnn
         self.wdrop = wdrop
 
-    def forward(self, x: torch.Tensor, hidden=None):
+    def forward(self, x: torch.Tensor,
+                hidden: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+                ) -> tuple[torch.Tensor, Any]:
         if not self.training or self.wdrop == 0:
             return self.rnn(x, hidden)
         weights = {name: getattr(self.rnn, name) for name in self.rnn._flat_weights_names}

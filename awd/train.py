@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -112,7 +113,7 @@ class _EpochBar:
             self.bar = None
 
 
-def _epochs_with_bars(trainer: Trainer, quiet: bool):
+def _epochs_with_bars(trainer: Trainer, quiet: bool) -> Iterator[EpochMetrics]:
     """Run the trainer, drawing a progress bar for each epoch unless quiet."""
     bar = _EpochBar()
     if not quiet:

@@ -58,9 +58,10 @@ def table(data: ReportData) -> pd.DataFrame:
                     continue
                 name, removed = run["ablation"], _describe(best["params"], run["params"])
             else:
-                removed = removed_regulariser(best["params"], run["params"])
-                if removed is None:
+                found = removed_regulariser(best["params"], run["params"])
+                if found is None:
                     continue
+                removed = found
                 name = f"no {removed}"
             variants.append((name, removed, run))
         if not variants:

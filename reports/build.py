@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from reports import ablation, importance, plots, references, tables
 from reports.load import ReportData, load
 from reports.render import (
+    Block,
     Document,
     Section,
     Table,
@@ -158,7 +159,7 @@ def document(data: ReportData, out: Path) -> tuple[Document, pd.DataFrame]:
     prog = plots.progress(data, out)
     sections.append(Section("Search progress", [prog] if prog else ["No trials."]))
     sections.append(_importance_section(data, out))
-    slice_plots = plots.slices(data, out)
+    slice_plots: list[Block] = [*plots.slices(data, out)]
     sections.append(Section("Regularisation and embedding size", slice_plots or [
         "No finished trial has dropout or emsize params."]))
     for extra in (_ablation_section(data), _failures_section(data)):

@@ -91,7 +91,8 @@ def open_client(uri: str) -> MlflowClient:
 
 
 def _all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
-    runs, token = [], None
+    runs: list[Run] = []
+    token: str | None = None
     while True:
         page = client.search_runs([experiment_id], max_results=1000, page_token=token,
                                   order_by=["attributes.start_time ASC"])

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, Locator, MaxNLocator, NullFormatter
@@ -50,6 +51,7 @@ class _PplLocator(Locator):
             (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0))
 
     def __call__(self) -> list[float]:
+        assert self.axis is not None, "a locator is used on an axis"
         vmin, vmax = self.axis.get_view_interval()
         return self.tick_values(vmin, vmax)
 
@@ -64,7 +66,7 @@ class _PplLocator(Locator):
         return [t for t in MaxNLocator(5).tick_values(vmin, vmax) if vmin <= t <= vmax]
 
 
-def _log_ppl(ax, label: str) -> None:
+def _log_ppl(ax: Axes, label: str) -> None:
     """A log-scale perplexity y axis with plain, round tick labels."""
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(_PplLocator())

@@ -8,6 +8,7 @@ import html
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -42,12 +43,15 @@ class Table:
     text_columns: set[str] = field(default_factory=set)
 
 
+Block = str | list[str] | Table | Plot
+
+
 @dataclass
 class Section:
     """A heading and its blocks: strings (paragraphs), lists of strings, tables, plots."""
 
     title: str
-    blocks: list[str | list[str] | Table | Plot] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
     css_class: str = ""
 
 
@@ -63,22 +67,22 @@ def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
 
 
-def fmt_num(value: object, digits: int = 2) -> str:
+def fmt_num(value: Any, digits: int = 2) -> str:
     return "—" if _missing(value) else f"{float(value):,.{digits}f}"
 
 
-def fmt_int(value: object) -> str:
+def fmt_int(value: Any) -> str:
     return "—" if _missing(value) else f"{int(value):,}"
 
 
-def fmt_gap(value: object, base: object) -> str:
+def fmt_gap(value: Any, base: Any) -> str:
     """An absolute gap with its relative size, e.g. ``+3.20 (+5.6%)``."""
     if _missing(value) or _missing(base):
         return "—"
     return f"{float(value):+.2f} ({100 * float(value) / float(base):+.1f}%)"
 
 
-def fmt_params(value: object) -> str:
+def fmt_params(value: Any) -> str:
     if _missing(value):
         return "—"
     value = float(value)

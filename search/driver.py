@@ -200,7 +200,8 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
 def summarize(result_grid: ResultGrid) -> list[TrialSummary]:
     """Each trial's outcome from Tune's results: status, last result, last checkpoint."""
     trials = []
-    for r in result_grid:
+    for i in range(len(result_grid)):
+        r = result_grid[i]
         metrics = dict(r.metrics or {})
         status = schema.STATUS_FAILED if r.error is not None else status_of(metrics)
         error = str(r.error) if r.error is not None else (

@@ -10,20 +10,23 @@ it is used after a restore.
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from ray.tune.execution.tune_controller import TuneController
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
 from search import storage
 
 
 class PersistentASHA(ASHAScheduler):
-    def __init__(self, state_path: str, **kwargs) -> None:
+    def __init__(self, state_path: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.state_path = str(state_path)
         self._stopped: set[str] = set()  # trials ASHA stopped: they stay stopped after a restore
         self._state_loaded = False
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._state_loaded = False  # unpickled by Tuner.restore: reload the saved rungs
 
@@ -48,11 +51,12 @@ class PersistentASHA(ASHAScheduler):
         self._load_rungs()
         return [list(b._rungs) for b in self._brackets]
 
-    def on_trial_add(self, tune_controller, trial) -> None:
+    def on_trial_add(self, tune_controller: TuneController, trial: Trial) -> None:
         self._load_rungs()
         super().on_trial_add(tune_controller, trial)
 
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+    def on_trial_result(self, tune_controller: TuneController, trial: Trial,
+                        result: dict[str, Any]) -> str:
         self._load_rungs()
         if trial.trial_id in self._stopped:  # stopped before the driver died, restored live
             return self.STOP
@@ -62,7 +66,8 @@ class PersistentASHA(ASHAScheduler):
         self._save_rungs()
         return action
 
-    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+    def on_trial_complete(self, tune_controller: TuneController, trial: Trial,
+                          result: dict[str, Any]) -> None:
         self._load_rungs()
         super().on_trial_complete(tune_controller, trial, result)
         self._save_rungs()

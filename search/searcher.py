@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from search import schema
 from spaces import Space, get_space
 
 
@@ -24,20 +25,23 @@ class AWDOptunaSearch(OptunaSearch):
     """OptunaSearch that reports failed trials as FAIL and early-stopped ones as PRUNED."""
 
     def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        ot_trial = self._ot_trials[trial_id]
-        if error or not result or result.get("diverged"):
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-        elif result.get("finished"):
-            self._ot_study.tell(ot_trial, result[self.metric], state=TrialState.COMPLETE)
+        ot_trial, study = self._ot_trials[trial_id], self.study()
+        if error or not result or result.get(schema.DIVERGED):
+            study.tell(ot_trial, state=TrialState.FAIL)
+        elif result.get(schema.FINISHED):
+            study.tell(ot_trial, result[self.metric], state=TrialState.COMPLETE)
         else:  # stopped by the scheduler: Optuna keeps its intermediate values
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
     def study(self) -> optuna.Study:
+        """The Optuna study behind this searcher (set up when Tune hands it the metric)."""
+        if self._ot_study is None:
+            raise RuntimeError("the searcher has not been set up yet")
         return self._ot_study
 
     def tune_trial_id(self, number: int) -> str:
@@ -53,7 +57,7 @@ class SpaceConfig:
     space: str
     overrides: dict[str, Any]
 
-    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+    def __call__(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         return get_space(self.space).config(trial, **self.overrides)
 
 

@@ -14,7 +14,7 @@ from awd.config import preset
 from spaces._space import Space
 
 
-def suggest_awd(trial: optuna.Trial) -> dict[str, Any]:
+def suggest_awd(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     """AWD-LSTM / AWD-GRU: the five dropouts, sizes, lr, AR/TAR and NT-ASGD's patience."""
     return {
         "dropout": trial.suggest_float("dropout", 0.2, 0.6),
@@ -31,7 +31,7 @@ def suggest_awd(trial: optuna.Trial) -> dict[str, Any]:
     }
 
 
-def suggest_zaremba(trial: optuna.Trial) -> dict[str, Any]:
+def suggest_zaremba(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     """Zaremba's LSTM: one dropout on all non-recurrent connections; its embedding size is nhid
     (untied), so searching nhid searches the embedding size."""
     return {
@@ -67,7 +67,7 @@ def awd_space(name: str, model: str, dataset: str, max_epochs: int = 100,
               grace_period: int = 30) -> Space:
     """A space over one AWD model on one dataset, warm-started at the paper configuration."""
 
-    def define(trial: optuna.Trial) -> dict[str, Any]:
+    def define(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         return {**fixed(model, dataset), **suggest_awd(trial)}
 
     return Space(

@@ -8,7 +8,7 @@ from typing import Any
 
 import optuna
 
-DefineFn = Callable[[optuna.Trial], dict[str, Any]]
+DefineFn = Callable[[optuna.trial.BaseTrial], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Space:
     metric: str = "best_val_ppl"
     mode: str = "min"
 
-    def config(self, trial: optuna.Trial, **overrides: Any) -> dict[str, Any]:
+    def config(self, trial: optuna.trial.BaseTrial, **overrides: Any) -> dict[str, Any]:
         """The trial's config with search-level overrides (e.g. the epoch budget) applied."""
         return {**self.define(trial), **overrides}
 

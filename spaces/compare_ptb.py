@@ -16,7 +16,7 @@ from spaces._common import (
 from spaces._space import Space
 
 
-def define(trial: optuna.Trial) -> dict[str, Any]:
+def define(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     model = trial.suggest_categorical("model", MODELS)
     if model == "zaremba":
         return {**fixed(model, "ptb", "medium"), **suggest_zaremba(trial)}

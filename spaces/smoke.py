@@ -13,7 +13,7 @@ SLICE = {"train_tokens": 20_000, "eval_tokens": 3_000, "batch_size": 20,
          "bptt": 35, "eval_batch_size": 10, "test_batch_size": 10}
 
 
-def define(trial: optuna.Trial) -> dict[str, Any]:
+def define(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     model = trial.suggest_categorical("model", MODELS)
     if model == "zaremba":
         sampled = {

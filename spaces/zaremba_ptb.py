@@ -9,7 +9,7 @@ from spaces._common import ZAREMBA_SEARCHED, fixed, paper_values, suggest_zaremb
 from spaces._space import Space
 
 
-def define(trial: optuna.Trial) -> dict[str, Any]:
+def define(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
     return {**fixed("zaremba", "ptb", "medium"), **suggest_zaremba(trial)}
 
 

@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from awd.data.corpus import find_split_files
 from awd.data.registry import SPLITS, DatasetSpec, data_root, dataset_spec
@@ -100,7 +100,7 @@ def _is_verified(spec: DatasetSpec, folder: Path, log: Log) -> bool:
     return True
 
 
-def _copy_stream(src: BinaryIO, target: Path) -> None:
+def _copy_stream(src: IO[bytes], target: Path) -> None:
     """Stream ``src`` into a new file ``target`` (never into an existing one)."""
     with target.open("xb") as out:
         shutil.copyfileobj(src, out, CHUNK)
