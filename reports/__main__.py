@@ -11,7 +11,6 @@ from pathlib import Path
 from awd.errors import UserError
 
 EXIT_BAD_INPUT = 2
-EXIT_INTERNAL = 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,7 +22,7 @@ def parser() -> argparse.ArgumentParser:
         "logs them on each search's parent run under report/.",
         epilog="Exit status: 0 ok; 2 bad input (unknown experiment, no finished runs, missing "
         "metrics: a partial report is still written where there is something to show); "
-        "1 internal error.")
+        "1 with a traceback: a bug.")
     p.add_argument("--experiment", "-e", nargs="+", required=True, metavar="NAME",
                    help="MLflow experiment name(s); several are compared side by side")
     p.add_argument("--tracking-uri", default=None, metavar="URI",
@@ -33,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
                    help="output folder (default: report/)")
     p.add_argument("--no-log", action="store_true",
                    help="do not log the report as artifacts of the search runs")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    p.add_argument("--debug", action="store_true", help="show the libraries' warnings and logs")
     return p
 
 
@@ -55,15 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
         uri = resolve_tracking_uri(args.tracking_uri)
         result = build(uri, args.experiment, args.out, log_artifacts=not args.no_log)
-    except UserError as e:
+    except UserError as e:  # anything else is a bug: its traceback is the report
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as e:
-        if args.debug:
-            raise
-        print(f"error: internal error ({type(e).__name__}: {e}); rerun with --debug for the "
-              "traceback", file=sys.stderr)
-        return EXIT_INTERNAL
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"report: {result.out_dir / 'report.html'} and report.md "

@@ -153,7 +153,7 @@ def _run_row(run: Run, experiment: str, search_key: str, search_gpus: float) -> 
 
 def _history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
     return [{"run_id": run_id, "epoch": m.step, "val_ppl": m.value, "timestamp": m.timestamp}
-            for m in client.get_metric_history(run_id, "val_ppl")]
+            for m in client.get_metric_history(run_id, schema.VAL_PPL)]
 
 
 def _load_experiment(client: MlflowClient, name: str,

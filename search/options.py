@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fractions pack trials on one GPU (default: 1 if GPUs, else 0)")
     p.add_argument("--address", help="existing Ray cluster ('auto' on a head node); default: "
                    "start Ray locally")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db "
-                   "in the working folder)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                   "else sqlite:///mlflow.db in the working folder)")
     p.add_argument("--experiment", help="MLflow experiment and Ray run name (default: the space)")
     p.add_argument("--storage", default="ray_results",
                    help="where Ray keeps results and checkpoints; shared (NFS or s3://) on a "
