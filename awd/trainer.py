@@ -102,7 +102,9 @@ class Trainer:
         self.on_window: Callable[[int, int], None] | None = None
 
     # --- one epoch -----------------------------------------------------------------------
-    def _epoch_lr(self) -> float:
+    def epoch_lr(self) -> float:
+        """The base lr of the epoch in progress: Zaremba's schedule, or the constant lr (each
+        window scales it by its length with variable BPTT)."""
         if self.cfg.optimizer == "sgd_schedule":
             return zaremba_lr(self.cfg.lr, self.epoch, self.cfg.lr_decay, self.cfg.decay_start)
         return self.cfg.lr
@@ -132,7 +134,7 @@ class Trainer:
         self.model.train()
         hidden = self.model.init_hidden(cfg.batch_size)
         rng = self.window_rng if cfg.variable_bptt else None
-        lr = self._epoch_lr()
+        lr = self.epoch_lr()
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         tokens = 0
         # Fine-tuning caps the window at bptt + 10, as the reference's finetune.py does.
@@ -169,7 +171,7 @@ class Trainer:
         best weights, and apply the NT-ASGD trigger."""
         self.epoch += 1
         start = time.perf_counter()
-        lr = self._epoch_lr()
+        lr = self.epoch_lr()
         train_loss, tokens = self.train_epoch()
         if not math.isfinite(train_loss):
             raise TrainingDiverged(self.epoch, train_loss, "train")

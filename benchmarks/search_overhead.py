@@ -1,16 +1,18 @@
 """How much of a search's wall time goes to training, and how much to orchestration.
 
-Runs a real search (local Ray, Optuna, ASHA off, MLflow SQLite) of smoke-sized trials whose
-training lasts about ``--trial-seconds`` each, then splits the capacity it used (wall time x
-trial slots) into:
-  training       sum over trials of the epochs' train + validation seconds (awd's own timer)
+Runs a real search (local Ray, Optuna, ASHA off, MLflow SQLite) of the ``smoke`` space with a
+bigger training slice fixed for every trial (``SearchOptions.fixed``, the CLI's
+``--set train_tokens=N``), sized so that a trial's training lasts about ``--trial-seconds``, then
+splits the capacity it used (wall time x trial slots) into:
+  training       sum over trials of their ``train_seconds`` (the epochs' train + validation
+                 seconds, awd's own timer)
   in-trial       the rest of each trial's Ray time: start-up, data load, checkpoint writes,
                  reports, the final test evaluation
   driver         capacity not inside any trial: Ray start, scheduling, idle slots, MLflow
                  logging and the end-of-search summary
 Target: orchestration (in-trial + driver) under 10% on CPU for 30-second trials.
 
-    python benchmarks/search_overhead.py --trials 4 --concurrency 2 --trial-seconds 30
+    python -m benchmarks.search_overhead --trials 4 --concurrency 2 --trial-seconds 30
 
 GPU mode (``--gpu``), when one is at hand: run `zaremba_ptb` trials packed 4 per GPU
 (``--gpus-per-trial 0.25``) versus 1 per GPU and report trials per GPU-hour and each trial's
@@ -32,35 +34,13 @@ from typing import Any
 import ray
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import machine_info
-
-from search.driver import run_search
+from benchmarks.machine import RESULTS_DIR, machine_info
+from search import schema
+from search.driver import SearchOutcome, run_search
 from search.options import SearchOptions
-from spaces import SPACES, Space, get_space, smoke
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def timed_space(train_tokens: int, epochs: int) -> Space:
-    """The smoke space with a bigger training slice, so that a trial lasts long enough."""
-
-    def define(trial):
-        return {**smoke.define(trial), "train_tokens": train_tokens}
-
-    return Space(
-        name="overhead",
-        description="smoke with longer trials",
-        model="mixed",
-        dataset="ptb",
-        define=define,
-        warm_start=smoke.SPACE.warm_start,
-        max_epochs=epochs,
-        grace_period=1,
-    )
-
-
-def breakdown(outcome, started: float, ended: float, slots: int) -> dict[str, Any]:
+def breakdown(outcome: SearchOutcome, started: float, ended: float, slots: int) -> dict[str, Any]:
     """Split slots x wall time into training, in-trial overhead and driver overhead, with the
     driver's part broken into start-up (before the first trial), the idle tail (slots waiting
     for the last trial), the summary after the last trial, and gaps between trials."""
@@ -77,7 +57,7 @@ def breakdown(outcome, started: float, ended: float, slots: int) -> dict[str, An
             {
                 "trial": t.trial_id,
                 "model": t.config["model"],
-                "training_s": sum(r["epoch_seconds"] for r in rows),
+                "training_s": rows[-1][schema.TRAIN_SECONDS],  # cumulative, resumes included
                 "ray_time_s": rows[-1]["time_total_s"],
                 "start": end - rows[-1]["time_total_s"],
                 "end": end,
@@ -120,13 +100,21 @@ def breakdown(outcome, started: float, ended: float, slots: int) -> dict[str, An
     }
 
 
-def _dir(outcome, trial_id: str) -> str:
+def _dir(outcome: SearchOutcome, trial_id: str) -> str:
+    """The name of a trial's folder in the experiment folder (it ends with the trial id)."""
     return next(d.name for d in Path(outcome.experiment_dir).iterdir() if d.name.endswith(trial_id))
 
 
 def run_once(
-    space: str, trials: int, concurrency: int, epochs: int, gpus: float, workdir: Path
-) -> tuple[Any, float, float]:
+    space: str,
+    trials: int,
+    concurrency: int,
+    epochs: int,
+    gpus: float,
+    workdir: Path,
+    fixed: tuple[str, ...] = (),
+) -> tuple[SearchOutcome, float, float]:
+    """One search without ASHA in ``workdir``; its outcome and its start and end times."""
     opts = SearchOptions(
         space=space,
         num_samples=trials,
@@ -138,6 +126,7 @@ def run_once(
         gpus_per_trial=gpus,
         best_config=str(workdir / "best.json"),
         experiment=f"{space}-{gpus}",
+        fixed=fixed,
     )
     start = time.time()
     try:
@@ -148,12 +137,19 @@ def run_once(
 
 
 def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """The smoke space with a training slice fixed for every trial, sized to last
+    ``--trial-seconds``; the split of its capacity into training and orchestration."""
     # ~8k tokens/s per trial for the smoke models, 2 trials on 2 cores (measured): size the slice.
     train_tokens = int(args.tokens_per_second * args.trial_seconds / args.epochs)
-    SPACES["overhead"] = timed_space(train_tokens, args.epochs)
     with tempfile.TemporaryDirectory() as d:
         outcome, started, ended = run_once(
-            "overhead", args.trials, args.concurrency, args.epochs, 0.0, Path(d)
+            "smoke",
+            args.trials,
+            args.concurrency,
+            args.epochs,
+            0.0,
+            Path(d),
+            fixed=(f"train_tokens={train_tokens}",),
         )
         result = breakdown(outcome, started, ended, args.concurrency)
     result["train_tokens_per_trial_epoch"] = train_tokens
@@ -163,7 +159,8 @@ def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def gpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    out = {}
+    """`zaremba_ptb` trials packed 4 per GPU against 1 per GPU: throughput and slowdown."""
+    out: dict[str, Any] = {}
     for per_gpu in (1, 4):
         with tempfile.TemporaryDirectory() as d:
             outcome, started, ended = run_once(
@@ -175,7 +172,12 @@ def gpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 Path(d),
             )
             wall = ended - started
-            rows = [float(t.metrics["epoch_seconds"]) for t in outcome.trials]
+            # Each trial's mean epoch: its cumulative train seconds over the epochs it ran.
+            rows = [
+                float(t.metrics[schema.TRAIN_SECONDS]) / int(t.metrics[schema.EPOCHS_RUN])
+                for t in outcome.trials
+                if t.metrics.get(schema.EPOCHS_RUN)
+            ]
             out[f"{per_gpu}_per_gpu"] = {
                 "wall_s": wall,
                 "trials": len(outcome.trials),
@@ -192,7 +194,10 @@ def gpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """The command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.search_overhead", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--epochs", type=int, default=3)
@@ -212,10 +217,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CPU (or ``--gpu``) benchmark, print its result and write the JSON."""
     args = parse_args(argv)
     if "AWD_DATA_DIR" not in os.environ:
         os.environ["AWD_DATA_DIR"] = str(Path(__file__).resolve().parents[2] / "shared" / "data")
-    get_space("smoke")
     device = torch.device("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
     result = gpu_benchmark(args) if args.gpu else cpu_benchmark(args)
     record = {
@@ -225,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": vars(args) | {"out": None},
         "result": result,
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = args.out or RESULTS / f"search_overhead-{device.type}-{dt.date.today()}.json"
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = args.out or RESULTS_DIR / f"search_overhead-{device.type}-{dt.date.today()}.json"
     out.write_text(json.dumps(record, indent=2, default=str))
     print(json.dumps(result, indent=2, default=str))
     print(f"written to {out}")

@@ -1,13 +1,15 @@
 """Training-step benchmark: throughput and peak memory of one full training step, and the cost
 of weight drop.
 
-For each model (AWD-LSTM, AWD-GRU, Zaremba medium, at their paper presets) it times the same ops
-as ``Trainer.train_epoch`` does per window: detach the hidden state, ``zero_grad``, forward,
-cross-entropy (times the window length for Zaremba), AR + TAR (AWD models), backward,
-``clip_grad_norm_`` and the NT-ASGD optimiser's SGD step (with weight decay), plus the running
-loss sum. It also times a *plain* AWD-LSTM of the same shapes (same embedding and embedding
-dropout, same locked dropouts, same tied decoder, but plain ``nn.LSTM`` layers with no weight
-drop) side by side with the real one, and reports the ratio of their step times.
+The step timed is ``awd.trainer.Trainer.train_step`` itself, the one training step the trainer
+runs per window: ``zero_grad``, forward, cross-entropy (times the window length for Zaremba),
+AR + TAR (AWD models), backward, ``clip_grad_norm_`` and the NT-ASGD optimiser's SGD step (with
+weight decay); the loop around it carries the hidden state over and keeps the running loss sum,
+as ``Trainer.train_epoch`` does. For each model (AWD-LSTM, AWD-GRU, Zaremba medium, at their paper
+presets) a ``Trainer`` is built on a synthetic corpus. The *plain* baseline is the same AWD-LSTM
+``Trainer`` with ``wdrop=0`` and nothing else changed (same seed, so the same initial weights,
+checked before timing): its ``WeightDropRNN`` layers then call their plain ``nn.LSTM`` directly.
+It is timed side by side with the real one, and the ratio of their step times is reported.
 
 Timing: all variants of one batch size live in one process and are timed interleaved: after
 ``--warmup`` rounds, each of ``--reps`` rounds times every variant once (``--steps`` consecutive
@@ -28,58 +30,49 @@ variants and allocator caching from earlier steps cannot blur it.
     ``VmHWM`` counts the whole process (Python, torch's libraries); RSS is not torch's allocator
     view, and glibc may keep freed memory resident, which is why a fresh process is used.
 
-Data: random token ids (uniform over the vocabulary), fixed-length windows of ``--bptt`` (the
-Trainer's variable-length windows average about the same length); loss values are meaningless,
-the arithmetic is the real one.
+Data: a ``Corpus`` of random token ids (uniform over a vocabulary of ``--vocab`` words), batchified
+by the ``Trainer``, cut into fixed-length windows of ``--bptt`` (the Trainer's variable-length
+windows average about the same length); loss values are meaningless, the arithmetic is the real
+one.
 
 Targets (stated here, checked in the output): weight-drop ratio <= 1.15 on CPU and on GPU; on an
 H100, an AWD-LSTM PTB epoch (929,589 tokens) at batch 20, bptt 70 in under 10 s.
 
-Examples::
+Examples (from the repository root)::
 
-    python benchmarks/train_step.py                       # paper sizes, batch 20 and 80
-    python benchmarks/train_step.py --batch-sizes 20      # the CPU run in benchmarks/README.md
-    python benchmarks/train_step.py --small               # seconds-long smoke test
+    python -m benchmarks.train_step                       # paper sizes, batch 20 and 80
+    python -m benchmarks.train_step --batch-sizes 20      # the CPU run in benchmarks/README.md
+    python -m benchmarks.train_step --small               # seconds-long smoke test
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
-import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from awd.config import RunConfig, from_flat
-from awd.models import AWDModel, ModelOutput, build_model, count_parameters, detach_hidden
-from awd.ntasgd import NTASGD
-from awd.regularizers import (
-    LockedDropout,
-    activation_regularization,
-    embedding_dropout,
-    temporal_activation_regularization,
-)
+from awd.config import MODELS, RunConfig, from_flat
+from awd.data import Corpus, Window, train_windows
+from awd.trainer import Trainer
+from benchmarks.machine import RESULTS_DIR, device_tag, load_snapshot, machine_info
 
 PTB_TRAIN_TOKENS = 929_589
 PTB_VOCAB = 10_000
 TARGET_RATIO = 1.15
 TARGET_H100_EPOCH_B20_S = 10.0
 MIN_REPS = 5
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+N_WINDOWS = 8  # distinct training windows per variant, cycled through
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
-MODELS = ("awd_lstm", "awd_gru", "zaremba")
 PLAIN = "awd_lstm_plain"
 FLAT = {"awd_lstm": {"model": "awd_lstm"}, "awd_gru": {"model": "awd_gru"},
         "zaremba": {"model": "zaremba", "preset": "medium"}}
@@ -89,110 +82,71 @@ SMALL = {"vocab": 1000, "batch_sizes": [8], "bptt": 20,
                   "zaremba": {"nhid": 128}}}
 DESCRIPTION = {
     "awd_lstm": "AWD-LSTM (3 x WeightDropRNN(nn.LSTM), wdrop on)",
-    PLAIN: "AWD-LSTM shapes, plain nn.LSTM layers, no weight drop",
+    PLAIN: "AWD-LSTM with wdrop=0 (WeightDropRNN calls its plain nn.LSTM), same initial weights",
     "awd_gru": "AWD-GRU (3 x WeightDropRNN(nn.GRU), wdrop on)",
     "zaremba": "Zaremba medium (2-layer nn.LSTM 650, untied)",
 }
 
-
-# --- models ------------------------------------------------------------------------------
-class PlainAWDLSTM(nn.Module):
-    """``AWDModel.forward`` with the weight-dropped layers replaced by their plain ``nn.LSTM``s.
-
-    Built from an ``AWDModel`` (a deep copy: same weights, tied decoder, same dropouts)."""
-
-    def __init__(self, awd: AWDModel) -> None:
-        super().__init__()
-        awd = copy.deepcopy(awd)
-        self.cfg = awd.cfg
-        self.encoder = awd.encoder
-        self.rnns = nn.ModuleList(layer.rnn for layer in awd.rnns)
-        self.decoder = awd.decoder  # still tied to self.encoder.weight (deepcopy keeps the tie)
-        self.lockdrop_in = LockedDropout(awd.cfg.dropouti)
-        self.lockdrop_hid = LockedDropout(awd.cfg.dropouth)
-        self.lockdrop_out = LockedDropout(awd.cfg.dropout)
-
-    def init_hidden(self, batch_size: int) -> list[Any]:
-        weight = self.encoder.weight
-        hidden = []
-        for rnn in self.rnns:
-            h = weight.new_zeros(1, batch_size, rnn.hidden_size)
-            hidden.append((h, h.clone()))
-        return hidden
-
-    def forward(self, words: torch.Tensor, hidden: list[Any]) -> ModelOutput:
-        x = embedding_dropout(self.encoder, words, self.cfg.dropoute, self.training)
-        x = self.lockdrop_in(x)
-        new_hidden = []
-        for i, rnn in enumerate(self.rnns):
-            raw, h = rnn(x, hidden[i])
-            new_hidden.append(h)
-            x = self.lockdrop_hid(raw) if i < len(self.rnns) - 1 else self.lockdrop_out(raw)
-        return ModelOutput(self.decoder(x), new_hidden, raw, x)
+Log = Callable[[str], None]
 
 
-def run_config(model: str, small: bool) -> RunConfig:
-    flat = dict(FLAT[model])
+# --- what is trained -----------------------------------------------------------------------
+def run_config(variant: str, batch: int, bptt: int, small: bool, seed: int) -> RunConfig:
+    """The variant's paper preset at this batch size and window length (``--small``: shrunk);
+    the plain baseline is the AWD-LSTM's config with ``wdrop=0``."""
+    model = "awd_lstm" if variant == PLAIN else variant
+    flat: dict[str, Any] = {**FLAT[model], "batch_size": batch, "bptt": bptt, "seed": seed}
     if small:
         flat.update(SMALL["arch"][model])
+    if variant == PLAIN:
+        flat["wdrop"] = 0.0
     return from_flat(flat)
 
 
-def build_variant(variant: str, vocab: int, small: bool, seed: int) -> tuple[nn.Module, RunConfig]:
-    """The model of a variant (on CPU) and the RunConfig whose training settings it uses."""
-    torch.manual_seed(seed)
-    run = run_config("awd_lstm" if variant == PLAIN else variant, small)
-    model = build_model(run, vocab)
-    if variant == PLAIN:
-        model = PlainAWDLSTM(model)
-    return model, run
+def synthetic_corpus(vocab: int, batch: int, bptt: int, runs: list[RunConfig],
+                     seed: int) -> Corpus:
+    """Uniform random token ids: ``N_WINDOWS`` windows of ``bptt`` rows at ``batch`` for training,
+    and validation/test splits just long enough for the runs' evaluation batch sizes (never
+    used, but the ``Trainer`` batchifies them)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    train = torch.randint(0, vocab, ((N_WINDOWS * bptt + 1) * batch,), generator=gen)
+    held_out = 2 * max(max(r.train.eval_batch_size, r.train.test_batch_size) for r in runs)
+    valid = torch.randint(0, vocab, (held_out,), generator=gen)
+    test = torch.randint(0, vocab, (held_out,), generator=gen)
+    return Corpus(vocab=[f"w{i}" for i in range(vocab)], train=train, valid=valid, test=test)
 
 
-# --- one training step, as in Trainer.train_epoch ----------------------------------------
+# --- the training step: Trainer.train_step ------------------------------------------------
 class StepRunner:
-    """A model, its optimiser, a few windows of random data and the carried hidden state."""
+    """A ``Trainer`` on the synthetic corpus, its fixed-length windows, the hidden state carried
+    from window to window and the running loss sum: what ``Trainer.train_epoch`` keeps around
+    ``Trainer.train_step``."""
 
-    def __init__(self, variant: str, vocab: int, batch: int, bptt: int, device: torch.device,
-                 small: bool, seed: int, n_windows: int = 8) -> None:
-        model, run = build_variant(variant, vocab, small, seed)
+    def __init__(self, variant: str, run: RunConfig, corpus: Corpus,
+                 device: torch.device) -> None:
         self.variant = variant
-        self.cfg = run.train
-        self.model = model.to(device).train()
-        self.device = device
-        self.vocab, self.batch, self.bptt = vocab, batch, bptt
-        self.num_params = count_parameters(self.model)
-        self.state_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        self.opt = NTASGD(list(self.model.parameters()), self.cfg.lr, self.cfg.wdecay,
-                          self.cfg.nonmono)
-        gen = torch.Generator().manual_seed(seed + 1)
-        self.data = torch.randint(0, vocab, (n_windows * bptt + 1, batch), generator=gen)
-        self.data = self.data.to(device)
-        self.n_windows = n_windows
+        self.trainer = Trainer(run, corpus, device)  # seeds with run.train.seed, then builds
+        self.trainer.model.train()
+        cfg = self.trainer.cfg
+        self.variable_bptt, self.lr = cfg.variable_bptt, self.trainer.epoch_lr()
+        self.windows: list[Window] = [w for _, w in
+                                      train_windows(self.trainer.train_data, cfg.bptt, None)]
+        self.device = self.trainer.device
+        self.num_params = self.trainer.num_params
+        self.state_bytes = sum(p.numel() * p.element_size()
+                               for p in self.trainer.model.parameters())
         self.window = 0
-        self.hidden = self.model.init_hidden(batch)
-        self.total = torch.zeros((), device=device, dtype=torch.float64)
+        self.hidden = self.trainer.model.init_hidden(cfg.batch_size)
+        self.total = torch.zeros((), device=self.device, dtype=torch.float64)
         self.cpu_per_wall: list[float] = []  # process CPU seconds per wall second, per block
 
     def step(self) -> None:
-        cfg, model = self.cfg, self.model
-        i = self.window * self.bptt
-        self.window = (self.window + 1) % self.n_windows
-        inputs = self.data[i : i + self.bptt]
-        targets = self.data[i + 1 : i + 1 + self.bptt]
-        self.hidden = detach_hidden(self.hidden)
-        self.opt.zero_grad()
-        out = model(inputs, self.hidden)
-        self.hidden = out.hidden
-        loss = F.cross_entropy(out.logits.view(-1, self.vocab), targets.reshape(-1))
-        objective = loss * self.bptt if cfg.loss_sum_over_time else loss
-        if cfg.alpha:
-            objective = objective + activation_regularization(out.dropped_output, cfg.alpha)
-        if cfg.beta:
-            objective = objective + temporal_activation_regularization(out.raw_output, cfg.beta)
-        objective.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        self.opt.step(cfg.lr)
-        self.total += loss.detach().double() * targets.numel()
+        """One ``Trainer.train_step`` on the next window, and the loss sum, as the trainer does."""
+        w = self.windows[self.window]
+        self.window = (self.window + 1) % len(self.windows)
+        lr = self.lr * w.lr_scale if self.variable_bptt else self.lr  # lr_scale is 1 here
+        self.hidden, loss = self.trainer.train_step(w, self.hidden, lr)
+        self.total += loss.double() * w.targets.numel()
 
     def timed(self, steps: int) -> float:
         """Seconds per step over ``steps`` consecutive steps."""
@@ -206,14 +160,37 @@ class StepRunner:
         return wall / steps
 
 
+def build_runners(variants: list[str], vocab: int, batch: int, bptt: int, small: bool,
+                  seed: int, device: torch.device) -> dict[str, StepRunner]:
+    """One ``StepRunner`` per variant, all on the same synthetic corpus."""
+    runs = {v: run_config(v, batch, bptt, small, seed) for v in variants}
+    corpus = synthetic_corpus(vocab, batch, bptt, list(runs.values()), seed)
+    return {v: StepRunner(v, runs[v], corpus, device) for v in variants}
+
+
+def check_plain_baseline(awd: StepRunner, plain: StepRunner) -> None:
+    """Before any step: the plain baseline is the AWD-LSTM with weight drop off and nothing else
+    changed (config, initial weights, data)."""
+    a, b = awd.trainer.run_config.to_flat(), plain.trainer.run_config.to_flat()
+    differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    if differ != ["wdrop"] or b["wdrop"] != 0:
+        raise RuntimeError(f"plain baseline differs from awd_lstm in {differ} (expected wdrop)")
+    sa, sb = awd.trainer.model.state_dict(), plain.trainer.model.state_dict()
+    if sa.keys() != sb.keys() or not all(torch.equal(sa[k], sb[k]) for k in sa):
+        raise RuntimeError("plain baseline's initial weights differ from awd_lstm's")
+    if not torch.equal(awd.trainer.train_data, plain.trainer.train_data):
+        raise RuntimeError("plain baseline trains on other data than awd_lstm")
+
+
 def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work (a no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 # --- measurement -------------------------------------------------------------------------
 def measure_interleaved(runners: dict[str, StepRunner], reps: int, warmup: int, steps: int,
-                        deadline: float, log) -> dict[str, list[float]]:
+                        deadline: float, log: Log) -> dict[str, list[float]]:
     """Per-step seconds of every runner, ``reps`` interleaved rounds (fewer, but at least
     ``MIN_REPS``, once ``time.perf_counter()`` passes ``deadline``)."""
     names = list(runners)
@@ -233,12 +210,14 @@ def measure_interleaved(runners: dict[str, StepRunner], reps: int, warmup: int, 
 
 
 def summarize(ts: list[float]) -> dict[str, Any]:
+    """Median, minimum, quartiles and every time of one variant."""
     q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
     return {"median_s": statistics.median(ts), "min_s": min(ts), "q1_s": q[0], "q3_s": q[2],
             "all_s": ts}
 
 
 def _status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB (VmRSS, VmHWM)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -249,8 +228,9 @@ def _status_kb(field: str) -> int:
 def memory_child(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Run in a fresh process: peak memory of one (variant, batch) training step."""
     variant, batch = args.child_memory, args.batch_sizes[0]
+    runner = build_runners([variant], args.vocab, batch, args.bptt, args.small, args.seed,
+                           device)[variant]
     if device.type == "cuda":
-        runner = StepRunner(variant, args.vocab, batch, args.bptt, device, args.small, args.seed)
         runner.step()
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -264,7 +244,6 @@ def memory_child(args: argparse.Namespace, device: torch.device) -> dict[str, An
                 "before_step_mib": before / mib,
                 "step_extra_mib": (torch.cuda.max_memory_allocated(device) - before) / mib,
                 "params_mib": runner.state_bytes / mib}
-    runner = StepRunner(variant, args.vocab, batch, args.bptt, device, args.small, args.seed)
     rss_before = _status_kb("VmRSS")
     runner.step()
     runner.step()
@@ -276,80 +255,27 @@ def memory_child(args: argparse.Namespace, device: torch.device) -> dict[str, An
             "params_mib": runner.state_bytes / 2**20}
 
 
-def measure_memory(args: argparse.Namespace, variant: str, batch: int, log) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-memory", variant,
+def measure_memory(args: argparse.Namespace, variant: str, batch: int,
+                   log: Log) -> dict[str, Any]:
+    """Peak memory of one (variant, batch) step, from a fresh ``-m benchmarks.train_step``
+    process started in the repository root."""
+    cmd = [sys.executable, "-m", "benchmarks.train_step", "--child-memory", variant,
            "--batch-sizes", str(batch), "--bptt", str(args.bptt), "--vocab", str(args.vocab),
            "--device", args.device, "--seed", str(args.seed)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.small:
         cmd.append("--small")
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
     if proc.returncode != 0:
         log(f"  memory child for {variant} at batch {batch} failed:\n{proc.stderr[-2000:]}")
         return {"error": proc.stderr[-2000:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# --- machine and output ------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(), "python": platform.python_version(),
-        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
-        "device": str(device),
-    }
-    try:
-        with open("/proc/meminfo") as f:
-            info["mem_total_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update({
-            "gpu": torch.cuda.get_device_name(device),
-            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-            "gpu_capability": f"{props.major}.{props.minor}",
-            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        })
-    return info
-
-
-def load_snapshot() -> dict[str, Any]:
-    """System load now: other processes on the machine inflate the absolute times."""
-    snap: dict[str, Any] = {"loadavg_1_5_15": list(os.getloadavg())}
-    try:
-        with open("/proc/pressure/cpu") as f:
-            snap["cpu_pressure_some_avg10"] = float(f.readline().split()[1].split("=")[1])
-    except (OSError, IndexError, ValueError):
-        pass
-    return snap
-
-
-def device_tag(device: torch.device) -> str:
-    if device.type != "cuda":
-        return "cpu"
-    name = torch.cuda.get_device_name(device).lower().replace("nvidia", "")
-    return "cuda-" + re.sub(r"[^a-z0-9]+", "-", name).strip("-")
-
-
+# --- output --------------------------------------------------------------------------------
 def print_table(results: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> None:
+    """The results as a table on stdout, then the weight-drop ratios."""
     head = (f"{'model':<15} {'batch':>5} {'bptt':>4} {'ms/step':>9} {'IQR ms':>13} {'min ms':>8} "
             f"{'tokens/s':>10} {'s/PTB epoch':>11} {'peak MiB':>9} {'step MiB':>9} {'cpu/wall':>8}")
     print(head)
@@ -371,6 +297,7 @@ def print_table(results: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> 
 
 def check_targets(device: torch.device, machine: dict[str, Any], results: list[dict[str, Any]],
                   ratios: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stated targets, the measured values and whether they are met (None: not measured)."""
     kind = "gpu" if device.type == "cuda" else "cpu"
     out: dict[str, Any] = {
         f"weight_drop_ratio_{kind}": {
@@ -393,10 +320,12 @@ def check_targets(device: torch.device, machine: dict[str, Any], results: list[d
 
 # --- main --------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``--small``'s and the paper's sizes filled in."""
     p = argparse.ArgumentParser(
-        description="Time a full training step (forward, CE + AR/TAR, backward, clip, SGD) of "
+        prog="python -m benchmarks.train_step",
+        description="Time Trainer.train_step (forward, CE + AR/TAR, backward, clip, SGD) of "
                     "AWD-LSTM, AWD-GRU and Zaremba medium, measure peak memory, and the ratio of "
-                    "AWD-LSTM (weight drop on) to a plain-nn.LSTM model of the same shapes.",
+                    "AWD-LSTM (weight drop on) to the same AWD-LSTM with wdrop=0.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                    help="models to time (the weight-drop ratio needs awd_lstm)")
@@ -417,7 +346,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=0,
                    help="stop timing rounds (after at least 5) once this many seconds have "
                         "passed since the start, shared evenly by the batch sizes (0: no limit)")
-    p.add_argument("--no-ratio", action="store_true", help="skip the plain-nn.LSTM model")
+    p.add_argument("--no-ratio", action="store_true", help="skip the wdrop=0 AWD-LSTM baseline")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
@@ -437,6 +366,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time every variant per batch size, measure memory, print the table and write the JSON."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -467,8 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     ratios: list[dict[str, Any]] = []
     for bi, batch in enumerate(args.batch_sizes):
         log(f"batch {batch}: building {len(variants)} models")
-        runners = {v: StepRunner(v, args.vocab, batch, args.bptt, device, args.small, args.seed)
-                   for v in variants}
+        runners = build_runners(variants, args.vocab, batch, args.bptt, args.small, args.seed,
+                                device)
+        if PLAIN in runners:
+            check_plain_baseline(runners["awd_lstm"], runners[PLAIN])
         deadline = (started + args.budget_s * (bi + 1) / len(args.batch_sizes)
                     if args.budget_s else float("inf"))
         times = measure_interleaved(runners, reps, warmup, steps, deadline, log)
@@ -507,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "train_step",
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join(["python", "-m", "benchmarks.train_step", *sys.argv[1:]]),
         "machine": machine,
         "load": {"before": load_before, "after": load_snapshot()},
         "settings": {
@@ -515,15 +447,17 @@ def main(argv: list[str] | None = None) -> int:
             "bptt": args.bptt, "vocab": args.vocab, "small": args.small, "reps": reps,
             "warmup": warmup, "steps_per_rep": steps, "budget_s": args.budget_s, "seed": args.seed,
             "ptb_train_tokens": PTB_TRAIN_TOKENS,
-            "step": "detach hidden, zero_grad, forward, cross-entropy (x bptt for Zaremba), "
-                    "AR + TAR (AWD), backward, clip_grad_norm_, NT-ASGD SGD step, loss sum",
+            "step": "Trainer.train_step: zero_grad, forward, cross-entropy (x bptt for "
+                    "Zaremba), AR + TAR (AWD), backward, clip_grad_norm_, NT-ASGD SGD step; "
+                    "detached hidden carried over, loss sum",
             "timing": "interleaved rounds (order reversed every other round), median s/step; "
-                      "ratio = median over rounds of awd_lstm / awd_lstm_plain"
+                      "ratio = median over rounds of awd_lstm / awd_lstm_plain (wdrop=0)"
                       + ("; torch.cuda.synchronize around each block" if cuda else ""),
             "cpu_per_wall": "process CPU seconds / wall seconds per timed block, median: about "
                             "the thread count on an idle machine, lower when other processes "
                             "take the cores (the absolute times are then inflated)",
-            "data": "uniform random token ids, fixed-length bptt windows, hidden carried over",
+            "data": "Corpus of uniform random token ids batchified by the Trainer, "
+                    "fixed-length bptt windows, hidden carried over",
             "memory": "fresh child process per (model, batch); "
                       + ("torch.cuda.max_memory_allocated" if cuda
                          else "Linux VmHWM and VmHWM - VmRSS before the first step"),

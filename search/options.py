@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,14 @@ SCHEDULERS = ("asha", "none")
 
 class OptionError(UserError):
     """A flag value that cannot work; the message names the flag."""
+
+
+def _parse(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, (int, float, bool)) else text
 
 
 @dataclass(frozen=True)
@@ -41,8 +50,9 @@ class SearchOptions:
 
     @property
     def fixed_values(self) -> dict[str, Any]:
-        """``fixed`` as a dict (values stay strings: `awd.config.from_flat` coerces them)."""
-        return dict(item.split("=", 1) for item in self.fixed)
+        """``fixed`` as a dict; values that spell JSON numbers or booleans become them, so
+        that Tune's config and MLflow's params carry the same types as searched values."""
+        return {key: _parse(value) for key, value in (i.split("=", 1) for i in self.fixed)}
 
     @property
     def space_spec(self) -> Space:
