@@ -95,12 +95,25 @@ def pattern_corpus_dir(tmp_path) -> Path:
 
 
 SMOKE_TRIALS = 6
+SLOW_ONLY_FIXTURES = ("smoke_search",)  # they start Ray: only tests marked slow may use them
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier stays fast: a test that uses a slow-only fixture must be marked slow."""
+    unmarked = [item.nodeid for item in items
+                if set(SLOW_ONLY_FIXTURES) & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("not marked slow but using a slow-only fixture "
+                                f"({', '.join(SLOW_ONLY_FIXTURES)}): {', '.join(unmarked)}")
 
 
 @pytest.fixture(scope="session")
-def smoke_search(tmp_path_factory):
+def smoke_search(request, tmp_path_factory):
     """One real smoke search (local Ray, Optuna, ASHA, MLflow SQLite), shared by the search and
-    report tests: (working folder, finished process, tracking URI)."""
+    report tests: (working folder, finished process, tracking URI). Slow tests only."""
+    if "not slow" in (request.config.getoption("markexpr") or ""):
+        pytest.fail("smoke_search starts a real search: a fast-tier test asked for it")
     real_data("ptb")
     import subprocess
     import sys

@@ -308,30 +308,36 @@ def test_cli_help(command, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
-def test_cli_failure_is_one_error_line(tmp_path):
+def test_cli_failure_is_one_error_line(tmp_path, monkeypatch, capsys):
+    url = dead_url()
+    dest = tmp_path / "cache" / "ptb"
+    monkeypatch.setenv("AWD_DATA_DIR", str(tmp_path / "data"))
+    code = main(["fetch", "ptb", "--url", url, "--dest", str(dest), "--timeout", "5"])
+    err = capsys.readouterr().err
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and url in errors[0]
+    assert "Traceback" not in err
+    assert_nothing_left(dest)
+
+
+def test_cli_unknown_dataset_is_one_error_line(capsys):
+    assert main(["verify", "no-such-corpus"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "error: unknown dataset 'no-such-corpus'; known: ptb, wikitext-2"]
+
+
+@pytest.mark.slow
+def test_python_m_awd_data_exits_2_with_one_error_line(tmp_path):
+    """The one subprocess test: ``python -m awd.data`` as a command, its exit status included."""
     url = dead_url()
     dest = tmp_path / "cache" / "ptb"
     env = {**os.environ, "AWD_DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "awd.data",
-            "fetch",
-            "ptb",
-            "--url",
-            url,
-            "--dest",
-            str(dest),
-            "--timeout",
-            "5",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=120,
-    )
+        [sys.executable, "-m", "awd.data", "fetch", "ptb", "--url", url, "--dest", str(dest),
+         "--timeout", "5"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and url in errors[0]

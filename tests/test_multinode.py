@@ -30,6 +30,7 @@ import pytest
 from conftest import DATA_DIR, real_data
 from mlflow.tracking import MlflowClient
 
+from awd.trainer import load_exported
 from search import schema
 
 pytestmark = pytest.mark.slow
@@ -279,8 +280,12 @@ def test_parent_holds_the_best_config_and_checkpoint(search):
     local = Path(client.download_artifacts(parent.info.run_id, "config.json", str(work)))
     assert json.loads(local.read_text()) == \
         json.loads((work / f"best_config_{EXPERIMENT}.json").read_text())
-    best = parent.data.tags["awdsearch.best_trial_id"]
+    best = parent.data.tags[schema.BEST_TRIAL_ID]
     assert best in {c.data.tags[schema.TRIAL_ID] for c in children}
+    model = client.download_artifacts(parent.info.run_id, "checkpoint/best_model.pt", str(work))
+    exported = load_exported(model)  # weights_only: the file runs no code
+    assert exported.run.to_flat() == json.loads(local.read_text())
+    exported.build()
 
 
 def test_a_driver_without_the_clusters_token_is_refused(cluster, tmp_path):

@@ -1,13 +1,15 @@
 """Reports read from a real MLflow SQLite store written exactly as `search.schema` describes.
 
-The `experiments` fixture is the swap point: it returns (tracking_uri, [experiment names]) of
-searches to report on. By default it is two fake searches written by `write_search`; a fixture
-running a real smoke search can replace it, and the generic tests below still hold. Tests that
-check fake-specific content (ablations, published gaps) use `fake_store` directly.
+The `reported` fixture is the swap point: the generic tests run on a report of two fake
+searches written by `write_search` (fast, in-process) and, in the slow tier, on a report of the
+real smoke search of conftest written by ``python -m reports``. Tests that check fake-specific
+content (ablations, published gaps) use `fake_report`; bad input runs `main` in-process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -23,9 +25,12 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from awd.config import preset
+from reports import tables
 from reports.__main__ import main
 from reports.build import ARTIFACT_PATH, SUMMARY_CSV, build
+from reports.load import load
 from search import schema
+from search.results import best_index
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000  # ms: the fake search's start
@@ -44,9 +49,25 @@ def _curve(epochs: int, floor: float, trigger: int | None) -> list[float]:
     return out
 
 
+def _record(spec: dict, i: int) -> dict:
+    """A fake trial as `search.results.best_index` reads it."""
+    out = {"trial_id": f"t{i:04d}", "status": spec["status"],
+           schema.BEST_VAL_PPL: min(_curve(spec["epochs"], spec.get("floor", 70.0),
+                                           spec.get("trigger"))),
+           schema.TRAIN_SECONDS: spec["epochs"] * (40.0 + i)}
+    if spec["status"] == schema.STATUS_COMPLETED:
+        out[schema.FINAL_VAL_PPL], out[schema.FINAL_TEST_PPL] = spec["final"]
+    return out
+
+
 def write_search(client: MlflowClient, name: str, artifacts: Path, trials: list[dict],
-                 space: str, model_tag: str, gpus: float = 0.5) -> str:
-    """One experiment, one parent run and one nested child run per trial; the parent id."""
+                 space: str, model_tag: str, gpus: float = 0.5, summarize: bool = True,
+                 lost: tuple[int, ...] = ()) -> str:
+    """One experiment, one parent run and one nested child run per trial; the parent id.
+
+    The parent's summary is what `search.tracking.write_summary` writes (from every trial,
+    those in ``lost`` included: trials whose run MLflow never received); ``summarize=False`` is
+    a search killed before its summary."""
     exp_id = client.create_experiment(name, artifact_location=(artifacts / name).as_uri())
     parent = client.create_run(exp_id, run_name=f"{space}-search", start_time=T0, tags={
         schema.ROLE: schema.ROLE_SEARCH, schema.SPACE: space, schema.MODEL: model_tag,
@@ -57,20 +78,29 @@ def write_search(client: MlflowClient, name: str, artifacts: Path, trials: list[
                      "gpus_per_trial": gpus, "seed": 0, "metric": "val_ppl",
                      "time_budget_s": 0}
     client.log_batch(parent, params=[Param(k, str(v)) for k, v in search_params.items()])
-    start, end, best = T0 + 5_000, T0, None
+    start, end = T0 + 5_000, T0
     for i, spec in enumerate(trials):
-        end = max(end, _write_trial(client, exp_id, parent, space, i, spec, start, gpus))
+        if i not in lost:
+            end = max(end, _write_trial(client, exp_id, parent, space, i, spec, start, gpus))
         start += 200_000 * (i % 2)  # two at a time
-        if spec["status"] == schema.STATUS_COMPLETED and not spec.get("ablation"):
-            best = min(best or (math.inf,), (spec["final"][0], spec["final"][1]))
-    statuses = [t["status"] for t in trials]
-    summary = {"trials_total": len(trials),
+    if not summarize:
+        return parent
+    records = [_record(spec, i) for i, spec in enumerate(trials) if not spec.get("ablation")]
+    statuses = [r["status"] for r in records]
+    summary = {"trials_total": len(records),
                "trials_completed": statuses.count(schema.STATUS_COMPLETED),
                "trials_stopped_early": statuses.count(schema.STATUS_STOPPED),
                "trials_failed": statuses.count(schema.STATUS_FAILED),
-               "wall_seconds": (end - T0) / 1000, "gpu_hours": 0.0}
-    if best:
-        summary.update(best_val_ppl=best[0], best_test_ppl=best[1])
+               "wall_seconds": (end - T0) / 1000,
+               "gpu_hours": sum(r[schema.TRAIN_SECONDS] for r in records) * gpus / 3600}
+    best = best_index(records)
+    if best is not None:
+        chosen = records[best]
+        summary[schema.BEST_VAL_PPL] = chosen.get(schema.FINAL_VAL_PPL,
+                                                  chosen[schema.BEST_VAL_PPL])
+        if schema.FINAL_TEST_PPL in chosen:
+            summary[schema.BEST_TEST_PPL] = chosen[schema.FINAL_TEST_PPL]
+        client.set_tag(parent, schema.BEST_TRIAL_ID, chosen["trial_id"])
     client.log_batch(parent, metrics=[Metric(k, float(v), end, 0) for k, v in summary.items()])
     artifacts.mkdir(parents=True, exist_ok=True)
     cfg = artifacts / "best_config.json"
@@ -109,6 +139,8 @@ def _write_trial(client: MlflowClient, exp_id: str, parent: str | None, space: s
                  "val_loss": math.log(val), "val_ppl": val, "best_val_ppl": min(curve[:e]),
                  "lr": 30.0, "epoch_seconds": 40.0 + i, "tokens_per_s": 23_000.0,
                  "averaging": float(bool(trigger and e >= trigger))}
+        if not spec.get("log_best", True):  # a run that logged no best_val_ppl
+            del epoch["best_val_ppl"]
         metrics += [Metric(k, v, t, e) for k, v in epoch.items()]
     metrics.append(Metric("num_params", spec.get("num_params", 24_221_600), start, 0))
     once = {"epochs_run": epochs, "train_seconds": epochs * (40.0 + i)}
@@ -121,8 +153,9 @@ def _write_trial(client: MlflowClient, exp_id: str, parent: str | None, space: s
     metrics += [Metric(k, float(v), t, 0) for k, v in once.items()]
     for chunk in range(0, len(metrics), 900):
         client.log_batch(rid, metrics=metrics[chunk:chunk + 900])
-    client.set_terminated(rid, "FAILED" if spec["status"] == schema.STATUS_FAILED else "FINISHED",
-                          end_time=t)
+    if spec["status"] != schema.STATUS_RUNNING:
+        client.set_terminated(rid, "FAILED" if spec["status"] == schema.STATUS_FAILED
+                              else "FINISHED", end_time=t)
     return t
 
 
@@ -131,7 +164,8 @@ AWD_TRIALS = [
     dict(model=LSTM, status="completed", epochs=14, trigger=9, floor=60.0, final=(61.93, 59.41)),
     dict(model=LSTM, status="completed", epochs=14, floor=66.0, final=(67.20, 64.85),
          params={"dropout": 0.3, "wdrop": 0.4, "emsize": 300, "dropouti": 0.5}),
-    dict(model=GRU, status="completed", epochs=14, trigger=10, floor=71.0, final=(72.44, 69.90),
+    # no GRU trial completed: the GRU's best is the stopped one that went lowest
+    dict(model=GRU, status="stopped_early", epochs=11, trigger=10, floor=71.0,
          num_params=19_170_000, params={"dropouth": 0.2}),
     dict(model=LSTM, status="stopped_early", epochs=4, floor=80.0,
          params={"dropouti": 0.65, "emsize": 500, "dropoute": 0.0}),
@@ -156,6 +190,20 @@ ZAREMBA_TRIALS = [
 
 
 GOOD = ["awd-mixed", "zaremba-medium"]
+# Its summary counts three trials, but the failed one's run never reached MLflow.
+LOST_RUN_TRIALS = [
+    dict(model=LSTM, status="completed", epochs=3, floor=68.0, final=(70.0, 68.0)),
+    dict(model=LSTM, status="completed", epochs=3, floor=69.0, final=(72.0, 69.0)),
+    dict(model=LSTM, status="failed", epochs=1),
+]
+# Killed before its summary: a stopped trial went lower than the completed one; one trial is
+# still running; one stopped trial logged no best_val_ppl (its val_ppl history stands in).
+KILLED_TRIALS = [
+    dict(model=LSTM, status="stopped_early", epochs=8, floor=40.0),
+    dict(model=LSTM, status="completed", epochs=12, floor=70.0, final=(75.0, 73.0)),
+    dict(model=LSTM, status="running", epochs=2, floor=80.0),
+    dict(model=LSTM, status="stopped_early", epochs=3, floor=90.0, log_best=False),
+]
 
 
 @pytest.fixture(scope="module")
@@ -181,13 +229,9 @@ def fake_store(tmp_path_factory) -> tuple[str, list[str]]:
         dict(model=LSTM, status="completed", epochs=3, final=(71.0, 69.0),
              drop_metrics=("final_test_ppl",)),
     ], "awd_ptb", LSTM)
+    write_search(client, "lost-run", arts, LOST_RUN_TRIALS, "awd_ptb", LSTM, lost=(2,))
+    write_search(client, "killed", arts, KILLED_TRIALS, "awd_ptb", LSTM, summarize=False)
     return uri, GOOD
-
-
-@pytest.fixture(scope="module")
-def experiments(smoke_search) -> tuple[str, list[str]]:
-    """(tracking URI, experiment names) to report on: the real smoke search of conftest."""
-    return smoke_search[2], ["smoke"]
 
 
 @dataclass
@@ -198,47 +242,73 @@ class Cli:
     out: Path
 
 
-@pytest.fixture(scope="module")
-def cli(experiments, fake_store, tmp_path_factory) -> dict[str, Cli]:
-    """``python -m reports`` on `experiments` ("ok", which logs the report on the parent runs)
-    and on bad input; all at once, since each is slow to start (MLflow, matplotlib, Optuna)."""
-    uri, names = experiments
-    fake = ["--tracking-uri", fake_store[0]]
-    cases = {
-        "ok": ["--experiment", *names, "--tracking-uri", uri],
-        "unknown": ["--experiment", "no-such-search", *fake],
-        "nothing_finished": ["--experiment", "nothing-finished", *fake],
-        "missing_metrics": ["--experiment", "missing-metrics", *fake],
-    }
-    started = {}
-    for name, args in cases.items():
-        cwd = tmp_path_factory.mktemp(f"cli_{name}")
-        started[name] = (subprocess.Popen(
-            [sys.executable, "-m", "reports", *args, "--out", str(cwd / "r")], cwd=cwd,
-            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)}), cwd / "r")
-    done = {}
-    for name, (proc, out) in started.items():
-        stdout, stderr = proc.communicate(timeout=180)
-        done[name] = Cli(proc.returncode, stdout, stderr, out)
-    return done
+def run_in_process(argv: list[str], out: Path) -> Cli:
+    """``python -m reports`` as `main(argv)` in this process, with what it printed."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main([*argv, "--out", str(out)])
+    return Cli(code, stdout.getvalue(), stderr.getvalue(), out)
+
+
+def run_as_process(argv: list[str], cwd: Path) -> Cli:
+    proc = subprocess.run([sys.executable, "-m", "reports", *argv, "--out", str(cwd / "r")],
+                          cwd=cwd, text=True, capture_output=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return Cli(proc.returncode, proc.stdout, proc.stderr, cwd / "r")
+
+
+@dataclass
+class Reported:
+    """A report written by the CLI on some searches, logged on their parent runs."""
+
+    uri: str
+    names: list[str]
+    cli: Cli
+
+    @property
+    def out(self) -> Path:
+        return self.cli.out
 
 
 @pytest.fixture(scope="module")
-def report(cli) -> Path:
-    """The folder of the report on `experiments`, written by the CLI."""
-    assert cli["ok"].returncode == 0, cli["ok"].stderr
-    return cli["ok"].out
+def fake_cli(fake_store, tmp_path_factory) -> Cli:
+    """The report on the two good fake searches, written by `main` in-process."""
+    uri, names = fake_store
+    cwd = tmp_path_factory.mktemp("cli_fake")
+    return run_in_process(["--experiment", *names, "--tracking-uri", uri], cwd / "r")
+
+
+@pytest.fixture(scope="module", params=[
+    "fake", pytest.param("smoke", marks=pytest.mark.slow)])
+def reported(request, fake_store, tmp_path_factory) -> Reported:
+    """The generic report tests run on both sources: the fake searches (in-process, fast) and
+    the real smoke search of conftest (through ``python -m reports``: the one subprocess test
+    of the reports command)."""
+    if request.param == "fake":
+        return Reported(*fake_store, request.getfixturevalue("fake_cli"))
+    uri = request.getfixturevalue("smoke_search")[2]
+    cwd = tmp_path_factory.mktemp("cli_smoke")
+    return Reported(uri, ["smoke"], run_as_process(["--experiment", "smoke", "--tracking-uri",
+                                                     uri], cwd))
 
 
 @pytest.fixture(scope="module")
-def fake_report(experiments, fake_store, report, tmp_path_factory) -> Path:
+def report(reported) -> Path:
+    """The folder of the report on `reported`, written by the CLI."""
+    assert reported.cli.returncode == 0, reported.cli.stderr
+    return reported.out
+
+
+@pytest.fixture(scope="module")
+def fake_report(fake_cli) -> Path:
     """The report on the two good fake searches (for checks of their known content)."""
-    if experiments == fake_store:
-        return report
-    out = tmp_path_factory.mktemp("fake_report")
-    build(*fake_store, out, log_artifacts=False)
-    return out
+    assert fake_cli.returncode == 0, fake_cli.stderr
+    return fake_cli.out
+
+
+def bad_input(fake_store, tmp_path, *names: str) -> Cli:
+    return run_in_process(["--experiment", *names, "--tracking-uri", fake_store[0]],
+                          tmp_path / "r")
 
 
 def _assert_one_error_line(run: Cli, *needles: str) -> None:
@@ -269,8 +339,16 @@ def _independent_summary(uri: str, names: list[str]) -> list[dict]:
                    r.data.tags[schema.DATASET], r.data.params.get("preset", ""))
             groups.setdefault(key, []).append(r)
         for (parent, model, dataset, preset_), group in groups.items():
-            done = [r for r in group if r.data.tags[schema.STATUS] == "completed"]
-            best = min(done, key=lambda r: r.data.metrics["final_val_ppl"]) if done else None
+            done = [r for r in group if r.data.tags[schema.STATUS] == "completed"
+                    and math.isfinite(r.data.metrics.get("final_val_ppl", math.nan))]
+            # the search's rule: the completed trial with the lowest final val ppl, else the
+            # unfailed one with the lowest val ppl reached
+            unfailed = [r for r in group if r.data.tags[schema.STATUS] != "failed"
+                        and math.isfinite(r.data.metrics.get("best_val_ppl", math.nan))]
+            if done:
+                best = min(done, key=lambda r: r.data.metrics["final_val_ppl"])
+            else:
+                best = min(unfailed, key=lambda r: r.data.metrics["best_val_ppl"], default=None)
             status = [r.data.tags[schema.STATUS] for r in group]
             out.append({
                 "search_key": parent, "model": model, "dataset": dataset, "preset": preset_,
@@ -280,6 +358,7 @@ def _independent_summary(uri: str, names: list[str]) -> list[dict]:
                 "gpu_hours": sum(r.data.metrics.get("train_seconds", 0)
                                  * float(r.data.params["gpus_per_trial"]) for r in group) / 3600,
                 "best_run_id": best.info.run_id if best else None,
+                "best_val_reached": best.data.metrics["best_val_ppl"] if best else math.nan,
                 "best": {k: (best.data.metrics.get(k, math.nan) if best else math.nan)
                          for k in ("final_val_ppl", "final_test_ppl", "num_params", "epochs_run",
                                    "ntasgd_trigger_epoch")},
@@ -291,11 +370,11 @@ def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12)
 
 
-def test_summary_numbers_equal_mlflow(experiments, report):
+def test_summary_numbers_equal_mlflow(reported, report):
     out = report
     csv = pd.read_csv(out / SUMMARY_CSV, keep_default_na=False, na_values=[""])
     csv["preset"] = csv["preset"].fillna("").astype(str)
-    expected = _independent_summary(*experiments)
+    expected = _independent_summary(reported.uri, reported.names)
     assert len(csv) == len(expected)
     md = (out / "report.md").read_text()
     for exp in expected:
@@ -310,9 +389,11 @@ def test_summary_numbers_equal_mlflow(experiments, report):
             == exp["best_run_id"]
         for k, v in exp["best"].items():
             assert _same(float(row[f"best_{k}"]), v), k
-        if exp["best_run_id"]:
+        if exp["best_run_id"] and not math.isnan(exp["best"]["final_val_ppl"]):
             assert f"{exp['best']['final_val_ppl']:,.2f}" in md
             assert f"{exp['best']['final_test_ppl']:,.2f}" in md
+        elif exp["best_run_id"]:  # only stopped trials: the best is the lowest val ppl reached
+            assert f"the best stopped early at val ppl {exp['best_val_reached']:.2f}" in md
 
 
 def test_published_numbers_and_gaps(fake_report):
@@ -328,6 +409,9 @@ def test_published_numbers_and_gaps(fake_report):
     assert zaremba["ref_test_ppl"] == by[("zaremba", "ptb", "medium", False)]["test_ppl"]
     gru = csv[csv["model"] == GRU].iloc[0]
     assert math.isnan(gru["ref_val_ppl"]) and "no published" in gru["note"]
+    # no GRU trial completed: the best is the stopped one that went lowest, and says so
+    assert gru["best_trial_id"] == "t0002" and math.isnan(gru["best_final_val_ppl"])
+    assert "no completed trial; the best stopped early at val ppl" in gru["note"]
     md = (out / "report.md").read_text()
     assert "awd_gru: no published" in md and "Zaremba, Sutskever & Vinyals 2014" in md
     assert "Missing or bad input" not in md
@@ -343,15 +427,23 @@ def test_ablation_table_lists_runs_without_one_regulariser(fake_report):
 
 
 def test_every_figure_is_a_real_png(report):
+    from PIL import Image
+
     out = report
     pngs = sorted(out.glob("*.png"))
     names = {p.name for p in pngs}
     assert {"learning_curves.png", "progress.png"} <= names
     assert any(n.startswith("slice_") for n in names)
     for png in pngs:
-        data = png.read_bytes()
-        assert data[:8] == PNG_MAGIC, png
-        assert len(data) > 5_000, png
+        assert png.read_bytes()[:8] == PNG_MAGIC, png
+        with Image.open(png) as image:
+            image.load()  # decodes every row: a truncated file fails here
+            assert image.width >= 300 and image.height >= 150, (png, image.size)
+            gray = image.convert("L")
+        low, high = gray.getextrema()
+        assert high - low > 100, png  # drawn on: dark lines and text on a light background
+        inked = sum(gray.histogram()[:128]) / (gray.width * gray.height)
+        assert 0.001 < inked < 0.5, (png, inked)
     md = (out / "report.md").read_text()
     for name in names:
         assert f"]({name})" in md
@@ -371,8 +463,8 @@ def test_html_is_self_contained(report):
     assert page.count("<table>") >= 3
 
 
-def test_report_logged_on_each_parent_run(experiments, report):
-    uri, names = experiments
+def test_report_logged_on_each_parent_run(reported, report):
+    uri, names = reported.uri, reported.names
     client = MlflowClient(uri)
     parents = [r.info.run_id for n in names
                for r in client.search_runs([client.get_experiment_by_name(n).experiment_id],
@@ -392,18 +484,81 @@ def test_importance_needs_enough_trials(fake_report):
     assert (fake_report / "importance_awd-mixed.png").is_file()
 
 
+# --- a search's own summary first; derived only where the parent has none ------------------
+def test_search_frame_holds_the_parents_summary_and_best_trial(fake_store):
+    uri = fake_store[0]
+    data = load(uri, ["zaremba-medium", "killed"])
+    client = MlflowClient(uri)
+    rows = {r["experiment"]: r for _, r in data.searches.iterrows()}
+    zaremba = rows["zaremba-medium"]
+    parent = client.get_run(zaremba["run_id"])
+    assert set(schema.SEARCH_SUMMARY_METRICS) <= set(parent.data.metrics)
+    for name in schema.SEARCH_SUMMARY_METRICS:
+        assert zaremba[name] == parent.data.metrics[name], name
+    assert zaremba["best_trial_id"] == parent.data.tags[schema.BEST_TRIAL_ID] == "t0000"
+    killed = rows["killed"]
+    assert all(math.isnan(killed[name]) for name in schema.SEARCH_SUMMARY_METRICS)
+    assert killed["best_trial_id"] == ""
+
+
+def test_searches_table_shows_the_parents_summary(fake_store):
+    """The parent counted a trial whose run never reached MLflow: the table says what the
+    search said, not what the surviving runs would add up to."""
+    data = load(fake_store[0], ["lost-run"])
+    parent = MlflowClient(fake_store[0]).get_run(data.searches.iloc[0]["run_id"]).data
+    assert len(data.trials()) == 2
+    (row,) = tables.searches(data).to_dict("records")
+    assert (row["trials"], row["completed"], row["stopped_early"], row["failed"]) == (3, 2, 0, 1)
+    assert row["gpu_hours"] == parent.metrics["gpu_hours"] != tables.gpu_hours(data.trials())
+    assert row["wall_hours"] == parent.metrics["wall_seconds"] / 3600
+    assert (row["best_val_ppl"], row["best_test_ppl"], row["best_trial_id"]) == (70.0, 68.0,
+                                                                                 "t0000")
+
+
+def test_searches_table_derives_a_summary_only_for_a_search_without_one(fake_store):
+    data = load(fake_store[0], ["killed"])
+    trials = data.trials()
+    (row,) = tables.searches(data).to_dict("records")
+    assert (row["trials"], row["completed"], row["stopped_early"], row["failed"],
+            row["running"]) == (4, 1, 2, 0, 1)
+    assert row["gpu_hours"] == pytest.approx(tables.gpu_hours(trials))
+    # the one rule: the completed trial, though a stopped one went lower
+    assert trials[schema.BEST_VAL_PPL].min() < 75.0
+    assert (row["best_trial_id"], row["best_val_ppl"], row["best_test_ppl"]) == ("t0001", 75.0,
+                                                                                 73.0)
+    assert "still running" in " ".join(data.notes)
+
+
+def test_run_best_val_ppl_is_its_metric_else_the_lowest_val_ppl_logged(fake_store):
+    data = load(fake_store[0], ["killed"])
+    client = MlflowClient(fake_store[0])
+    runs = data.runs.set_index("trial_id")
+    for trial_id, row in runs.iterrows():
+        metrics = client.get_run(row["run_id"]).data.metrics
+        history = [m.value for m in client.get_metric_history(row["run_id"], "val_ppl")]
+        if trial_id == "t0003":  # logged no best_val_ppl
+            assert schema.BEST_VAL_PPL not in metrics
+            assert row[schema.BEST_VAL_PPL] == min(history)
+        else:
+            assert row[schema.BEST_VAL_PPL] == metrics[schema.BEST_VAL_PPL]
+    assert "best_val" not in data.runs.columns  # the one name
+
+
 # --- the CLI and bad input -------------------------------------------------------------------
-def test_cli_writes_report(cli):
-    run = cli["ok"]
+def test_cli_writes_report(reported):
+    run = reported.cli
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""
-    assert (run.out / "report.html").is_file() and "report:" in run.stdout
+    files = sorted(p.name for p in run.out.iterdir())
+    assert {"report.html", "report.md", SUMMARY_CSV} <= set(files)
+    assert f"report: {run.out / 'report.html'} and report.md ({len(files)} files)" in run.stdout
     assert "logged under report/ on run(s)" in run.stdout
 
 
-def test_unknown_experiment_is_one_error_line(cli):
-    _assert_one_error_line(cli["unknown"], "unknown MLflow experiment 'no-such-search'")
-    assert not cli["unknown"].out.exists()
+def test_unknown_experiment_is_one_error_line(fake_store, tmp_path):
+    run = bad_input(fake_store, tmp_path, "no-such-search")
+    _assert_one_error_line(run, "unknown MLflow experiment 'no-such-search'")
+    assert not run.out.exists()
 
 
 @pytest.mark.parametrize(("uri", "message"), [
@@ -420,15 +575,15 @@ def test_unusable_tracking_store_is_one_error_line(uri, message, tmp_path, monke
     assert not (tmp_path / "r").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def test_no_finished_runs_gives_partial_report(cli):
-    run = cli["nothing_finished"]
+def test_no_finished_runs_gives_partial_report(fake_store, tmp_path):
+    run = bad_input(fake_store, tmp_path, "nothing-finished")
     _assert_one_error_line(run, "'nothing-finished' has no finished trial runs (1 failed)")
     page = (run.out / "report.html").read_text()
     assert "Missing or bad input" in page and "no finished trial runs" in page
 
 
-def test_missing_metrics_gives_partial_report(cli):
-    run = cli["missing_metrics"]
+def test_missing_metrics_gives_partial_report(fake_store, tmp_path):
+    run = bad_input(fake_store, tmp_path, "missing-metrics")
     _assert_one_error_line(run, "lacks final_test_ppl", "partial report written")
     md = (run.out / "report.md").read_text()
     assert "lacks final_test_ppl" in md.split("## Missing or bad input", 1)[1]
@@ -458,6 +613,7 @@ def _chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedPro
         capture_output=True, text=True, timeout=90)
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_html_renders_in_headless_chromium(report, tmp_path):
     from PIL import Image

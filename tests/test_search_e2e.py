@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,8 +19,10 @@ from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
 from awd.config import from_flat
-from awd.models import build_model
+from awd.data import load_corpus
+from awd.trainer import Trainer, load_exported, perplexity
 from search import schema
+from search.results import best_index, status_of
 from search.searcher import AWDOptunaSearch
 from spaces import get_space
 
@@ -50,6 +52,17 @@ def runs_of(uri: str, experiment: str):
     return client, parents, children
 
 
+def tune_results(exp_dir: Path) -> dict[str, list[dict]]:
+    """Every trial's results as Tune wrote them (result.json), by trial id."""
+    out = {}
+    for d in exp_dir.iterdir():
+        if d.is_dir() and (d / "result.json").is_file():
+            rows = [json.loads(x) for x in (d / "result.json").read_text().splitlines() if x]
+            if rows:
+                out[rows[-1]["trial_id"]] = rows
+    return out
+
+
 # --- one smoke search, many assertions -------------------------------------------------------
 @pytest.fixture(scope="module")
 def smoke(smoke_search):
@@ -57,6 +70,7 @@ def smoke(smoke_search):
 
 
 def test_smoke_search_prints_best_trials_and_the_mlflow_ui_command(smoke):
+    """The one test of ``python -m search.run`` as a command (the session's smoke search)."""
     cwd, proc, uri = smoke
     assert "Best trials:" in proc.stdout
     assert f"mlflow ui --backend-store-uri {uri}" in proc.stdout
@@ -115,24 +129,86 @@ def test_paper_configuration_is_the_first_trial(smoke):
     assert {k: logged.data.params[k] for k in warm} == {k: str(v) for k, v in warm.items()}
 
 
-def test_best_trial_has_config_and_checkpoint_artifacts(smoke, tmp_path):
+def test_trial_summaries_are_tunes_last_results(smoke):
+    """epochs_run, train_seconds, the trigger epoch and the final perplexities of every child
+    run are the values of the trial's last Tune result, exactly."""
+    cwd, _, uri = smoke
+    results = tune_results(cwd / "ray_results" / "smoke")
+    _, _, children = runs_of(uri, "smoke")
+    assert len(results) == len(children) == SMOKE_TRIALS
+    for child in children:
+        rows = results[child.data.tags[schema.TRIAL_ID]]
+        last, metrics = rows[-1], child.data.metrics
+        assert child.data.tags[schema.STATUS] == status_of(last)
+        assert metrics[schema.EPOCHS_RUN] == last[schema.EPOCHS_RUN] == len(rows)
+        assert metrics[schema.TRAIN_SECONDS] == last[schema.TRAIN_SECONDS]
+        assert last[schema.TRAIN_SECONDS] == pytest.approx(
+            sum(r[schema.EPOCH_SECONDS] for r in rows))  # cumulative over the epochs
+        if last[schema.NTASGD_TRIGGER_EPOCH]:
+            assert metrics[schema.NTASGD_TRIGGER_EPOCH] == last[schema.NTASGD_TRIGGER_EPOCH]
+        else:
+            assert schema.NTASGD_TRIGGER_EPOCH not in metrics
+        if status_of(last) == schema.STATUS_COMPLETED:
+            assert metrics[schema.FINAL_VAL_PPL] == last[schema.FINAL_VAL_PPL]
+            assert metrics[schema.FINAL_TEST_PPL] == last[schema.FINAL_TEST_PPL]
+        else:
+            assert schema.FINAL_VAL_PPL not in metrics
+
+
+def test_parent_names_the_best_trial_by_the_one_rule(smoke):
+    cwd, _, uri = smoke
+    exp_dir = cwd / "ray_results" / "smoke"
+    results = tune_results(exp_dir)
+    errored = {tid for tid in results for d in exp_dir.glob(f"*{tid}*")
+               if (d / "error.txt").exists()}
+    ids = sorted(results)
+    records = [{**results[t][-1], "status": schema.STATUS_FAILED if t in errored
+                else status_of(results[t][-1])} for t in ids]
+    chosen = best_index(records)
+    assert chosen is not None
+    _, parents, children = runs_of(uri, "smoke")
+    parent = parents[0]
+    assert parent.data.tags[schema.BEST_TRIAL_ID] == ids[chosen]
+    best = next(c for c in children if c.data.tags[schema.TRIAL_ID] == ids[chosen])
+    final = best.data.metrics.get(schema.FINAL_VAL_PPL, best.data.metrics[schema.BEST_VAL_PPL])
+    assert parent.data.metrics[schema.BEST_VAL_PPL] == final
+    if schema.FINAL_TEST_PPL in best.data.metrics:
+        assert parent.data.metrics[schema.BEST_TEST_PPL] == best.data.metrics[
+            schema.FINAL_TEST_PPL]
+    completed = [c for c in children if c.data.tags[schema.STATUS] == schema.STATUS_COMPLETED]
+    if completed:
+        assert final == min(c.data.metrics[schema.FINAL_VAL_PPL] for c in completed)
+
+
+def test_best_trial_has_config_and_an_exported_model(smoke, tmp_path):
     cwd, _, uri = smoke
     client, parents, children = runs_of(uri, "smoke")
     parent = parents[0]
-    best_id = parent.data.tags["awdsearch.best_trial_id"]
-    best = next(c for c in children if c.data.tags[schema.TRIAL_ID] == best_id)
-    finished = [c for c in children if "final_val_ppl" in c.data.metrics]
-    assert best.data.metrics["final_val_ppl"] == min(c.data.metrics["final_val_ppl"]
-                                                     for c in finished)
-    assert parent.data.metrics["best_val_ppl"] == best.data.metrics["final_val_ppl"]
+    best = next(c for c in children
+                if c.data.tags[schema.TRIAL_ID] == parent.data.tags[schema.BEST_TRIAL_ID])
     for run in (parent, best):
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "checkpoint"} <= names
-    path = client.download_artifacts(best.info.run_id, "checkpoint/best_model.pt", str(tmp_path))
-    saved = torch.load(path, weights_only=False)
-    model = build_model(from_flat(saved["config"]), 10_000)
-    model.load_state_dict(saved["model"])  # the weights fit the logged config exactly
-    assert json.loads((cwd / "best_config_smoke.json").read_text()) == saved["config"]
+    path = client.download_artifacts(parent.info.run_id, "checkpoint/best_model.pt",
+                                     str(tmp_path))
+    exported = load_exported(path)  # weights_only: a plain data file
+    config = json.loads((cwd / "best_config_smoke.json").read_text())
+    assert exported.run.to_flat() == config
+    logged = {k: v for k, v in best.data.params.items() if k != "gpus_per_trial"}
+    assert from_flat(logged).to_flat() == config  # the best trial's own config
+    assert len(exported.vocab) == 10_000
+    # the exported weights are the trial's best: they give its validation perplexity
+    trainer = Trainer(exported.run, load_corpus(real_data("ptb")), device="cpu")
+    assert trainer.vocab == exported.vocab
+    trainer.model = exported.build()
+    final = best.data.metrics.get(schema.FINAL_VAL_PPL, best.data.metrics[schema.BEST_VAL_PPL])
+    assert perplexity(trainer.evaluate("valid")) == pytest.approx(final, rel=1e-5)
+    assert math.isfinite(final)
+    # the same file on the best trial's own run
+    again = client.download_artifacts(best.info.run_id, "checkpoint/best_model.pt",
+                                      str(tmp_path / "child"))
+    for k, v in load_exported(again).state_dict.items():
+        assert torch.equal(v, exported.state_dict[k]), k
 
 
 def test_ray_keeps_every_result_and_a_checkpoint_per_trial(smoke):
@@ -142,7 +218,13 @@ def test_ray_keeps_every_result_and_a_checkpoint_per_trial(smoke):
     for d in trial_dirs:
         results = [json.loads(x) for x in (d / "result.json").read_text().splitlines()]
         assert [r["epoch"] for r in results] == list(range(1, len(results) + 1))
-        assert list(d.glob("checkpoint_*/trainer.pt"))
+        (checkpoint,) = d.glob("checkpoint_*/trainer.pt")  # num_to_keep=1: the last one
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        # the whole trainer after the last reported epoch: enough to resume the trial
+        assert state["epoch"] == len(results)
+        assert [m["val_ppl"] for m in state["history"]] == [r["val_ppl"] for r in results]
+        assert from_flat(state["config"]).to_flat() == state["config"]
+        assert len(state["vocab"]) == 10_000 and state["best_state"] is not None
 
 
 # --- interruption and resume -----------------------------------------------------------------
@@ -188,58 +270,12 @@ def test_resume_after_the_driver_is_killed_loses_nothing_and_reruns_nothing(tmp_
     client, parents, children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "resumable")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 3
+    results = tune_results(exp_dir)
     for child in children:  # each epoch logged exactly once, in the same run as before
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_ppl")]
         assert sorted(steps) == [1, 2, 3]
         assert child.data.tags[schema.STATUS] == schema.STATUS_COMPLETED
-
-
-# --- bad input: clear errors before any trial ------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--space", "nope"], "unknown space 'nope'; known spaces: awd_ptb"),
-    (["--space", "smoke", "--num-samples", "0"], "--num-samples must be >= 1"),
-    (["--space", "smoke", "--gpus-per-trial", "-1"], "--gpus-per-trial must be >= 0"),
-    (["--space", "smoke", "--scheduler", "pbt"], "--scheduler must be one of asha, none"),
-    (["--space", "smoke", "--resume", "--storage", "nowhere"], "nothing to resume"),
-    (["--space", "smoke", "--max-epochs", "-2"], "--max-epochs must be >= 1"),
-])
-def test_bad_input_is_one_clear_line(tmp_path, args, message):
-    proc = run_search(tmp_path, *args, timeout=60)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"]
-    assert message in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
-    uri = f"http://127.0.0.1:{_free_port()}"
-    start = time.time()
-    proc = run_search(tmp_path, "--space", "smoke", "--tracking-uri", uri, timeout=60)
-    assert proc.returncode == 2
-    assert f"cannot reach the MLflow tracking server at {uri}" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "ray_results").exists()  # no Ray, no trial
-    assert time.time() - start < 30
-
-
-def test_missing_data_fails_before_any_trial(tmp_path):
-    env = {**os.environ, "AWD_DATA_DIR": str(tmp_path / "no-data")}
-    proc = subprocess.run(search_cmd("--space", "smoke"), cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert "fetch it with `python -m awd.data fetch ptb`" in proc.stderr
-    assert not (tmp_path / "ray_results").exists()
-
-
-def test_list_spaces_names_every_space():
-    proc = subprocess.run(search_cmd("--list-spaces"), capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0
-    names = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert names == ["awd_ptb", "awd_wt2", "gru_ptb", "gru_wt2", "zaremba_ptb", "compare_ptb",
-                     "smoke"]
+        # the summary is the last result's, the seconds before the kill included
+        last = results[child.data.tags[schema.TRIAL_ID]][-1]
+        assert child.data.metrics[schema.EPOCHS_RUN] == last[schema.EPOCHS_RUN] == 3
+        assert child.data.metrics[schema.TRAIN_SECONDS] == last[schema.TRAIN_SECONDS]

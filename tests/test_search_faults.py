@@ -60,10 +60,14 @@ def test_diverging_trial_is_failed_with_its_reason_and_the_search_goes_on(tmp_pa
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.data.tags[schema.ROLE] == schema.ROLE_SEARCH)
     assert parent.data.metrics["trials_failed"] == 1
+    assert parent.data.tags[schema.BEST_TRIAL_ID] == outcome.best.trial_id
     bad = next(r for r in runs if r.data.tags.get(schema.STATUS) == schema.STATUS_FAILED)
     assert bad.info.status == "FAILED"
+    assert bad.data.tags[schema.TRIAL_ID] == failed[0].trial_id
     assert "TrainingDiverged" in bad.data.tags[schema.FAILURE]
-    assert "val_ppl" not in bad.data.metrics  # nothing from a NaN run looks like a result
+    # nothing from a NaN run looks like a result; it ran no whole epoch
+    assert not {"val_ppl", schema.BEST_VAL_PPL, schema.FINAL_VAL_PPL} & set(bad.data.metrics)
+    assert bad.data.metrics[schema.EPOCHS_RUN] == 0
     # Ray's retries found the divergence marker in the checkpoint: the epoch was not re-trained.
     trial_dir = next(d for d in (tmp_path / "rr" / "diverge").iterdir()
                      if d.is_dir() and failed[0].trial_id in d.name)
@@ -104,5 +108,9 @@ def test_trial_whose_worker_dies_restarts_from_its_last_checkpoint(tmp_path):
     rows = [json.loads(x) for x in result_files[0].read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["finished"] is True
+    # the running totals survive the restart: they come from the checkpointed history
+    assert [r[schema.EPOCHS_RUN] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1][schema.TRAIN_SECONDS] == pytest.approx(
+        sum(r[schema.EPOCH_SECONDS] for r in rows))
     # The restarted worker resumed from a checkpoint, not from scratch:
     assert any(r["iterations_since_restore"] < r["epoch"] for r in rows)

@@ -1,4 +1,7 @@
-"""``python -m awd.train`` as a user runs it: help, a tiny run, resume, and bad input."""
+"""``python -m awd.train`` as a user runs it: help, a tiny run, resume, and bad input.
+
+Every case calls ``main(argv)`` in this process; one slow test runs the real ``python -m``.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +10,33 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import pytest
+import torch
 from conftest import REPO, pattern_text, write_corpus
 
 from awd.config import AWDLSTMConfig, TrainConfig, ZarembaConfig
+from awd.train import build_parser, main
 
-TINY_FLAGS = ["--emsize", "16", "--nhid", "16", "--nlayers", "2", "--batch_size", "4",
-              "--eval_batch_size", "2", "--bptt", "10", "--device", "cpu", "--lr", "20"]
+TINY_FLAGS = ["--emsize", "16", "--nhid", "16", "--nlayers", "2", "--batch-size", "4",
+              "--eval-batch-size", "2", "--bptt", "10", "--device", "cpu", "--lr", "20"]
 FINAL = re.compile(r"^final \| val ppl (\d+\.\d\d) \| test ppl (\d+\.\d\d)$", re.MULTILINE)
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "awd.train", *map(str, args)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(capsys, *args: object) -> Result:
+    """``main(argv)`` in this process, with what it printed."""
+    capsys.readouterr()  # drop anything printed before
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return Result(code, captured.out, captured.err)
 
 
 @pytest.fixture
@@ -30,13 +44,18 @@ def tiny_dir(tmp_path):
     return write_corpus(tmp_path / "tiny", pattern_text(10), pattern_text(2), pattern_text(2))
 
 
-# --- help ------------------------------------------------------------------------------------
+# --- help and flags --------------------------------------------------------------------------
 
 
-def test_help_lists_every_config_field_with_its_default():
-    result = cli("--help")
-    assert result.returncode == 0, result.stderr
-    text = " ".join(result.stdout.split())  # undo argparse's line wrapping
+def _help_text(capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+
+
+def test_help_lists_every_config_field_with_its_default(capsys):
+    text = _help_text(capsys)
     owners = {}
     for cls in (AWDLSTMConfig, ZarembaConfig, TrainConfig):
         for f in fields(cls):
@@ -45,20 +64,36 @@ def test_help_lists_every_config_field_with_its_default():
     assert {"emsize", "wdrop", "init_range", "epochs", "nonmono", "finetune_epochs"} <= set(
         owners)
     for name, default in owners.items():
+        flag = "--" + name.replace("_", "-")
         shown = re.escape(str(default))
-        pattern = rf"--{name} \w+ (?:awd preset |zaremba preset )?default: {shown}"
-        assert re.search(pattern, text), f"--{name} with default {default} missing from --help"
+        pattern = rf"{re.escape(flag)} \w+ (?:awd preset |zaremba preset )?default: {shown}"
+        assert re.search(pattern, text), f"{flag} with default {default} missing from --help"
     for flag in ("--model", "--data", "--preset", "--save", "--resume", "--quiet"):
         assert flag in text
+
+
+def test_help_shows_only_the_hyphenated_spelling(capsys):
+    text = _help_text(capsys)
+    assert "--batch-size" in text and "--eval-batch-size" in text
+    assert "--batch_size" not in text
+    assert re.findall(r"--[a-z]+_[a-z_]+", text) == []  # no underscore flag at all
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--batch_size"])
+def test_both_spellings_of_a_field_flag_set_the_field(flag):
+    args = build_parser().parse_args(["--model", "awd_lstm", flag, "4", "--finetune_epochs", "2",
+                                      "--init-range", "0.1"])
+    assert (args.batch_size, args.finetune_epochs, args.init_range) == ("4", "2", "0.1")
 
 
 # --- runs ------------------------------------------------------------------------------------
 
 
-def test_tiny_run_prints_epochs_and_final_line_and_saves(tiny_dir, tmp_path):
+def test_tiny_run_prints_epochs_and_final_line_and_saves_then_resumes(tiny_dir, tmp_path,
+                                                                      capsys):
     ckpt = tmp_path / "run.pt"
-    result = cli("--model", "awd_lstm", "--data", tiny_dir, "--epochs", "2", *TINY_FLAGS,
-                 "--save", ckpt)
+    result = cli(capsys, "--model", "awd_lstm", "--data", tiny_dir, "--epochs", "2",
+                 *TINY_FLAGS, "--save", ckpt)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert re.search(r"^awd_lstm on tiny: [\d,]+ parameters, cpu$", out, re.MULTILINE)
@@ -71,20 +106,25 @@ def test_tiny_run_prints_epochs_and_final_line_and_saves(tiny_dir, tmp_path):
     assert f"{summary['val_ppl']:.2f}" == match.group(1)
     assert f"{summary['test_ppl']:.2f}" == match.group(2)
     assert 1 < summary["val_ppl"] < 1_000
-    assert ckpt.is_file()
+    state = torch.load(ckpt, weights_only=False)  # the trainer after its last epoch
+    assert state["epoch"] == 2 and [m["epoch"] for m in state["history"]] == [1, 2]
+    assert state["config"]["batch_size"] == 4 and state["config"]["emsize"] == 16
     assert "Traceback" not in result.stderr
 
-    resumed = cli("--model", "awd_lstm", "--data", tiny_dir, "--epochs", "3", *TINY_FLAGS,
-                  "--resume", ckpt)
+    # the config's own spelling of the flags (--batch_size) is the same run
+    underscored = ["--" + f[2:].replace("-", "_") if f.startswith("--") else f
+                   for f in TINY_FLAGS]
+    resumed = cli(capsys, "--model", "awd_lstm", "--data", tiny_dir, "--epochs", "3",
+                  *underscored, "--resume", ckpt)
     assert resumed.returncode == 0, resumed.stderr
     assert re.findall(r"^epoch +(\d+) \(train\)", resumed.stdout, re.MULTILINE) == ["3"]
     assert FINAL.search(resumed.stdout)
 
 
-def test_quiet_zaremba_run_prints_only_summary_lines(tiny_dir):
-    result = cli("--model", "zaremba", "--preset", "small", "--data", tiny_dir, "--epochs", "1",
-                 "--nhid", "16", "--batch_size", "4", "--eval_batch_size", "2", "--bptt", "10",
-                 "--device", "cpu", "--quiet")
+def test_quiet_zaremba_run_prints_only_summary_lines(tiny_dir, capsys):
+    result = cli(capsys, "--model", "zaremba", "--preset", "small", "--data", tiny_dir,
+                 "--epochs", "1", "--nhid", "16", "--batch_size", "4", "--eval-batch-size", "2",
+                 "--bptt", "10", "--device", "cpu", "--quiet")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3
@@ -117,6 +157,7 @@ BAD_INPUTS = {
     "dropout_1.5": (["--model", "awd_lstm", "--dropout", "1.5"], "dropout"),
     "emsize_0": (["--model", "awd_lstm", "--emsize", "0"], "emsize"),
     "emsize_not_a_number": (["--model", "awd_gru", "--emsize", "big"], "emsize"),
+    "batch_size_not_a_number": (["--model", "awd_gru", "--batch_size", "x"], "batch_size"),
     "awd_field_on_zaremba": (["--model", "zaremba", "--wdrop", "0.1"], "wdrop"),
     "missing_folder": (["--model", "awd_lstm", "--data", "{tmp}/nowhere"], "does not exist"),
     "folder_without_splits": (["--model", "awd_lstm", "--data", "{no_splits}"], "no train split"),
@@ -125,15 +166,15 @@ BAD_INPUTS = {
 }
 
 
-def _run_bad(tmp_path, args: list[str]) -> subprocess.CompletedProcess:
+def _run_bad(capsys, tmp_path, args: list[str]) -> Result:
     paths = {"tmp": tmp_path}
     for kind in ("no_splits", "empty_split", "oov", "tiny_valid"):
         if "{" + kind + "}" in " ".join(args):
             paths[kind] = _write_bad(tmp_path, kind)
-    return cli(*[a.format(**paths) for a in args], "--epochs", "1", "--quiet")
+    return cli(capsys, *[a.format(**paths) for a in args], "--epochs", "1", "--quiet")
 
 
-def _assert_one_error_line(result: subprocess.CompletedProcess, needle: str) -> None:
+def _assert_one_error_line(result: Result, needle: str) -> None:
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -143,17 +184,45 @@ def _assert_one_error_line(result: subprocess.CompletedProcess, needle: str) -> 
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_exits_2_with_one_error_line(case, tmp_path):
+def test_bad_input_exits_2_with_one_error_line(case, tmp_path, capsys):
     args, needle = BAD_INPUTS[case]
-    _assert_one_error_line(_run_bad(tmp_path, args), needle)
+    _assert_one_error_line(_run_bad(capsys, tmp_path, args), needle)
 
 
-def test_split_too_short_for_its_batch_size_exits_2_with_one_error_line(tmp_path):
-    _assert_one_error_line(_run_bad(tmp_path, ["--model", "awd_lstm", "--data", "{tiny_valid}"]),
-                           "valid")
+def test_split_too_short_for_its_batch_size_exits_2_with_one_error_line(tmp_path, capsys):
+    _assert_one_error_line(
+        _run_bad(capsys, tmp_path, ["--model", "awd_lstm", "--data", "{tiny_valid}"]), "valid")
 
 
-def test_missing_resume_checkpoint_exits_2_with_one_error_line(tiny_dir, tmp_path):
-    result = cli("--model", "awd_lstm", "--data", tiny_dir, "--epochs", "1", *TINY_FLAGS,
-                 "--quiet", "--resume", tmp_path / "missing.pt")
+def test_missing_resume_checkpoint_exits_2_with_one_error_line(tiny_dir, tmp_path, capsys):
+    result = cli(capsys, "--model", "awd_lstm", "--data", tiny_dir, "--epochs", "1",
+                 *TINY_FLAGS, "--quiet", "--resume", tmp_path / "missing.pt")
     _assert_one_error_line(result, "missing.pt")
+
+
+def test_checkpoint_of_another_configuration_exits_2_with_one_error_line(tiny_dir, tmp_path,
+                                                                        capsys):
+    ckpt = tmp_path / "run.pt"
+    assert cli(capsys, "--model", "awd_lstm", "--data", tiny_dir, "--epochs", "1", *TINY_FLAGS,
+               "--quiet", "--save", ckpt).returncode == 0
+    result = cli(capsys, "--model", "awd_lstm", "--data", tiny_dir, "--epochs", "2",
+                 *TINY_FLAGS, "--dropout", "0.3", "--quiet", "--resume", ckpt)
+    _assert_one_error_line(result, "other values of dropout")
+
+
+# --- the real command ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_python_m_awd_train_runs_a_tiny_model(tiny_dir):
+    """The one subprocess test: ``python -m awd.train`` works as a command."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "awd.train", "--model", "awd_lstm", "--data", str(tiny_dir),
+         "--epochs", "1", *TINY_FLAGS, "--quiet"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("awd_lstm on tiny: ") and FINAL.match(lines[1])
+    assert json.loads(lines[2])["num_params"] > 0
+    assert "Traceback" not in proc.stderr
