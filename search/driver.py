@@ -20,13 +20,14 @@ from ray.tune.search import Searcher
 
 from awd.data.corpus import find_split_files
 from awd.data.registry import resolve_data
-from awd.errors import DataError, UserError
+from awd.errors import DataError
 from search import schema, storage
 from search.callback import MLflowTrialLogger
+from search.errors import SearchError
 from search.options import SearchOptions
 from search.results import TrialSummary, pick_best, status_of
 from search.scheduler import PersistentASHA
-from search.searcher import make_searcher
+from search.searcher import default_study_storage, make_searcher
 from search.tracking import (
     check_tracking_uri,
     child_runs,
@@ -37,15 +38,12 @@ from search.tracking import (
     write_summary,
 )
 from search.trainable import export_best_model, train_trial
+from search.transfer import best_configurations
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "awdsearch.json"
 RUNGS_FILE = "asha_rungs.json"
-
-
-class SearchError(UserError):
-    """The search cannot start or resume; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,8 @@ class SearchState:
     tracking_uri: str
     options: dict[str, Any]  # the SearchOptions it was started with
     gpus_per_trial: float
+    study_storage: str = ""  # where its Optuna study lives ("" : in memory, older searches)
+    study_name: str = ""
 
     def save(self, experiment_dir: str) -> None:
         storage.write_text(storage.join(experiment_dir, STATE_FILE),
@@ -152,11 +152,14 @@ def _trainable(cpus: float, gpus: float) -> Any:
     return tune.with_resources(train_trial, {"cpu": cpus, "gpu": gpus})
 
 
-def _searcher(opts: SearchOptions, parent_run_id: str, concurrency: int) -> Searcher:
+def _searcher(opts: SearchOptions, study_storage: str | None, study_name: str, concurrency: int,
+              warm_starts: list[dict[str, Any]]) -> Searcher:
     """TPE over the space, every trial's config with the search's fixed values applied."""
     overrides = {**opts.fixed_values, "epochs": opts.epochs}
-    return make_searcher(opts.space_spec, overrides, opts.seed,
-                         f"{opts.experiment_name}-{parent_run_id[:8]}", concurrency)
+    return make_searcher(opts.space_spec, overrides, opts.seed, study_name, concurrency,
+                         storage_url=study_storage, sampler=opts.sampler,
+                         warm_starts=warm_starts,
+                         report_intermediate=opts.report_intermediate)
 
 
 def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
@@ -166,21 +169,31 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
     if tune.Tuner.can_restore(opts.experiment_dir):
         raise SearchError(f"a search already exists at {opts.experiment_dir}; pass --resume to "
                           "continue it, or --experiment NAME to start another")
+    warm_starts = (best_configurations(client, opts.warm_start_from, opts.top)
+                   if opts.warm_start_from else [])
+    study_storage = opts.study_storage or default_study_storage(uri)
     exp_id = ensure_experiment(client, opts.experiment_name, uri)
     params = {**asdict(opts), "gpus_per_trial": gpus, "concurrency": concurrency,
-              "max_epochs": opts.epochs, "grace_period": opts.grace, "metric": space.metric}
+              "max_epochs": opts.epochs, "grace_period": opts.grace, "metric": space.metric,
+              "study_storage": study_storage}
     tags = {schema.SPACE: space.name, schema.MODEL: space.model, schema.DATASET: space.dataset,
             schema.GIT_COMMIT: git_commit(), schema.SEED: str(opts.seed),
             schema.RAY_ADDRESS: ray.get_runtime_context().gcs_address,
-            schema.STORAGE: opts.experiment_dir}
+            schema.STORAGE: opts.experiment_dir, schema.STUDY_STORAGE: study_storage}
+    if opts.warm_start_from:
+        tags[schema.WARM_START_FROM] = opts.warm_start_from
     parent = start_parent_run(client, exp_id, f"{space.name}-search", tags, params)
+    study_name = f"{opts.experiment_name}-{parent[:8]}"
+    client.set_tag(parent, schema.STUDY_NAME, study_name)
+    searcher = _searcher(opts, study_storage, study_name, concurrency, warm_starts)
     state = SearchState(parent_run_id=parent, experiment_id=exp_id, tracking_uri=uri,
-                        options=asdict(opts), gpus_per_trial=gpus)
+                        options=asdict(opts), gpus_per_trial=gpus,
+                        study_storage=study_storage, study_name=study_name)
     state.save(opts.experiment_dir)
     logger = MLflowTrialLogger(uri, exp_id, parent, space.name, {"gpus_per_trial": gpus})
     tuner = tune.Tuner(
         _trainable(opts.cpus_per_trial, gpus),
-        tune_config=tune.TuneConfig(search_alg=_searcher(opts, parent, concurrency),
+        tune_config=tune.TuneConfig(search_alg=searcher,
                                     scheduler=_scheduler(opts),
                                     num_samples=opts.num_samples, time_budget_s=opts.time_budget,
                                     reuse_actors=True,  # no new worker + torch import per trial

@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from awd.config import from_flat
 from awd.errors import ConfigError, UserError
 from search import storage
+from search.results import parse_param
 from spaces import Space, get_space
 
 SCHEDULERS = ("asha", "none")
+SAMPLERS = ("tpe", "random")
 
 
 class OptionError(UserError):
     """A flag value that cannot work; the message names the flag."""
-
-
-def _parse(text: str) -> Any:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
-    return value if isinstance(value, (int, float, bool)) else text
 
 
 @dataclass(frozen=True)
@@ -47,12 +40,19 @@ class SearchOptions:
     max_failures: int = 2
     best_config: str | None = None
     fixed: tuple[str, ...] = ()  # "KEY=VALUE": a config value fixed for every trial
+    study_storage: str | None = None  # Optuna storage URL; None: optuna.db beside mlflow.db
+    sampler: str = "tpe"
+    warm_start_from: str | None = None  # an earlier search's MLflow experiment
+    top: int = 3  # how many of its best configurations to enqueue
+    confirm_top: int = 0  # re-train this many best configurations with new seeds at the end
+    seeds: int = 3  # seeds per confirmed configuration
+    report_intermediate: bool = True  # every epoch's objective reaches Optuna (off: ablation)
 
     @property
     def fixed_values(self) -> dict[str, Any]:
         """``fixed`` as a dict; values that spell JSON numbers or booleans become them, so
         that Tune's config and MLflow's params carry the same types as searched values."""
-        return {key: _parse(value) for key, value in (i.split("=", 1) for i in self.fixed)}
+        return {key: parse_param(value) for key, value in (i.split("=", 1) for i in self.fixed)}
 
     @property
     def space_spec(self) -> Space:
@@ -95,6 +95,10 @@ class SearchOptions:
             (self.scheduler in SCHEDULERS, f"--scheduler must be one of {', '.join(SCHEDULERS)}"),
             (self.time_budget is None or self.time_budget > 0, "--time-budget must be > 0"),
             (self.max_failures >= 0, "--max-failures must be >= 0"),
+            (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}"),
+            (self.top >= 1, "--top must be >= 1"),
+            (self.confirm_top >= 0, "--confirm-top must be >= 0"),
+            (self.seeds >= 1, "--seeds must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -144,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restarts of a trial whose worker died, from its last checkpoint")
     p.add_argument("--best-config", help="where to write the best configuration "
                    "(default best_config_<experiment>.json)")
+    p.add_argument("--study-storage", metavar="URL",
+                   help="Optuna storage of the search's study, e.g. sqlite:///optuna.db or "
+                   "postgresql://... (default: optuna.db beside the MLflow SQLite file, else in "
+                   "the working folder); open it with optuna-dashboard URL")
+    p.add_argument("--sampler", default="tpe", help="tpe (default) or random")
+    p.add_argument("--warm-start-from", metavar="EXPERIMENT",
+                   help="first try the best configurations of an earlier search (its MLflow "
+                   "experiment, same tracking store), after the paper configuration")
+    p.add_argument("--top", type=int, default=3,
+                   help="how many configurations --warm-start-from takes (default 3)")
+    p.add_argument("--confirm-top", type=int, default=0, metavar="K",
+                   help="after the search, re-train the K best configurations and the paper "
+                   "configuration with --seeds new seeds each (default 0: off)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per confirmed configuration")
     p.add_argument("--set", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config field for every trial, e.g. --set train_tokens=200000 "
                    "(repeatable; any field of `python -m awd.train --help`)")

@@ -6,6 +6,7 @@ the two can never disagree on which trial won.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,17 +30,37 @@ def _finite(value: Any) -> bool:
         return False
 
 
-def best_index(records: Sequence[Mapping[str, Any]]) -> int | None:
-    """Index of the best trial among ``records`` (mappings with ``status``, ``final_val_ppl``,
-    ``best_val_ppl``): the completed trial with the lowest final validation perplexity; if none
-    completed, the unfailed trial with the lowest validation perplexity reached; else None."""
+def ranking(records: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Indices of ``records`` (mappings with ``status``, ``final_val_ppl``, ``best_val_ppl``)
+    from best to worst: completed trials by final validation perplexity, then the other unfailed
+    trials by the lowest validation perplexity they reached. Failed and unscored trials are
+    left out."""
     completed = [i for i, r in enumerate(records) if r.get("status") == schema.STATUS_COMPLETED
                  and _finite(r.get(schema.FINAL_VAL_PPL))]
-    if completed:
-        return min(completed, key=lambda i: float(records[i][schema.FINAL_VAL_PPL]))
-    scored = [i for i, r in enumerate(records) if r.get("status") != schema.STATUS_FAILED
-              and _finite(r.get(schema.BEST_VAL_PPL))]
-    return min(scored, key=lambda i: float(records[i][schema.BEST_VAL_PPL])) if scored else None
+    others = [i for i, r in enumerate(records) if i not in completed
+              and r.get("status") != schema.STATUS_FAILED and _finite(r.get(schema.BEST_VAL_PPL))]
+    return (sorted(completed, key=lambda i: float(records[i][schema.FINAL_VAL_PPL]))
+            + sorted(others, key=lambda i: float(records[i][schema.BEST_VAL_PPL])))
+
+
+def best_index(records: Sequence[Mapping[str, Any]]) -> int | None:
+    """Index of the best trial among ``records``: the first of `ranking`, or None. The
+    completed trial with the lowest final validation perplexity; if none completed, the
+    unfailed trial with the lowest validation perplexity reached."""
+    ranked = ranking(records)
+    return ranked[0] if ranked else None
+
+
+def parse_param(text: Any) -> Any:
+    """An MLflow param (always a string) back as the number or bool it spells, else as is."""
+    if not isinstance(text, str):
+        return text
+    try:
+        value = json.loads(text.strip().lower() if text.strip().lower() in ("true", "false")
+                           else text)
+    except ValueError:
+        return text
+    return value if isinstance(value, (int, float, bool)) else text
 
 
 @dataclass

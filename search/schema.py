@@ -7,7 +7,10 @@ Tune's results to MLflow and the report.
 Parent run
   tags:    awdsearch.role = "search", awdsearch.space, awdsearch.model (or "mixed"),
            awdsearch.dataset, awdsearch.git_commit, awdsearch.ray_address, awdsearch.seed,
-           awdsearch.storage (Ray's experiment folder), awdsearch.best_trial_id (at the end)
+           awdsearch.storage (Ray's experiment folder), awdsearch.study_storage and
+           awdsearch.study_name (the Optuna study: `optuna.load_study(study_name=...,
+           storage=...)`), awdsearch.warm_start_from (an earlier search's experiment, if any),
+           awdsearch.best_trial_id (at the end)
   params:  the search config (num_samples, max_epochs, scheduler, concurrency, grace_period,
            cpus_per_trial, gpus_per_trial, seed, metric, time_budget ...)
   metrics: best_val_ppl, best_test_ppl (the best trial's, chosen by `search.results.pick_best`),
@@ -38,6 +41,9 @@ GIT_COMMIT = "awdsearch.git_commit"
 RAY_ADDRESS = "awdsearch.ray_address"
 SEED = "awdsearch.seed"
 STORAGE = "awdsearch.storage"
+STUDY_STORAGE = "awdsearch.study_storage"
+STUDY_NAME = "awdsearch.study_name"
+WARM_START_FROM = "awdsearch.warm_start_from"
 BEST_TRIAL_ID = "awdsearch.best_trial_id"
 TRIAL_ID = "awdsearch.trial_id"
 STATUS = "awdsearch.status"
@@ -50,6 +56,8 @@ PARENT_RUN_ID = "mlflow.parentRunId"
 
 ROLE_SEARCH = "search"
 ROLE_TRIAL = "trial"
+CONFIRM_OF = "awdsearch.confirm_of"  # a confirmation run: the trial id whose config it re-trains
+ROLE_CONFIRM = "confirm"
 STATUS_COMPLETED = "completed"
 STATUS_STOPPED = "stopped_early"
 STATUS_FAILED = "failed"

@@ -1,15 +1,19 @@
-"""Optuna's TPE behind Ray Tune, warm-started at the paper configuration.
+"""Optuna's TPE behind Ray Tune, over a study kept where Optuna's own tools open it.
 
-Two gaps in `OptunaSearch` are closed here: ``points_to_evaluate`` is ignored with a
-define-by-run space (ray#35319), so the paper point is enqueued on the study itself before Tune
-sees it; and `OptunaSearch` tells Optuna COMPLETE for any trial with a last result, even one that
-failed or was stopped by ASHA, so completion is re-classified as COMPLETE, PRUNED or FAIL.
+Gaps in `OptunaSearch` closed here: ``points_to_evaluate`` is ignored with a define-by-run space
+(ray#35319), so the paper point (and configurations transferred from earlier searches) are
+enqueued on the study itself before Tune sees it; `OptunaSearch` tells Optuna COMPLETE for any
+trial with a last result, even one that failed or was stopped by ASHA, so completion is
+re-classified as COMPLETE, PRUNED or FAIL; and intermediate values are reported per epoch (not
+per Tune iteration, which restarts differ on).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -18,11 +22,26 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from search import schema
+from search.errors import SearchError
 from spaces import Space, get_space
 
 
 class AWDOptunaSearch(OptunaSearch):
-    """OptunaSearch that reports failed trials as FAIL and early-stopped ones as PRUNED."""
+    """OptunaSearch that reports every epoch's objective as an intermediate value (step =
+    epoch), failed trials as FAIL and early-stopped ones as PRUNED: TPE then learns from the
+    trials ASHA stops, through their last intermediate value."""
+
+    def __init__(self, *args: Any, report_intermediate: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.report_intermediate = report_intermediate
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if (not self.report_intermediate or result.get(schema.DIVERGED)
+                or trial_id in self._completed_trials or trial_id not in self._ot_trials):
+            return
+        with warnings.catch_warnings():  # an epoch re-run after a restore is kept once
+            warnings.simplefilter("ignore", UserWarning)
+            self._ot_trials[trial_id].report(float(result[self.metric]), int(result[schema.EPOCH]))
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -61,31 +80,58 @@ class SpaceConfig:
         return get_space(self.space).config(trial, **self.overrides)
 
 
-def make_searcher(
-    space: Space, overrides: dict[str, Any], seed: int, study_name: str, concurrency: int
-) -> ConcurrencyLimiter:
-    """TPE (multivariate, grouped for conditional spaces, constant liar), seeded, with the paper
-    configuration enqueued as the first trial."""
+def default_study_storage(tracking_uri: str, workdir: Path | None = None) -> str:
+    """Where a search keeps its Optuna study unless told: ``optuna.db`` beside the MLflow
+    SQLite file, else in the working folder. A SQLite file is what ``optuna-dashboard`` and
+    ``optuna.load_study`` open, during the search and after it."""
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri[len("sqlite:///"):]).parent
+    else:
+        folder = workdir or Path.cwd()
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+
+
+def _sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():  # `group` (for conditional spaces) is "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, constant_liar=True
-        )
-    storage = optuna.storages.InMemoryStorage()
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          constant_liar=True)
+
+
+def make_searcher(space: Space, overrides: dict[str, Any], seed: int, study_name: str,
+                  concurrency: int, storage_url: str | None = None, sampler: str = "tpe",
+                  warm_starts: Sequence[dict[str, Any]] = (),
+                  report_intermediate: bool = True) -> ConcurrencyLimiter:
+    """TPE (multivariate, grouped for conditional spaces, constant liar) or random, seeded,
+    over a study kept in ``storage_url`` (in memory if None), with the paper configuration
+    enqueued first and then ``warm_starts`` (configurations of earlier searches)."""
+    storage: optuna.storages.BaseStorage
+    try:
+        storage = (optuna.storages.RDBStorage(storage_url) if storage_url
+                   else optuna.storages.InMemoryStorage())
+    except Exception as e:  # SQLAlchemy's errors for a bad URL, a missing folder, a dead server
+        raise SearchError(f"cannot open the Optuna study storage {storage_url}: "
+                          f"{str(e).splitlines()[0]}") from None
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
-        sampler=sampler,
+        sampler=_sampler(sampler, seed),
         direction="minimize" if space.mode == "min" else "maximize",
+        load_if_exists=True,
     )
-    study.enqueue_trial(space.warm_start)
-
+    if not study.trials:  # a new study: the paper configuration, then the transferred ones
+        study.enqueue_trial(space.warm_start)
+        for params in warm_starts:
+            study.enqueue_trial(params, skip_if_exists=True)
     searcher = AWDOptunaSearch(
         space=SpaceConfig(space.name, overrides),
         metric=space.metric,
         mode=space.mode,
-        sampler=sampler,
+        sampler=study.sampler,
         study_name=study_name,
         storage=storage,
+        report_intermediate=report_intermediate,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=concurrency)

@@ -131,7 +131,8 @@ def test_searcher_tells_optuna_failed_pruned_and_complete():
                              concurrency=4).searcher
     for tid in "abc":
         searcher.suggest(tid)
-        searcher.on_trial_result(tid, {"best_val_ppl": 500.0, "training_iteration": 1})
+        searcher.on_trial_result(tid, {"best_val_ppl": 500.0, "epoch": 1,
+                                       "training_iteration": 1})
     searcher.on_trial_complete("a", {"best_val_ppl": 400.0, "finished": True})
     searcher.on_trial_complete("b", {"best_val_ppl": 500.0, "finished": False})
     searcher.on_trial_complete("c", {"best_val_ppl": 500.0}, error=True)
@@ -297,7 +298,7 @@ def test_fixed_values_reach_every_trial_config():
          "--set", "seed=9", "--set", "dropout=0.3"]))
     assert opts.fixed == ("train_tokens=5000", "seed=9", "dropout=0.3")
     assert opts.fixed_values == {"train_tokens": 5000, "seed": 9, "dropout": 0.3}  # typed
-    searcher = _searcher(opts, "0123456789abcdef", 2).searcher
+    searcher = _searcher(opts, None, "smoke-01234567", 2, []).searcher
     for tid in ("a", "b", "c"):
         run = from_flat(searcher.suggest(tid))
         assert (run.train.train_tokens, run.train.seed, run.train.epochs) == (5000, 9, 2)
