@@ -24,6 +24,14 @@ from search.tracking import finish_trial_run
 
 log = logging.getLogger(__name__)
 
+# A Tune trial's config -> the flat run config logged as params, and tags of its own.
+Unwrap = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, str]]]
+
+
+def plain_trial(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A search trial: its Tune config is the run config, with no tags of its own."""
+    return config, {}
+
 
 def _error_reason(trial: Trial) -> str:
     """The last line of the trial's error file: the exception and its message."""
@@ -36,15 +44,22 @@ def _error_reason(trial: Trial) -> str:
 
 
 class MLflowTrialLogger(Callback):
-    """Logs each trial as a child run of the search's parent run, every epoch exactly once."""
+    """Logs each trial as a child run of the search's parent run, every epoch exactly once.
+
+    ``role`` tags the runs (``trial``; ``confirm`` for `search.confirm`'s re-trainings), and
+    ``unwrap`` (a module-level function: the callback is pickled with Tune's state) turns a Tune
+    config into the run config and the run's own tags."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 space: str, extra_params: dict[str, Any] | None = None) -> None:
+                 space: str, extra_params: dict[str, Any] | None = None,
+                 role: str = schema.ROLE_TRIAL, unwrap: Unwrap = plain_trial) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.space = space
         self.extra_params = extra_params or {}
+        self.role = role
+        self.unwrap = unwrap
         self.run_ids: dict[str, str] = {}
         self.logged_epochs: dict[str, int] = {}  # the last epoch logged per trial
         self._tagged: set[str] = set()
@@ -55,6 +70,10 @@ class MLflowTrialLogger(Callback):
         state["_client"] = None
         state["_tagged"] = set()
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a logger pickled by an older version (a resumed search) logs search trials
+        self.__dict__.update({"role": schema.ROLE_TRIAL, "unwrap": plain_trial, **state})
 
     @property
     def client(self) -> MlflowClient:
@@ -88,14 +107,15 @@ class MLflowTrialLogger(Callback):
         return self.run_ids[tid]
 
     def _create_child(self, trial: Trial) -> str:
-        config = trial.config
-        tags = {schema.PARENT_RUN_ID: self.parent_run_id, schema.ROLE: schema.ROLE_TRIAL,
+        config, own_tags = self.unwrap(trial.config)
+        tags = {schema.PARENT_RUN_ID: self.parent_run_id, schema.ROLE: self.role,
                 schema.TRIAL_ID: trial.trial_id, schema.SPACE: self.space,
                 schema.MODEL: str(config.get("model", "")),
                 schema.DATASET: str(config.get("dataset", "")),
-                schema.STATUS: schema.STATUS_RUNNING}
-        run = self.client.create_run(self.experiment_id, run_name=f"{self.space}-{trial.trial_id}",
-                                     tags=tags)
+                schema.STATUS: schema.STATUS_RUNNING, **own_tags}
+        kind = "" if self.role == schema.ROLE_TRIAL else f"{self.role}-"
+        run = self.client.create_run(self.experiment_id,
+                                     run_name=f"{self.space}-{kind}{trial.trial_id}", tags=tags)
         params = {**config, **self.extra_params}
         self.client.log_batch(run.info.run_id,
                               params=[Param(k, str(v)) for k, v in params.items()])

@@ -30,6 +30,20 @@ Child (trial) run, named "<space>-<trial_id>"
            triggered), epochs_run, train_seconds (sum of epoch_seconds), final_val_ppl,
            final_test_ppl (completed trials)
   artifacts (best trial only): config.json, checkpoint/best_model.pt
+
+Confirmation (child) run, named "<space>-confirm-<trial_id>" (``--confirm-top K --seeds S``,
+`search.confirm`): a re-training of a search trial's config with another seed, full budget
+  tags:    awdsearch.role = "confirm", awdsearch.confirm_of (the re-trained trial's id),
+           awdsearch.seed (its training seed, also the ``seed`` param), awdsearch.confirm_rank
+           (the original's place in the search's ranking, 1 = best; 0 = unranked),
+           awdsearch.confirm_paper ("true" for the paper configuration), and the trial tags
+  params, metrics: as a trial run's. Not a trial: the parent's trial counts, best trial and
+           gpu_hours leave confirmation runs out; confirm_gpu_hours counts them.
+Parent run, with confirmation
+  metrics: CONFIRM_SUMMARY_METRICS (mean and sample std over the confirmation runs of the best
+           and of the paper configuration, the one-sided Welch p-value, 1/0 verdict)
+  tags:    awdsearch.confirm_verdict (the verdict in words)
+  artifacts: confirmation.json (every confirmed configuration's numbers)
 """
 
 # --- tags --------------------------------------------------------------------------------
@@ -58,6 +72,9 @@ ROLE_SEARCH = "search"
 ROLE_TRIAL = "trial"
 CONFIRM_OF = "awdsearch.confirm_of"  # a confirmation run: the trial id whose config it re-trains
 ROLE_CONFIRM = "confirm"
+CONFIRM_RANK = "awdsearch.confirm_rank"  # the original trial's place in the ranking, 1 = best
+CONFIRM_PAPER = "awdsearch.confirm_paper"  # "true" on the paper configuration's confirmations
+CONFIRM_VERDICT = "awdsearch.confirm_verdict"  # parent run: best vs paper, in words
 STATUS_COMPLETED = "completed"
 STATUS_STOPPED = "stopped_early"
 STATUS_FAILED = "failed"
@@ -83,6 +100,26 @@ TRIAL_SUMMARY_METRICS = (NUM_PARAMS, NTASGD_TRIGGER_EPOCH, EPOCHS_RUN, TRAIN_SEC
                          FINAL_VAL_PPL, FINAL_TEST_PPL)
 SEARCH_SUMMARY_METRICS = (BEST_VAL_PPL, BEST_TEST_PPL, "trials_total", "trials_completed",
                           "trials_stopped_early", "trials_failed", "wall_seconds", "gpu_hours")
+
+# parent run, with --confirm-top: over the confirmation runs (the original trials left out)
+CONFIRM_RUNS = "confirm_runs"  # confirmation runs started
+CONFIRM_COMPLETED = "confirm_runs_completed"
+CONFIRM_GPU_HOURS = "confirm_gpu_hours"  # their cost, not part of gpu_hours
+CONFIRM_BEST_VAL_MEAN = "confirm_best_val_ppl_mean"  # the search's best configuration
+CONFIRM_BEST_VAL_STD = "confirm_best_val_ppl_std"
+CONFIRM_BEST_TEST_MEAN = "confirm_best_test_ppl_mean"
+CONFIRM_BEST_TEST_STD = "confirm_best_test_ppl_std"
+CONFIRM_PAPER_VAL_MEAN = "confirm_paper_val_ppl_mean"  # the paper configuration
+CONFIRM_PAPER_VAL_STD = "confirm_paper_val_ppl_std"
+CONFIRM_PAPER_TEST_MEAN = "confirm_paper_test_ppl_mean"
+CONFIRM_PAPER_TEST_STD = "confirm_paper_test_ppl_std"
+CONFIRM_P_VALUE = "confirm_p_value"  # one-sided Welch's t-test: best's val < paper's val
+CONFIRM_BETTER = "confirm_best_beats_paper"  # 1: beyond seed noise, 0: not shown (absent: n/a)
+CONFIRM_SUMMARY_METRICS = (CONFIRM_RUNS, CONFIRM_COMPLETED, CONFIRM_GPU_HOURS,
+                           CONFIRM_BEST_VAL_MEAN, CONFIRM_BEST_VAL_STD, CONFIRM_BEST_TEST_MEAN,
+                           CONFIRM_BEST_TEST_STD, CONFIRM_PAPER_VAL_MEAN, CONFIRM_PAPER_VAL_STD,
+                           CONFIRM_PAPER_TEST_MEAN, CONFIRM_PAPER_TEST_STD, CONFIRM_P_VALUE,
+                           CONFIRM_BETTER)
 
 # --- keys of a trial's Tune result that are not metrics ------------------------------------
 FINISHED = "finished"  # 1 on the last result of a trial that ran its whole budget

@@ -57,6 +57,18 @@ class AWDOptunaSearch(OptunaSearch):
             study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's restore of a killed search: the study (in its storage) may hold trials asked
+        after Tune's last snapshot of this searcher; Tune asks for them anew, so the orphans
+        are marked failed instead of staying RUNNING in the study forever."""
+        super().restore(checkpoint_path)
+        if self._ot_study is None:
+            return
+        known = {t.number for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number not in known:
+                self._ot_study.tell(t.number, state=TrialState.FAIL)
+
     def study(self) -> optuna.Study:
         """The Optuna study behind this searcher (set up when Tune hands it the metric)."""
         if self._ot_study is None:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from conftest import DATA_DIR, SMOKE_TRIALS, real_data
@@ -279,3 +280,13 @@ def test_resume_after_the_driver_is_killed_loses_nothing_and_reruns_nothing(tmp_
         last = results[child.data.tags[schema.TRIAL_ID]][-1]
         assert child.data.metrics[schema.EPOCHS_RUN] == last[schema.EPOCHS_RUN] == 3
         assert child.data.metrics[schema.TRAIN_SECONDS] == last[schema.TRAIN_SECONDS]
+    # the resumed driver went on with the same Optuna study: three trials told COMPLETE, one
+    # value per epoch each, and nothing left RUNNING
+    tags = parents[0].data.tags
+    study = optuna.load_study(study_name=tags[schema.STUDY_NAME],
+                              storage=tags[schema.STUDY_STORAGE])
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert optuna.trial.TrialState.RUNNING not in states
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert sorted(t.intermediate_values) == [1, 2, 3]
