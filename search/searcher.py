@@ -52,8 +52,12 @@ class AWDOptunaSearch(OptunaSearch):
         if error or not result or result.get(schema.DIVERGED):
             study.tell(ot_trial, state=TrialState.FAIL)
         elif result.get(schema.FINISHED):
+            self.on_trial_result(trial_id, result)
             study.tell(ot_trial, result[self.metric], state=TrialState.COMPLETE)
         else:  # stopped by the scheduler: Optuna keeps its intermediate values
+            # Tune hands the result that made ASHA stop the trial to on_trial_complete only
+            # (not to on_trial_result): it is the pruned trial's last intermediate value.
+            self.on_trial_result(trial_id, result)
             study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 

@@ -56,6 +56,17 @@ def test_a_pruned_trial_keeps_every_epochs_value_at_step_epoch():
     assert trial.intermediate_values == {1: 900.0, 2: 700.0}
 
 
+def test_the_result_that_stops_a_trial_is_its_last_intermediate_value():
+    """Tune gives the result on which ASHA stops a trial to on_trial_complete only: a trial
+    stopped at its first rung must still reach the study with that value."""
+    lim = _searcher()
+    lim.suggest("a")
+    lim.on_trial_complete("a", {"best_val_ppl": 900.0, "epoch": 1, "finished": False})
+    trial = lim.searcher.study().trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.intermediate_values == {1: 900.0} and trial.value == 900.0
+
+
 def test_an_epoch_re_run_after_a_restore_is_kept_once():
     lim = _searcher()
     lim.suggest("a")
