@@ -1,21 +1,27 @@
-"""MLflow -> pandas: the searches, their trial runs and the trials' validation curves.
+"""MLflow -> pandas: the searches, their trial runs and the trials' validation curves; and each
+search's own Optuna study, read-only, from where its parent run's tags say it is.
 
 Reads exactly what `search.schema` says a search writes. Every number in a report comes from
-the frames built here (and ``references.json``).
+the frames and studies read here (and ``references.json``).
 """
 
 from __future__ import annotations
 
+import ast
+import logging
 import math
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial
 
 from reports.errors import ReportError
 from reports.params import parse_value
@@ -32,11 +38,23 @@ RUN_COLUMNS = ("run_id", "run_name", "experiment", "search_key", "role", "trial_
                *schema.TRIAL_SUMMARY_METRICS, "gpus_per_trial", "finetuned", "train_tokens",
                schema.BEST_VAL_PPL, "params")
 # A search's row: its parent run's tags and params, and its summary metrics (NaN where the
-# parent has none: a search still running or killed before its summary).
+# parent has none: a search still running or killed before its summary). study_storage and
+# study_name are "" for a search without an Optuna study; fixed: the config keys --set fixed.
 SEARCH_COLUMNS = ("search_key", "label", "experiment", "run_id", "run_name", "space", "model",
                   "dataset", "start_time", "end_time", "gpus_per_trial", "best_trial_id",
+                  "study_storage", "study_name", "max_epochs", "fixed",
                   *schema.SEARCH_SUMMARY_METRICS)
 HISTORY_COLUMNS = ("run_id", "epoch", "val_ppl", "timestamp")
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A search's own Optuna study as stored: its trials, or why they could not be read."""
+
+    storage: str
+    name: str
+    trials: tuple[FrozenTrial, ...] = ()
+    error: str = ""
 
 
 @dataclass
@@ -46,6 +64,7 @@ class ReportData:
     searches: one row per search (parent run; trials without one are grouped per experiment).
     runs: one row per non-search run (trials, ablations), params kept as a dict of strings.
     history: val_ppl per epoch (step) of every run, with the wall-clock timestamp (ms).
+    studies: the Optuna study of each search whose parent run names one, by search key.
     problems: what makes the input bad (the CLI exits 2); notes: gaps worth a line in the report.
     """
 
@@ -56,6 +75,7 @@ class ReportData:
     history: pd.DataFrame
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    studies: dict[str, StudyRecord] = field(default_factory=dict)
 
     def trials(self, search_key: str | None = None) -> pd.DataFrame:
         """Trial runs of one search (all searches if None), ablation-tagged runs excluded."""
@@ -107,6 +127,17 @@ def _metric(run: Run, name: str) -> float:
     return float(value) if value is not None else math.nan
 
 
+def _fixed_keys(text: str | None) -> tuple[str, ...]:
+    """The keys of the search's ``fixed`` param (``str`` of a tuple of "KEY=VALUE")."""
+    try:
+        items = ast.literal_eval(text) if text else ()
+    except (ValueError, SyntaxError):
+        return ()
+    if not isinstance(items, (tuple, list)):
+        return ()
+    return tuple(str(i).split("=", 1)[0] for i in items if "=" in str(i))
+
+
 def _search_row(run: Run, experiment: str, label: str) -> dict[str, Any]:
     tags, params = run.data.tags, run.data.params
     return {
@@ -116,6 +147,9 @@ def _search_row(run: Run, experiment: str, label: str) -> dict[str, Any]:
         "dataset": tags.get(schema.DATASET, ""), "start_time": run.info.start_time,
         "end_time": run.info.end_time, "gpus_per_trial": _number(params.get("gpus_per_trial")),
         "best_trial_id": tags.get(schema.BEST_TRIAL_ID, ""),
+        "study_storage": tags.get(schema.STUDY_STORAGE, ""),
+        "study_name": tags.get(schema.STUDY_NAME, ""),
+        "max_epochs": _number(params.get("max_epochs")), "fixed": _fixed_keys(params.get("fixed")),
         **{name: _metric(run, name) for name in schema.SEARCH_SUMMARY_METRICS},
     }
 
@@ -193,7 +227,8 @@ def _load_experiment(client: MlflowClient, name: str,
             "search_key": orphan_key, "label": f"{name} (no search run)", "experiment": name,
             "run_id": None, "run_name": "", "space": "", "model": "", "dataset": "",
             "start_time": start, "end_time": None, "gpus_per_trial": math.nan,
-            "best_trial_id": "", **{name: math.nan for name in schema.SEARCH_SUMMARY_METRICS}}
+            "best_trial_id": "", "study_storage": "", "study_name": "", "max_epochs": math.nan,
+            "fixed": (), **{name: math.nan for name in schema.SEARCH_SUMMARY_METRICS}}
     _check(name, rows, data)
     return list(searches.values()), rows, history
 
@@ -224,6 +259,44 @@ def _check(experiment: str, rows: list[dict[str, Any]], data: ReportData) -> Non
                           "they count as 0 GPU-hours")
 
 
+def read_study(storage: str, name: str) -> StudyRecord:
+    """The study ``name`` in the Optuna storage URL ``storage``, opened read-only: a SQLite
+    file through a ``mode=ro`` URI (nothing is created or written, even for a missing file);
+    another RDB URL as it is, without creating tables."""
+    url = storage
+    if storage.startswith("sqlite:///"):
+        path = Path(storage[len("sqlite:///"):]).expanduser()
+        if not path.is_file():
+            return StudyRecord(storage, name, error=f"no Optuna database at {path}")
+        url = f"sqlite:///file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&uri=true"
+    optuna.logging.set_verbosity(logging.WARNING)
+    try:
+        rdb = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        try:
+            study = optuna.load_study(study_name=name, storage=rdb)
+            return StudyRecord(storage, name, tuple(study.get_trials(deepcopy=False)))
+        finally:
+            rdb.engine.dispose()
+    except KeyError:
+        return StudyRecord(storage, name, error=f"no study named {name!r} in {storage}")
+    except Exception as e:
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return StudyRecord(storage, name, error=f"cannot read {storage}: {text}")
+
+
+def _read_studies(data: ReportData) -> None:
+    """The study of every search whose parent names one; a note for each that cannot be read."""
+    for _, search in data.searches.iterrows():
+        if not (search["study_storage"] and search["study_name"]):
+            continue
+        record = read_study(search["study_storage"], search["study_name"])
+        data.studies[search["search_key"]] = record
+        if record.error:
+            data.notes.append(f"search {search['label']!r}: its Optuna study "
+                              f"{record.name!r} cannot be read ({record.error}); its importance "
+                              "and slices are reconstructed from the MLflow params instead")
+
+
 def load(tracking_uri: str, experiments: list[str]) -> ReportData:
     """Read the named experiments; raise `ReportError` if none of them can be reported."""
     client = open_client(tracking_uri)
@@ -245,6 +318,7 @@ def load(tracking_uri: str, experiments: list[str]) -> ReportData:
         raise ReportError("; ".join(data.problems))
     if searches:
         data.searches = pd.DataFrame(searches, columns=SEARCH_COLUMNS)
+        _read_studies(data)
     if runs:
         data.runs = pd.DataFrame(runs, columns=RUN_COLUMNS)
     if history:

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from typing import Any
 
 REGULARISERS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop", "alpha", "beta")
-DROPOUT_AND_SIZE = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop", "emsize")
 
 
 def parse_value(text: Any) -> Any:

@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,13 +15,20 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, Locator, MaxNLocator, NullFormatter
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
-from reports.importance import OBJECTIVE, Importance
+from reports.importance import EVALUATOR, OBJECTIVE, SOURCE_MLFLOW, Analysis
 from reports.load import ReportData
-from reports.params import DROPOUT_AND_SIZE, parse_value
 from search import schema
 
 DPI = 110
@@ -185,68 +193,188 @@ def progress(data: ReportData, out: Path) -> Plot | None:
                 "wall-clock time since the search started, over every epoch reported (right).")
 
 
-def importance_bars(results: list[Importance], out: Path) -> list[Plot]:
-    """One bar chart per search: the importance of each varying param, per group."""
+def importance_bars(analyses: list[Analysis], out: Path) -> list[Plot]:
+    """One bar chart per search: the importance of each evaluated param, per group."""
     plots = []
-    for search in dict.fromkeys(r.search for r in results):
-        groups = [r for r in results if r.search == search and r.importances]
+    for analysis in analyses:
+        groups = [g for g in analysis.groups if g.importances]
         if not groups:
             continue
-        fig = _figure(5.0 * len(groups), 1.2 + 0.35 * max(len(g.importances) for g in groups))
+        fig = _figure(5.0 * len(groups), 1.4 + 0.35 * max(len(g.importances) for g in groups))
         axes = fig.subplots(1, len(groups), squeeze=False)[0]
         for ax, group in zip(axes, groups, strict=True):
             names = list(group.importances)[::-1]
             ax.barh(names, [group.importances[n] for n in names], color=COLORS[0])
-            ax.set_title(f"{group.model} ({group.n_trials} trials)")
-            ax.set_xlabel("importance (PED-ANOVA, normalised)")
+            ax.set_title(group.label, fontsize=10)
+            ax.set_xlabel(f"importance ({EVALUATOR}, normalised)")
             ax.grid(True, axis="x", alpha=0.3)
-        fig.suptitle(f"Hyperparameter importance: {search}")
-        name = f"importance_{slug(search)}.png"
-        plots.append(Plot(_save(fig, out / name), f"Importance: {search}",
-                          f"Optuna PED-ANOVA importances; objective: {OBJECTIVE}."))
+        fig.suptitle(f"Hyperparameter importance: {analysis.search}{_source(analysis)}")
+        name = f"importance_{slug(analysis.search)}.png"
+        plots.append(Plot(_save(fig, out / name), f"Importance: {analysis.search}",
+                          f"Optuna {EVALUATOR} importances per model (and pooled over the params "
+                          f"every model shares, plus model); objective: {OBJECTIVE}. "
+                          f"Source: {analysis.origin}."))
     return plots
 
 
-def slices(data: ReportData, out: Path) -> list[Plot]:
-    """Per search: each dropout rate and the embedding size against perplexity."""
+def _source(analysis: Analysis) -> str:
+    return " (reconstructed from MLflow params)" if analysis.source == SOURCE_MLFLOW else ""
+
+
+def _categories(dist: BaseDistribution) -> list[str] | None:
+    if isinstance(dist, CategoricalDistribution):
+        return [str(c) for c in dist.choices]
+    return None
+
+
+def _is_log(dist: BaseDistribution) -> bool:
+    return isinstance(dist, (FloatDistribution, IntDistribution)) and dist.log
+
+
+def slice_params(analysis: Analysis) -> dict[str, BaseDistribution]:
+    """Every param any model of the search sampled, in the order the space samples them."""
+    params: dict[str, BaseDistribution] = {}
+    for group in analysis.models:
+        for name, dist in group.searched.items():
+            params.setdefault(name, dist)
+    return params
+
+
+def slices(analyses: list[Analysis], out: Path) -> list[Plot]:
+    """Per search, one panel per searched param: each trial's best val ppl at its model's common
+    budget against the param's value, one colour per model."""
     plots = []
     markers = {schema.STATUS_COMPLETED: "o", schema.STATUS_STOPPED: "x"}
-    for _, search in data.searches.iterrows():
-        finished = data.finished(search["search_key"])
-        finished = finished[finished["best_val_ppl"].notna()]
-        names = [n for n in DROPOUT_AND_SIZE if any(n in p for p in finished["params"])]
-        if finished.empty or not names:
+    for analysis in analyses:
+        params = slice_params(analysis)
+        groups = [g for g in analysis.models if g.compared]
+        if not params or not groups:
             continue
-        cols = min(3, len(names))
-        rows = math.ceil(len(names) / cols)
-        fig = _figure(max(4.2 * cols, 7.0), 3.3 * rows + 0.6)
+        cols = min(4, len(params))
+        rows = math.ceil(len(params) / cols)
+        fig = _figure(max(3.6 * cols, 7.0), 3.0 * rows + 0.8)
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
-        models = sorted(finished["model"].unique())
-        colors = dict(zip(models, COLORS, strict=False))
-        best = finished.loc[finished["best_val_ppl"].idxmin()]
-        for i, (ax, name) in enumerate(zip(axes, names, strict=False)):
-            for _, trial in finished.iterrows():
-                if name not in trial["params"]:
-                    continue
-                x = parse_value(trial["params"][name])
-                ax.scatter([x], [trial["best_val_ppl"]], color=colors[trial["model"]],
-                           marker=markers.get(trial["status"], "o"), s=30)
-            if name in best["params"]:
-                ax.scatter([parse_value(best["params"][name])], [best["best_val_ppl"]], marker="*",
-                           s=220, facecolor="none", edgecolor="black", lw=1.2)
-            _log_ppl(ax, "lowest val ppl" if i % cols == 0 else "")
+        colors = dict(zip([g.model for g in analysis.models], COLORS, strict=False))
+        for i, (ax, (name, dist)) in enumerate(zip(axes, params.items(), strict=False)):
+            choices = _categories(dist)
+            for group in groups:
+                shown = [p for p in group.compared if name in p.params]
+                for status, marker in markers.items():
+                    these = [p for p in shown if p.status == status]
+                    xs = [choices.index(str(p.params[name])) if choices
+                          and str(p.params[name]) in choices else p.params[name] for p in these]
+                    ax.scatter(xs, [group.value(p) for p in these], color=colors[group.model],
+                               marker=marker, s=30)
+            if choices:
+                ax.set_xticks(range(len(choices)), choices, rotation=30, ha="right", fontsize=8)
+                ax.set_xlim(-0.5, len(choices) - 0.5)
+            elif _is_log(dist):
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(_PplLocator())
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            _log_ppl(ax, "best val ppl at budget" if i % cols == 0 else "")
             ax.set_xlabel(name)
-        for ax in axes[len(names):]:
+        for ax in axes[len(params):]:
             ax.set_visible(False)
-        handles = [Line2D([], [], color=colors[m], marker="o", ls="", label=m) for m in models]
-        handles += [Line2D([], [], color="gray", marker="x", ls="", label="stopped early"),
-                    Line2D([], [], marker="*", ms=12, mfc="none", mec="black", ls="",
-                           label="best")]
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
-        fig.suptitle(f"Regularisation and embedding size vs perplexity: {search['label']}")
-        name = f"slice_{slug(search['label'])}.png"
-        plots.append(Plot(_save(fig, out / name), f"Slice plot: {search['label']}",
-                          "Each finished trial's lowest validation perplexity against each "
-                          "dropout rate and the embedding size (o completed, x stopped early, "
-                          "star: best)."))
+        handles = [Line2D([], [], color=colors[g.model], marker="o", ls="",
+                          label=f"{g.model} ({g.budget})") for g in groups]
+        handles.append(Line2D([], [], color="gray", marker="x", ls="", label="stopped early"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4),
+                   fontsize=8)
+        fig.suptitle(f"Slices: every searched parameter vs perplexity: "
+                     f"{analysis.search}{_source(analysis)}")
+        name = f"slice_{slug(analysis.search)}.png"
+        plots.append(Plot(_save(fig, out / name), f"Slice plot: {analysis.search}",
+                          "One panel per searched parameter: each finished trial's best "
+                          "validation perplexity up to its model's common budget (the epoch in "
+                          "the legend) against the parameter's value (o completed, x stopped "
+                          f"early by ASHA, at that epoch or later). Source: {analysis.origin}."))
+    return plots
+
+
+def _unit(dist: BaseDistribution, value: Any) -> float:
+    """A param value placed on [0, 1] along its distribution (log where it is sampled so)."""
+    choices = _categories(dist)
+    if choices is not None:
+        return choices.index(str(value)) / (len(choices) - 1) if len(choices) > 1 else 0.5
+    assert isinstance(dist, (FloatDistribution, IntDistribution))
+    low, high, v = float(dist.low), float(dist.high), float(value)
+    if dist.log:
+        low, high, v = math.log(low), math.log(high), math.log(v)
+    return min(1.0, max(0.0, (v - low) / (high - low))) if high > low else 0.5
+
+
+def _ends(dist: BaseDistribution) -> list[tuple[float, str]]:
+    """Tick positions and labels of one parallel axis."""
+    choices = _categories(dist)
+    if choices is not None:
+        return [(_unit(dist, c), c) for c in choices]
+    assert isinstance(dist, (FloatDistribution, IntDistribution))
+    return [(0.0, f"{dist.low:g}"), (1.0, f"{dist.high:g}")]
+
+
+def parallel_coordinates(analyses: list[Analysis], out: Path) -> list[Plot]:
+    """Per search, one row per model: each finished trial as a line across its searched params
+    and the objective at the model's common budget (colour: the objective, dark is best)."""
+    plots = []
+    # viridis without its pale yellow end: every line stays visible on white; dark is best
+    cmap = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, 256)))
+    for analysis in analyses:
+        groups = [g for g in analysis.models if len(g.compared) >= 2 and g.params]
+        if not groups:
+            continue
+        width = max(8.0, 1.5 * (1 + max(len(g.params) for g in groups)) + 2.0)
+        fig = _figure(width, 3.4 * len(groups) + 0.6)
+        axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
+        for ax, group in zip(axes, groups, strict=True):
+            names = list(group.params)
+            values = [group.value(p) for p in group.compared]
+            low, high = min(values), max(values)
+            norm = LogNorm(low, high if high > low else low * 1.001)
+            x = np.arange(len(names) + 1)
+            reached = {p.number for p in group.compared}
+            for p in group.points:
+                if p.number in reached:
+                    continue
+                ax.plot(x[:-1], [_unit(group.params[n], p.params[n]) for n in names],
+                        color="0.75", lw=1, ls="--", zorder=1)
+            order = sorted(group.compared, key=group.value, reverse=True)
+            for rank, p in enumerate(order):
+                value = group.value(p)
+                ys = [_unit(group.params[n], p.params[n]) for n in names]
+                ys.append(float(norm(value)) if high > low else 0.5)
+                best = rank == len(order) - 1
+                ax.plot(x, ys, color=cmap(float(norm(value))), lw=2.6 if best else 1.4,
+                        alpha=0.95, zorder=3 if best else 2, marker="o", ms=3)
+            for i, name in enumerate(names):
+                ax.axvline(i, color="black", lw=0.8, zorder=0)
+                for y, text in _ends(group.params[name]):
+                    ax.text(i + 0.04, y, text, fontsize=7, va="center", ha="left")
+            ax.axvline(len(names), color="black", lw=0.8, zorder=0)
+            ax.text(len(names) + 0.04, 0.0, f"{low:.1f}", fontsize=7, va="center")
+            ax.text(len(names) + 0.04, 1.0, f"{high:.1f}", fontsize=7, va="center")
+            ax.set_xticks(x, [*names, f"val ppl @ epoch {group.step}"], fontsize=9)
+            ax.set_yticks([])
+            ax.set_ylim(-0.08, 1.08)
+            ax.set_xlim(-0.2, len(names) + 0.5)
+            for side in ("top", "right", "left"):
+                ax.spines[side].set_visible(False)
+            stopped = (f" (grey dashed: stopped before epoch {group.step})"
+                       if len(reached) < len(group.points) else "")
+            ax.set_title(f"{group.model}: {group.budget}{stopped}", fontsize=10)
+            bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01,
+                               label=f"best val ppl at epoch {group.step}")
+            bar.ax.yaxis.set_major_locator(_PplLocator())
+            bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+            bar.ax.yaxis.set_minor_formatter(NullFormatter())
+        fig.suptitle(f"Parallel coordinates of the finished trials: "
+                     f"{analysis.search}{_source(analysis)}")
+        name = f"parallel_{slug(analysis.search)}.png"
+        plots.append(Plot(_save(fig, out / name), f"Parallel coordinates: {analysis.search}",
+                          "Each finished trial of a model as a line across its searched "
+                          "parameters (log axes where sampled on a log scale) and its best "
+                          "validation perplexity at the model's common budget; colour: that "
+                          "perplexity (darkest best, thick: the best trial); grey dashed: trials "
+                          f"stopped before that epoch. Source: {analysis.origin}."))
     return plots

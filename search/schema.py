@@ -121,6 +121,9 @@ CONFIRM_SUMMARY_METRICS = (CONFIRM_RUNS, CONFIRM_COMPLETED, CONFIRM_GPU_HOURS,
                            CONFIRM_PAPER_TEST_MEAN, CONFIRM_PAPER_TEST_STD, CONFIRM_P_VALUE,
                            CONFIRM_BETTER)
 
+# --- the Optuna study ------------------------------------------------------------------------
+OPTUNA_TUNE_TRIAL_ID = "tune_trial_id"  # user attr of each study trial: the Tune (= MLflow) id
+
 # --- keys of a trial's Tune result that are not metrics ------------------------------------
 FINISHED = "finished"  # 1 on the last result of a trial that ran its whole budget
 DIVERGED = "diverged"  # 1 on the result of a trial whose loss became NaN or infinite

@@ -35,6 +35,14 @@ class AWDOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.report_intermediate = report_intermediate
 
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """Tune's next configuration; the study trial records the Tune trial id, which is
+        also the MLflow trial run's ``awdsearch.trial_id``."""
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(schema.OPTUNA_TUNE_TRIAL_ID, trial_id)
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if (not self.report_intermediate or result.get(schema.DIVERGED)
                 or trial_id in self._completed_trials or trial_id not in self._ot_trials):

@@ -25,7 +25,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from awd.config import preset
-from reports import tables
+from reports import importance, tables
 from reports.__main__ import main
 from reports.build import ARTIFACT_PATH, SUMMARY_CSV, build
 from reports.load import load
@@ -480,7 +480,12 @@ def test_importance_needs_enough_trials(fake_report):
     md = (fake_report / "report.md").read_text()
     section = md.split("## Hyperparameter importance", 1)[1].split("\n## ", 1)[0]
     assert "awd-mixed · awd_lstm: needs >= 5 finished trials, has 4" in section
-    assert "| Parameter | awd-mixed · all models (6) | zaremba-medium · zaremba (5) |" in section
+    # per search, each group at its common budget: the epoch 5 of its trials reached
+    assert "| Parameter | all models (epoch 4, 5 of 6 trials) |" in section
+    assert "| Parameter | zaremba (epoch 4, 5 of 5 trials) |" in section
+    # the fake searches name no Optuna study: what is shown says it is a reconstruction
+    for name in GOOD:
+        assert f"\n{name}: {importance.FALLBACK} (the search run names none).\n" in section
     assert (fake_report / "importance_awd-mixed.png").is_file()
 
 

@@ -118,6 +118,7 @@ def test_the_study_is_in_the_storage_and_survives_the_searcher(tmp_path):
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
     assert study.trials[0].value == 650.0 and study.trials[0].intermediate_values[3] == 650.0
     assert study.trials[0].params == get_space("smoke").warm_start
+    assert [t.user_attrs[schema.OPTUNA_TUNE_TRIAL_ID] for t in study.trials] == ["a", "b"]
     # the same study opened again (a resumed driver) adds to it rather than starting over
     again = _searcher(storage=url, name="kept")
     assert len(again.searcher.study().trials) == 2
