@@ -11,6 +11,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from reports import ablation, importance, plots, references, tables
+from reports.confirmation import section as confirmation_section
 from reports.load import ReportData, load
 from reports.render import (
     Block,
@@ -86,25 +87,34 @@ def _best_tables(summary: pd.DataFrame) -> tuple[Table, Table, list[str]]:
     return best, cost, [f"[{i}] {c}" for i, c in enumerate(citations, 1)]
 
 
-def _importance_section(data: ReportData, out: Path) -> Section:
-    results = importance.importances(data)
+def _importance_section(analyses: list[importance.Analysis], out: Path) -> Section:
     section = Section("Hyperparameter importance", [
-        f"Optuna's PED-ANOVA evaluator over an in-memory study built from the MLflow trials "
-        f"(objective: {importance.OBJECTIVE}; distributions inferred from the observed values; "
-        f"at least {importance.MIN_TRIALS} finished trials per group)."])
-    ranked = [r for r in results if r.importances]
-    if ranked:
-        names = list(dict.fromkeys(n for r in ranked for n in r.importances))
-        rows = [[n, *[fmt_num(r.importances[n], 3) if n in r.importances else "—"
-                      for r in ranked]] for n in names]
-        section.blocks.append(Table(["Parameter", *[r.label for r in ranked]], rows,
-                                    {"Parameter"}))
-    skipped = [f"{r.search} · {r.model}: {r.message}" for r in results if r.message]
-    if skipped:
-        section.blocks.append(skipped)
-    if not results:
+        f"Optuna's {importance.EVALUATOR} evaluator, per search and per model: each model's "
+        "finished trials on its own searched parameters, with the distributions of the "
+        "search's Optuna study; a search of several models also pooled, over the parameters "
+        "every trial has with the same distribution, plus model. Trials are compared at one "
+        f"budget per group (objective: {importance.OBJECTIVE}); each column header gives that "
+        f"epoch and how many trials reached it. At least {importance.MIN_TRIALS} finished "
+        "trials per group."])
+    if not analyses:
         section.blocks.append("No finished trials: nothing to evaluate.")
-    section.blocks.extend(plots.importance_bars(results, out))
+    for analysis in analyses:
+        section.blocks.append(f"{analysis.search}: {analysis.origin}.")
+        ranked = [g for g in analysis.groups if g.importances]
+        if ranked:
+            names = list(dict.fromkeys(n for g in ranked for n in g.importances))
+            rows = [[n, *[fmt_num(g.importances[n], 3) if n in g.importances else "—"
+                          for g in ranked]] for n in names]
+            section.blocks.append(Table(["Parameter", *[g.label for g in ranked]], rows,
+                                        {"Parameter"}))
+        lines = [f"{analysis.search}: {note}" for note in analysis.notes]
+        lines += [f"{analysis.search} · {g.model}: {g.message}" for g in analysis.groups
+                  if g.message]
+        lines += [f"{analysis.search} · {g.model}: {name} left out ({why})"
+                  for g in analysis.groups for name, why in g.left_out.items()]
+        if lines:
+            section.blocks.append(lines)
+    section.blocks.extend(plots.importance_bars(analyses, out))
     return section
 
 
@@ -153,15 +163,20 @@ def document(data: ReportData, out: Path) -> tuple[Document, pd.DataFrame]:
     sections.append(Section("Trials and cost", [
         "GPU-h = sum over trials of train_seconds × gpus_per_trial / 3600; Train h = sum of "
         "train_seconds / 3600.", cost]))
+    sections.extend(s for s in [confirmation_section(data)] if s is not None)
     curves = plots.learning_curves(data, out)
     sections.append(Section("Learning curves", [curves] if curves else
                             ["No validation perplexity was recorded per epoch."]))
     prog = plots.progress(data, out)
     sections.append(Section("Search progress", [prog] if prog else ["No trials."]))
-    sections.append(_importance_section(data, out))
-    slice_plots: list[Block] = [*plots.slices(data, out)]
-    sections.append(Section("Regularisation and embedding size", slice_plots or [
-        "No finished trial has dropout or emsize params."]))
+    analyses = importance.analyse(data)
+    sections.append(_importance_section(analyses, out))
+    slice_plots: list[Block] = [*plots.slices(analyses, out)]
+    sections.append(Section("Slices: every searched parameter", slice_plots or [
+        "No finished trial with a validation perplexity per epoch."]))
+    parallel: list[Block] = [*plots.parallel_coordinates(analyses, out)]
+    sections.append(Section("Parallel coordinates", parallel or [
+        "No model has two finished trials at a common budget."]))
     for extra in (_ablation_section(data), _failures_section(data)):
         if extra is not None:
             sections.append(extra)

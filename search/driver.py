@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from ray.tune.search import Searcher
 from awd.data.corpus import find_split_files
 from awd.data.registry import resolve_data
 from awd.errors import DataError
-from search import schema, storage
+from search import confirm, schema, storage
 from search.callback import MLflowTrialLogger
 from search.errors import SearchError
 from search.options import SearchOptions
@@ -84,6 +86,7 @@ class SearchOutcome:
     tracking_uri: str
     experiment_dir: str  # a local path or a storage URI
     best_config_path: Path | None
+    confirmation: confirm.Confirmation | None = None  # with --confirm-top
 
 
 def git_commit() -> str:
@@ -231,6 +234,40 @@ def _write_best_config(opts: SearchOptions, best: TrialSummary) -> Path:
     return path
 
 
+def _fit(tuner: tune.Tuner) -> tuple[ResultGrid, bool]:
+    """Tune's results, and whether Tune stopped on SIGINT (Ctrl-C). Tune's handler, installed
+    for the run, puts the previous one back when it catches the signal, and only then (a
+    contract that tests/test_confirm.py checks)."""
+    before = signal.getsignal(signal.SIGINT)
+    grid = tuner.fit()
+    catching = (threading.current_thread() is threading.main_thread()
+                and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")))
+    return grid, catching and signal.getsignal(signal.SIGINT) is before
+
+
+def _confirm(opts: SearchOptions, state: SearchState, client: MlflowClient,
+             trials: list[TrialSummary], ended: bool) -> confirm.Confirmation | None:
+    """With --confirm-top (or a confirmation of this search to continue): re-train the best
+    configurations and the paper configuration with new seeds (`search.confirm`). Not after
+    an interrupted search (``ended`` False): its winners are not known yet."""
+    if not opts.confirm_top and not confirm.resumable(opts, state.parent_run_id):
+        return None
+    if not ended:
+        log.warning("the search was interrupted: no confirmation now (--resume finishes the "
+                    "search, then confirms its best configurations)")
+        return None
+    saved = state.options  # the search's own epoch budget and seed, also on --resume
+    opts = replace(opts, max_epochs=saved.get("max_epochs", opts.max_epochs),
+                   seed=saved.get("seed", opts.seed))
+    gpus = state.gpus_per_trial
+    runs = (opts.confirm_top + 1) * opts.seeds
+    return confirm.confirm_search(
+        opts, trials, client, tracking_uri=state.tracking_uri,
+        experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
+        cpus=state.options["cpus_per_trial"], gpus=gpus,
+        concurrency=default_concurrency(replace(opts, num_samples=max(runs, 1)), gpus))
+
+
 def run_search(opts: SearchOptions) -> SearchOutcome:
     """Run (or resume) a search and write its summary to MLflow; returns what happened."""
     opts.validate()
@@ -240,6 +277,9 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         uri = state.tracking_uri
         saved = state.options  # the space and fixed values it was started with
         opts = replace(opts, space=saved["space"], fixed=tuple(saved.get("fixed", ())))
+        if not opts.confirm_top:  # the confirmation asked for at the start, if any
+            opts = replace(opts, confirm_top=saved.get("confirm_top", 0),
+                           seeds=saved.get("seeds", opts.seeds))
     else:
         uri = resolve_tracking_uri(opts.tracking_uri)
     check_data(opts.space_spec.dataset)
@@ -255,10 +295,12 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
                                    _trainable(state.options["cpus_per_trial"],
                                               state.gpus_per_trial),
                                    resume_unfinished=True, resume_errored=False)
-    trials = summarize(tuner.fit())
+    grid, interrupted = _fit(tuner)
+    trials = summarize(grid)
     best = pick_best(trials)
     close_open_trials(client, child_runs(client, state.experiment_id, state.parent_run_id),
                       trials)
+    confirmation = _confirm(opts, state, client, trials, ended=not interrupted)
     runs = child_runs(client, state.experiment_id, state.parent_run_id)
     with tempfile.TemporaryDirectory() as d:
         model = None
@@ -267,4 +309,5 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
         write_summary(client, state.parent_run_id, state.gpus_per_trial, runs, trials, best,
                       model)
     best_path = _write_best_config(opts, best) if best is not None else None
-    return SearchOutcome(trials, best, state.parent_run_id, uri, opts.experiment_dir, best_path)
+    return SearchOutcome(trials, best, state.parent_run_id, uri, opts.experiment_dir, best_path,
+                         confirmation)

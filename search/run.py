@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from math import isnan, nan
 
 import pandas as pd
 
 from awd.errors import UserError
 from search import schema
+from search.confirm import Confirmation
 from search.driver import SearchOutcome, run_search
 from search.options import build_parser, options_from_args
 from spaces import SPACES
@@ -41,6 +43,26 @@ def results_table(outcome: SearchOutcome, top: int = 10) -> pd.DataFrame:
     return frame.drop(columns="_rank").head(top)
 
 
+def _pm(mean: float, std: float) -> str:
+    if isnan(mean):  # no completed run
+        return "—"
+    return f"{mean:.2f}" + ("" if isnan(std) else f" ± {std:.2f}")
+
+
+def confirmation_table(c: Confirmation) -> pd.DataFrame:
+    """Each confirmed configuration: the original trial, then mean ± std over the new seeds."""
+    rows = []
+    for s in c.configs:
+        r = s.row()
+        rows.append({"trial": s.trial_id, "rank": s.rank or "—",
+                     "paper": "yes" if s.paper else "", "original val": _pm(s.original_val, nan),
+                     "val mean ± std": _pm(r["val_ppl_mean"], r["val_ppl_std"]),
+                     "test mean ± std": _pm(r["test_ppl_mean"], r["test_ppl_std"]),
+                     "seeds done": f"{r['completed']}/{r['runs']}",
+                     "p vs paper": "—" if isnan(s.p_vs_paper) else f"{s.p_vs_paper:.3g}"})
+    return pd.DataFrame(rows)
+
+
 def ui_hint(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser (experiment view, select runs, Compare)"
@@ -61,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\nBest trials:")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(results_table(outcome).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if outcome.confirmation is not None:
+        print("\nConfirmation (new seeds; final perplexities, mean ± sample std):")
+        with pd.option_context("display.width", 200, "display.max_columns", 30):
+            print(confirmation_table(outcome.confirmation).to_string(index=False))
+        print(f"Best vs paper: {outcome.confirmation.verdict.text}")
     if outcome.best_config_path:
         print(f"\nBest configuration written to {outcome.best_config_path}")
     else:

@@ -45,6 +45,7 @@ class AWDOptunaSearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if (not self.report_intermediate or result.get(schema.DIVERGED)
+                or schema.EPOCH not in result or self.metric not in result
                 or trial_id in self._completed_trials or trial_id not in self._ot_trials):
             return
         with warnings.catch_warnings():  # an epoch re-run after a restore is kept once
