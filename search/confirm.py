@@ -42,6 +42,7 @@ from typing import Any
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from scipy.stats import ttest_ind
 
 from awd.config import from_flat
 from awd.errors import ConfigError
@@ -144,45 +145,6 @@ def train_confirmation(config: dict[str, Any]) -> None:
 
 
 # --- statistics ----------------------------------------------------------------------------
-def _betacf(a: float, b: float, x: float) -> float:
-    """The continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for aa in (m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
-                   -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m))):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                     + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_sf(t: float, df: float) -> float:
-    """P(T > t) for Student's t distribution with ``df`` degrees of freedom."""
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return tail if t > 0 else 1.0 - tail
-
-
 def welch_p(lower: Sequence[float], higher: Sequence[float]) -> float:
     """One-sided p-value of Welch's t-test for mean(lower) < mean(higher); NaN with fewer than
     2 values on either side."""
@@ -192,9 +154,7 @@ def welch_p(lower: Sequence[float], higher: Sequence[float]) -> float:
     diff = statistics.fmean(higher) - statistics.fmean(lower)
     if va + vb == 0:
         return 0.0 if diff > 0 else 1.0
-    t = diff / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (len(lower) - 1) + vb**2 / (len(higher) - 1))
-    return t_sf(t, df)
+    return float(ttest_ind(lower, higher, equal_var=False, alternative="less").pvalue)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

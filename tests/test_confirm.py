@@ -94,21 +94,9 @@ def test_plan_gives_every_configuration_every_seed_and_the_logger_its_tags():
 
 
 # --- statistics and the verdict ----------------------------------------------------------------
-@pytest.mark.parametrize("df", [1, 2])
-def test_t_tail_matches_the_closed_forms(df):
-    for t in (-3.0, -0.5, 0.0, 0.7, 2.0, 12.0):
-        exact = (0.5 - math.atan(t) / math.pi if df == 1
-                 else 0.5 - t / (2 * math.sqrt(2 + t * t)))
-        assert confirm.t_sf(t, df) == pytest.approx(exact, abs=1e-12)
+def test_welch_p_is_scipys_one_sided_welch_test():
+    from scipy import stats
 
-
-def test_t_tail_matches_textbook_critical_values():
-    for t, df, p in ((2.5706, 5, 0.025), (1.8125, 10, 0.05), (2.4851, 25, 0.01)):
-        assert confirm.t_sf(t, df) == pytest.approx(p, abs=2e-5)
-
-
-def test_welch_p_matches_scipy():
-    stats = pytest.importorskip("scipy.stats")
     samples = [([60.0, 61.5, 59.0], [64.0, 66.0, 65.5, 63.0]), ([1.0, 2.0], [1.5, 9.0]),
                ([5.0, 5.1, 4.9], [5.0, 5.05])]
     for a, b in samples:
