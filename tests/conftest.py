@@ -94,6 +94,30 @@ def pattern_corpus_dir(tmp_path) -> Path:
     return write_corpus(tmp_path / "pattern", pattern_text(40), pattern_text(5), pattern_text(5))
 
 
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its schema made, once per session: creating one runs every
+    MLflow migration (seconds); a copy of this file is a new empty store in milliseconds."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def new_mlflow_store(_empty_mlflow_db):
+    """``new_mlflow_store(folder)``: the URI of a new, empty MLflow SQLite store in ``folder``."""
+    import shutil
+
+    def make(folder: Path) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_empty_mlflow_db, folder / "mlflow.db")
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    return make
+
+
 SMOKE_TRIALS = 6
 SLOW_ONLY_FIXTURES = ("smoke_search",)  # they start Ray: only tests marked slow may use them
 

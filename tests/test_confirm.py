@@ -198,10 +198,10 @@ def test_tune_gives_the_previous_sigint_handler_back_only_when_it_catches_sigint
 
 # --- MLflow: the runs, the parent's summary, the report ---------------------------------------
 @pytest.fixture(scope="module")
-def database(tmp_path_factory):
-    """One SQLite store for the module (creating one takes seconds): an experiment per test."""
+def database(tmp_path_factory, new_mlflow_store):
+    """One SQLite store for the module: an experiment per test."""
     folder = tmp_path_factory.mktemp("mlflow")
-    return f"sqlite:///{folder / 'mlflow.db'}", folder
+    return new_mlflow_store(folder), folder
 
 
 @pytest.fixture

@@ -130,14 +130,14 @@ def write_search(client: MlflowClient, name: str, trials: list, study: tuple[str
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> tuple[str, Path, list]:
+def store(tmp_path_factory, new_mlflow_store) -> tuple[str, Path, list]:
     """with-study, no-study (older search), fixed-dropout (--set dropout=0.3), missing-db."""
     root = tmp_path_factory.mktemp("importance")
     db = root / "optuna.db"
     url = f"sqlite:///{db}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = make_study(url, "smoke-abc")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root)
     client = MlflowClient(uri)
     write_search(client, "with-study", trials, (url, "smoke-abc"))
     write_search(client, "no-study", trials, None)

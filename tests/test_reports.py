@@ -207,12 +207,12 @@ KILLED_TRIALS = [
 
 
 @pytest.fixture(scope="module")
-def fake_store(tmp_path_factory) -> tuple[str, list[str]]:
+def fake_store(tmp_path_factory, new_mlflow_store) -> tuple[str, list[str]]:
     """Two fake searches (AWD-LSTM/GRU with ablations; Zaremba) in one SQLite store, and two
     bad ones: "nothing-finished" (its one trial failed), "missing-metrics" (a completed trial
     without final_test_ppl)."""
     root = tmp_path_factory.mktemp("mlflow")
-    uri, arts = f"sqlite:///{root / 'mlflow.db'}", root / "mlartifacts"
+    uri, arts = new_mlflow_store(root), root / "mlartifacts"
     client = MlflowClient(uri)
     write_search(client, "awd-mixed", arts, AWD_TRIALS, "compare_ptb", "mixed")
     exp = client.get_experiment_by_name("awd-mixed").experiment_id

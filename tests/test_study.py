@@ -131,9 +131,9 @@ def test_an_unusable_study_storage_is_a_search_error(tmp_path):
 
 # --- 5. transfer between searches -----------------------------------------------------------
 @pytest.fixture(scope="module")
-def earlier_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+def earlier_store(tmp_path_factory: pytest.TempPathFactory, new_mlflow_store) -> str:
     """An MLflow store whose experiment "earlier" holds five trial runs (one failed)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('earlier')}/mlflow.db"
+    uri = new_mlflow_store(tmp_path_factory.mktemp("earlier"))
     client = MlflowClient(uri)
     exp = client.create_experiment("earlier")
     trials = [  # (status, best_val_ppl, final_val_ppl, dropout)
