@@ -8,6 +8,13 @@ this module, at the bottom of the layering, holds the base and the ``awd`` ones.
 """
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none): what a
+    one-line ``error:`` shows of a library's multi-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class UserError(Exception):
     """Base class: input the user can fix (config, data, space, options, tracking, report)."""
 

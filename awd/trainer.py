@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from awd.config import RunConfig, from_flat
 from awd.data import Corpus, Window, batchify, eval_windows, train_windows
-from awd.errors import CheckpointError, TrainingDiverged
+from awd.errors import CheckpointError, TrainingDiverged, first_line
 from awd.models import Hidden, build_model, count_parameters, detach_hidden
 from awd.ntasgd import NTASGD, finetune_should_stop, zaremba_lr
 from awd.regularizers import activation_regularization, temporal_activation_regularization
@@ -317,8 +317,7 @@ class Trainer:
             self._check_same_run(state["config"])
             self.load_state_dict(state)
         except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"cannot resume from {path}: {first}") from None
+            raise CheckpointError(f"cannot resume from {path}: {first_line(e)}") from None
 
     # --- the trained model, for use -------------------------------------------------------
     def export_best(self, path: str | os.PathLike[str]) -> Path:
@@ -337,8 +336,7 @@ class Trainer:
             weights = state["best_state"] or state["model"]
             return _write_export(state["config"], state["vocab"], weights, Path(path))
         except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"cannot export {checkpoint}: {first}") from None
+            raise CheckpointError(f"cannot export {checkpoint}: {first_line(e)}") from None
 
 
 EXPORT_FORMAT = "awdsearch.model/1"
@@ -376,5 +374,5 @@ def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
         return ExportedModel(from_flat(saved["config"]), list(saved["vocab"]), saved["model"])
     except (OSError, RuntimeError, KeyError, TypeError, AttributeError,
             pickle.UnpicklingError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a model exported by awdsearch: {first}") from None
+        raise CheckpointError(
+            f"{path} is not a model exported by awdsearch: {first_line(e)}") from None

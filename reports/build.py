@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from awd.errors import first_line
 from reports import ablation, importance, plots, references, tables
 from reports.confirmation import section as confirmation_section
 from reports.load import ReportData, load
@@ -197,7 +198,7 @@ def log_report(data: ReportData, files: list[Path]) -> tuple[list[str], list[str
             logged.append(run_id)
         except Exception as e:
             failed.append(f"could not log the report on run {run_id}: "
-                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                          f"{first_line(e)}")
     return logged, failed
 
 

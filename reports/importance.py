@@ -56,8 +56,9 @@ from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 
 from reports.load import ReportData, StudyRecord
-from reports.params import column_kind, parse_value
+from reports.params import column_kind
 from search import schema
+from search.results import parse_param
 
 MIN_TRIALS = 5
 POOLED = "all models"
@@ -234,7 +235,7 @@ def _split(points: list[Point]) -> list[tuple[str, list[Point]]]:
 # --- from the study -------------------------------------------------------------------------
 def _canonical(value: Any) -> Any:
     """A param value as both Optuna (typed) and MLflow (a string) hold it, comparable."""
-    value = parse_value(value)
+    value = parse_param(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     return float(value)
@@ -339,7 +340,7 @@ def guess_distributions(params: list[dict[str, Any]]) -> dict[str, BaseDistribut
 def _mlflow_points(data: ReportData, search: pd.Series) -> list[Point]:
     """The search's finished trial runs with the params that vary within one model's runs."""
     finished = data.finished(search["search_key"])
-    parsed = [{k: parse_value(v) for k, v in p.items() if k != "gpus_per_trial"}
+    parsed = [{k: parse_param(v) for k, v in p.items() if k != "gpus_per_trial"}
               for p in finished["params"]]
     models = list(finished["model"])
     searched = {n for m in set(models) for n in guess_distributions(

@@ -23,9 +23,10 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial
 
+from awd.errors import first_line
 from reports.errors import ReportError
-from reports.params import parse_value
 from search import schema
+from search.results import parse_param
 
 FINISHED = (schema.STATUS_COMPLETED, schema.STATUS_STOPPED)
 REQUIRED = {  # metrics a trial of each status must have (schema: "metrics once")
@@ -106,7 +107,7 @@ def open_client(uri: str) -> MlflowClient:
         client.search_experiments(max_results=1)
     except Exception as e:
         raise ReportError(f"cannot read the MLflow tracking store {uri}: "
-                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                          f"{first_line(e)}") from None
     return client
 
 
@@ -155,7 +156,7 @@ def _search_row(run: Run, experiment: str, label: str) -> dict[str, Any]:
 
 
 def _number(text: Any) -> float:
-    value = parse_value(text)
+    value = parse_param(text)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return math.nan
     return float(value)
@@ -280,7 +281,7 @@ def read_study(storage: str, name: str) -> StudyRecord:
     except KeyError:
         return StudyRecord(storage, name, error=f"no study named {name!r} in {storage}")
     except Exception as e:
-        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        text = first_line(e)
         return StudyRecord(storage, name, error=f"cannot read {storage}: {text}")
 
 
@@ -310,7 +311,7 @@ def load(tracking_uri: str, experiments: list[str]) -> ReportData:
             raise
         except Exception as e:
             raise ReportError(f"cannot read experiment {name!r} from {tracking_uri}: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                              f"{first_line(e)}") from None
         searches += s
         runs += r
         history += h

@@ -6,25 +6,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from search.results import parse_param
+
 REGULARISERS = ("dropout", "dropouth", "dropouti", "dropoute", "wdrop", "alpha", "beta")
-
-
-def parse_value(text: Any) -> Any:
-    """An int, float or bool for a param string that spells one, else the string itself."""
-    if not isinstance(text, str):
-        return text
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return int(low)
-    except ValueError:
-        pass
-    try:
-        value = float(low)
-    except ValueError:
-        return text
-    return value if math.isfinite(value) else text
 
 
 def column_kind(values: Iterable[Any]) -> str:
@@ -41,7 +25,7 @@ def column_kind(values: Iterable[Any]) -> str:
 
 def same_value(a: Any, b: Any) -> bool:
     """Equal after parsing, so that "0.4" equals "0.40" and "1" equals "1.0"."""
-    pa, pb = parse_value(a), parse_value(b)
+    pa, pb = parse_param(a), parse_param(b)
     if isinstance(pa, bool) or isinstance(pb, bool):
         return pa == pb
     if isinstance(pa, (int, float)) and isinstance(pb, (int, float)):
@@ -50,5 +34,5 @@ def same_value(a: Any, b: Any) -> bool:
 
 
 def is_zero(value: Any) -> bool:
-    v = parse_value(value)
+    v = parse_param(value)
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0

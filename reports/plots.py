@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
@@ -74,12 +75,17 @@ class _PplLocator(Locator):
         return [t for t in MaxNLocator(5).tick_values(vmin, vmax) if vmin <= t <= vmax]
 
 
+def _round_ticks(axis: Axis) -> None:
+    """Plain, round tick labels (100, 150, 200 ...) on a log-scale axis, no minor labels."""
+    axis.set_major_locator(_PplLocator())
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _log_ppl(ax: Axes, label: str) -> None:
     """A log-scale perplexity y axis with plain, round tick labels."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(_PplLocator())
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    _round_ticks(ax.yaxis)
     ax.set_ylabel(label)
     ax.grid(True, which="major", alpha=0.3)
 
@@ -270,9 +276,7 @@ def slices(analyses: list[Analysis], out: Path) -> list[Plot]:
                 ax.set_xlim(-0.5, len(choices) - 0.5)
             elif _is_log(dist):
                 ax.set_xscale("log")
-                ax.xaxis.set_major_locator(_PplLocator())
-                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-                ax.xaxis.set_minor_formatter(NullFormatter())
+                _round_ticks(ax.xaxis)
             _log_ppl(ax, "best val ppl at budget" if i % cols == 0 else "")
             ax.set_xlabel(name)
         for ax in axes[len(params):]:
@@ -365,9 +369,7 @@ def parallel_coordinates(analyses: list[Analysis], out: Path) -> list[Plot]:
             ax.set_title(f"{group.model}: {group.budget}{stopped}", fontsize=10)
             bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01,
                                label=f"best val ppl at epoch {group.step}")
-            bar.ax.yaxis.set_major_locator(_PplLocator())
-            bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-            bar.ax.yaxis.set_minor_formatter(NullFormatter())
+            _round_ticks(bar.ax.yaxis)
         fig.suptitle(f"Parallel coordinates of the finished trials: "
                      f"{analysis.search}{_source(analysis)}")
         name = f"parallel_{slug(analysis.search)}.png"

@@ -298,10 +298,9 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     grid, interrupted = _fit(tuner)
     trials = summarize(grid)
     best = pick_best(trials)
-    close_open_trials(client, child_runs(client, state.experiment_id, state.parent_run_id),
-                      trials)
+    runs = child_runs(client, state.experiment_id, state.parent_run_id)  # by trial id
+    close_open_trials(client, runs, trials)
     confirmation = _confirm(opts, state, client, trials, ended=not interrupted)
-    runs = child_runs(client, state.experiment_id, state.parent_run_id)
     with tempfile.TemporaryDirectory() as d:
         model = None
         if best is not None and best.checkpoint is not None:

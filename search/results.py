@@ -6,7 +6,6 @@ the two can never disagree on which trial won.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,15 +51,22 @@ def best_index(records: Sequence[Mapping[str, Any]]) -> int | None:
 
 
 def parse_param(text: Any) -> Any:
-    """An MLflow param (always a string) back as the number or bool it spells, else as is."""
+    """An MLflow param (always a string) or a ``--set`` value back as the int, float or bool it
+    spells, else the string itself (so is a non-finite number: no NaN configs)."""
     if not isinstance(text, str):
         return text
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
     try:
-        value = json.loads(text.strip().lower() if text.strip().lower() in ("true", "false")
-                           else text)
+        return int(low)
+    except ValueError:
+        pass
+    try:
+        value = float(low)
     except ValueError:
         return text
-    return value if isinstance(value, (int, float, bool)) else text
+    return value if math.isfinite(value) else text
 
 
 @dataclass

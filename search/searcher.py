@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from awd.errors import first_line
 from search import schema
 from search.errors import SearchError
 from spaces import Space, get_space
@@ -138,7 +139,7 @@ def make_searcher(space: Space, overrides: dict[str, Any], seed: int, study_name
                    else optuna.storages.InMemoryStorage())
     except Exception as e:  # SQLAlchemy's errors for a bad URL, a missing folder, a dead server
         raise SearchError(f"cannot open the Optuna study storage {storage_url}: "
-                          f"{str(e).splitlines()[0]}") from None
+                          f"{first_line(e)}") from None
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
