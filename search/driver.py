@@ -9,6 +9,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,10 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
                           "continue it, or --experiment NAME to start another")
     warm_starts = (best_configurations(client, opts.warm_start_from, opts.top)
                    if opts.warm_start_from else [])
+    # The study first: a storage that cannot be opened fails before anything is written.
     study_storage = opts.study_storage or default_study_storage(uri)
+    study_name = f"{opts.experiment_name}-{uuid.uuid4().hex[:8]}"
+    searcher = _searcher(opts, study_storage, study_name, concurrency, warm_starts)
     exp_id = ensure_experiment(client, opts.experiment_name, uri)
     params = {**asdict(opts), "gpus_per_trial": gpus, "concurrency": concurrency,
               "max_epochs": opts.epochs, "grace_period": opts.grace, "metric": space.metric,
@@ -182,13 +186,11 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
     tags = {schema.SPACE: space.name, schema.MODEL: space.model, schema.DATASET: space.dataset,
             schema.GIT_COMMIT: git_commit(), schema.SEED: str(opts.seed),
             schema.RAY_ADDRESS: ray.get_runtime_context().gcs_address,
-            schema.STORAGE: opts.experiment_dir, schema.STUDY_STORAGE: study_storage}
+            schema.STORAGE: opts.experiment_dir, schema.STUDY_STORAGE: study_storage,
+            schema.STUDY_NAME: study_name}
     if opts.warm_start_from:
         tags[schema.WARM_START_FROM] = opts.warm_start_from
     parent = start_parent_run(client, exp_id, f"{space.name}-search", tags, params)
-    study_name = f"{opts.experiment_name}-{parent[:8]}"
-    client.set_tag(parent, schema.STUDY_NAME, study_name)
-    searcher = _searcher(opts, study_storage, study_name, concurrency, warm_starts)
     state = SearchState(parent_run_id=parent, experiment_id=exp_id, tracking_uri=uri,
                         options=asdict(opts), gpus_per_trial=gpus,
                         study_storage=study_storage, study_name=study_name)

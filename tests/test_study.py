@@ -255,3 +255,19 @@ def test_a_restored_searcher_fails_trials_asked_after_its_snapshot(tmp_path):
     states = {t.number: t.state for t in optuna.load_study(study_name="killed",
                                                            storage=url).trials}
     assert states == {0: optuna.trial.TrialState.RUNNING, 1: optuna.trial.TrialState.FAIL}
+
+
+@pytest.mark.slow
+def test_an_unusable_study_storage_writes_nothing_to_mlflow(tmp_path):
+    """The study is opened before the parent run is created: no run is left RUNNING."""
+    real_data("ptb")
+    env = {**os.environ, "AWD_DATA_DIR": str(DATA_DIR)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.run", "--space", "smoke", "--num-samples", "1",
+         "--study-storage", f"sqlite:///{tmp_path}/no/such/folder/optuna.db"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: cannot open the Optuna study storage" in proc.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [r for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id])] == []
