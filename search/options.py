@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
+import sys
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from awd.config import from_flat
-from awd.errors import ConfigError, UserError
+from awd.errors import UserError, first_line
 from search import storage
 from search.results import parse_param
 from spaces import Space, get_space
 
 SCHEDULERS = ("asha", "none")
 SAMPLERS = ("tpe", "random")
+MAX_SEED = 2**32 - 1  # numpy's (and so Optuna's) largest seed
+MAX_NAME = 200
+# An MLflow experiment name that is also one folder under --storage.
+EXPERIMENT_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,{MAX_NAME - 1}}}")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+SQL_DIALECTS = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle")
 
 
 class OptionError(UserError):
@@ -79,43 +90,242 @@ class SearchOptions:
     def experiment_dir(self) -> str:
         return storage.join(self.storage_path, self.experiment_name)
 
+    @property
+    def best_config_path(self) -> str:
+        """Where the best configuration is written when the search ends."""
+        return self.best_config or f"best_config_{self.experiment_name}.json"
+
     def validate(self) -> SearchOptions:
+        """Every flag checked, with no Ray, no tracking store and no training: a value that
+        cannot work raises `OptionError` (one line, naming the flag) before anything starts."""
         get_space(self.space)
-        checks = [
-            (self.num_samples >= 1, "--num-samples must be >= 1"),
-            (self.max_epochs is None or self.max_epochs >= 1, "--max-epochs must be >= 1"),
-            (self.grace_period is None or self.grace_period >= 1, "--grace-period must be >= 1"),
-            (self.concurrency is None or self.concurrency >= 1, "--concurrency must be >= 1"),
-            (self.cpus_per_trial > 0, "--cpus-per-trial must be > 0"),
-            (self.gpus_per_trial is None or self.gpus_per_trial >= 0,
-             "--gpus-per-trial must be >= 0"),
-            (self.gpus_per_trial is None or self.gpus_per_trial <= 1
-             or float(self.gpus_per_trial).is_integer(),
-             "--gpus-per-trial above 1 must be a whole number"),
-            (self.scheduler in SCHEDULERS, f"--scheduler must be one of {', '.join(SCHEDULERS)}"),
-            (self.time_budget is None or self.time_budget > 0, "--time-budget must be > 0"),
-            (self.max_failures >= 0, "--max-failures must be >= 0"),
-            (self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}"),
-            (self.top >= 1, "--top must be >= 1"),
-            (self.confirm_top >= 0, "--confirm-top must be >= 0"),
-            (self.seeds >= 1, "--seeds must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise OptionError(message)
-        bad = [item for item in self.fixed if "=" not in item or not item.split("=", 1)[0]]
-        if bad:
-            raise OptionError(f"--set takes KEY=VALUE, got {bad[0]!r}")
-        if self.fixed:
-            try:  # on the space's first configuration: an unknown key or bad value fails here
-                from_flat(self.space_spec.paper_config(**self.fixed_values))
-            except ConfigError as e:
-                raise OptionError(f"--set: {e}") from None
+        for flag, value in self._texts():
+            _check_text(flag, value)
+        self._check_numbers()
+        self._check_names()
+        self._check_locations()
+        self._check_fixed()
         return self
+
+    def _texts(self) -> list[tuple[str, str | None]]:
+        return [("--space", self.space), ("--address", self.address),
+                ("--tracking-uri", self.tracking_uri), ("--experiment", self.experiment),
+                ("--storage", self.storage), ("--scheduler", self.scheduler),
+                ("--best-config", self.best_config), ("--study-storage", self.study_storage),
+                ("--sampler", self.sampler), ("--warm-start-from", self.warm_start_from),
+                *[("--set", item) for item in self.fixed]]
+
+    def _check_numbers(self) -> None:
+        _check_int("--num-samples", self.num_samples, 1)
+        _check_int("--max-epochs", self.max_epochs, 1, optional=True)
+        _check_int("--grace-period", self.grace_period, 1, optional=True)
+        _check_int("--concurrency", self.concurrency, 1, optional=True)
+        _check_int("--seed", self.seed, 0, MAX_SEED)
+        _check_int("--max-failures", self.max_failures, 0)
+        _check_int("--top", self.top, 1)
+        _check_int("--confirm-top", self.confirm_top, 0)
+        _check_int("--seeds", self.seeds, 1)
+        _check_float("--cpus-per-trial", self.cpus_per_trial, above=0)
+        _check_float("--gpus-per-trial", self.gpus_per_trial, at_least=0, optional=True)
+        _check_float("--time-budget", self.time_budget, above=0, optional=True)
+        if self.gpus_per_trial is not None and self.gpus_per_trial > 1 \
+                and not float(self.gpus_per_trial).is_integer():
+            raise OptionError("--gpus-per-trial above 1 must be a whole number")
+
+    def _check_names(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise OptionError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, "
+                              f"got {self.scheduler!r}")
+        if self.sampler not in SAMPLERS:
+            raise OptionError(f"--sampler must be one of {', '.join(SAMPLERS)}, "
+                              f"got {self.sampler!r}")
+        if self.experiment is not None and not EXPERIMENT_NAME.fullmatch(self.experiment):
+            raise OptionError(f"--experiment must be a plain name (letters, digits, '-', '_', "
+                              f"'.'; not starting with '.'; at most {MAX_NAME} characters), "
+                              f"got {self.experiment!r}")
+        if self.warm_start_from is not None and not self.warm_start_from.strip():
+            raise OptionError("--warm-start-from needs an experiment name")
+        if self.address is not None:
+            problem = address_problem(self.address)
+            if problem:
+                raise OptionError(f"--address {self.address!r}: {problem}")
+
+    def _check_locations(self) -> None:
+        if self.tracking_uri is not None:
+            problem = tracking_uri_problem(self.tracking_uri)
+            if problem:
+                raise OptionError(f"--tracking-uri {self.tracking_uri!r}: {problem}")
+        if self.study_storage is not None:
+            problem = study_storage_problem(self.study_storage)
+            if problem:
+                raise OptionError(f"--study-storage {self.study_storage!r}: {problem}")
+        if not self.storage.strip():
+            raise OptionError("--storage needs a folder or a URI")
+        if storage.is_uri(self.storage):
+            problem = _uri_problem(self.storage)
+            if problem:
+                raise OptionError(f"--storage {self.storage!r}: {problem}")
+        else:
+            problem = storage.folder_problem(Path(self.experiment_dir))
+            if problem:
+                raise OptionError(f"--storage {self.storage!r}: {problem}")
+        if self.best_config is not None and not self.best_config.strip():
+            raise OptionError("--best-config needs a file name")
+        problem = storage.file_problem(Path(self.best_config_path))
+        if problem:
+            flag = "--best-config" if self.best_config else "--best-config (default)"
+            raise OptionError(f"{flag} {self.best_config_path!r}: {problem}")
+
+    def _check_fixed(self) -> None:
+        keys: set[str] = set()
+        for item in self.fixed:
+            key = item.split("=", 1)[0]
+            if "=" not in item or not key.strip():
+                raise OptionError(f"--set takes KEY=VALUE, got {item!r}")
+            if key in keys:
+                raise OptionError(f"--set {key} given twice")
+            if key == "epochs":
+                raise OptionError("--set epochs: the epoch budget is --max-epochs")
+            keys.add(key)
+        if not self.fixed:
+            return
+        try:  # on the space's first configuration: an unknown key or bad value fails here
+            config = from_flat(self.space_spec.paper_config(**self.fixed_values)).to_flat()
+        except UserError as e:
+            raise OptionError(f"--set: {first_line(e)}") from None
+        for key in keys:
+            value = config.get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise OptionError(f"--set: {key} must be a finite number, got {value}")
+
+def _check_text(flag: str, value: str | None) -> None:
+    if value is not None and CONTROL.search(value):
+        raise OptionError(f"{flag} contains a control character: {value!r}")
+
+
+def _check_int(flag: str, value: int | None, minimum: int, maximum: int | None = None,
+               optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise OptionError(f"{flag} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise OptionError(f"{flag} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise OptionError(f"{flag} must be <= {maximum}, got {value}")
+
+
+def _check_float(flag: str, value: float | None, above: float | None = None,
+                 at_least: float | None = None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int | float) or isinstance(value, bool) \
+            or not math.isfinite(value):
+        raise OptionError(f"{flag} must be a finite number, got {value!r}")
+    if above is not None and not value > above:
+        raise OptionError(f"{flag} must be > {above:g}, got {value:g}")
+    if at_least is not None and not value >= at_least:
+        raise OptionError(f"{flag} must be >= {at_least:g}, got {value:g}")
+
+
+def _scheme(location: str) -> str | None:
+    """A URI's scheme, lower-cased; None for a plain path (a Windows drive letter included)."""
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", location)
+    return match.group(1).lower() if match else None
+
+
+def _uri_problem(uri: str) -> str | None:
+    """A ``scheme://rest`` URI with something after the ``//``."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        return "not a URI (scheme://...)"
+    if not rest.strip("/"):
+        return "nothing after the scheme"
+    return None
+
+
+def _http_problem(uri: str) -> str | None:
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as e:
+        return str(e)
+    if not parts.hostname:
+        return "no host (http(s)://HOST[:PORT])"
+    return None
+
+
+def _sqlite_form_problem(uri: str) -> str | None:
+    if not uri.startswith("sqlite:///") or not uri[len("sqlite:///"):].strip():
+        return "a SQLite store is sqlite:///PATH (sqlite:////ABS/PATH for an absolute one)"
+    return None
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """What is wrong with an MLflow tracking URI's form (None: nothing); whether the store can be
+    reached is checked later (`search.tracking.check_tracking_uri`), still before Ray starts.
+    Accepted: sqlite:///PATH, http(s)://HOST[:PORT], file:PATH, a folder, a database URL
+    (postgresql://, mysql://, mssql://) or databricks."""
+    if not uri.strip():
+        return "empty (leave the flag out for the default store)"
+    if CONTROL.search(uri):
+        return "contains a control character"
+    scheme = _scheme(uri)
+    if scheme is None:
+        return None  # a local folder: MLflow's file store
+    if scheme in ("http", "https"):
+        return _http_problem(uri)
+    if scheme == "sqlite":  # its folder is checked with the store, before Ray starts
+        return _sqlite_form_problem(uri)
+    if scheme == "file":
+        return None if uri[len("file:"):].strip("/") else "file: needs a path"
+    if scheme.split("+", 1)[0] in SQL_DIALECTS[1:]:
+        return _uri_problem(uri)
+    if scheme in ("databricks", "databricks-uc"):
+        return None
+    return (f"unknown scheme {scheme!r}; use sqlite:///PATH, http(s)://HOST[:PORT], file:PATH, "
+            "a folder, or a database URL")
+
+
+def study_storage_problem(url: str) -> str | None:
+    """What is wrong with an Optuna (SQLAlchemy) storage URL (None: nothing): a known dialect,
+    and for SQLite a file whose folder exists (SQLite does not create folders)."""
+    if not url.strip():
+        return "empty (leave the flag out for optuna.db beside the MLflow store)"
+    scheme = _scheme(url)
+    if scheme is None or scheme.split("+", 1)[0] not in SQL_DIALECTS:
+        return "not a database URL; use sqlite:///PATH, postgresql://... or mysql://..."
+    if scheme.split("+", 1)[0] == "sqlite":
+        return _sqlite_form_problem(url) or storage.file_problem(Path(url[len("sqlite:///"):]))
+    return _uri_problem(url)
+
+
+def address_problem(address: str) -> str | None:
+    """What is wrong with a Ray address's form (None: nothing): auto, local, HOST:PORT or
+    ray://HOST[:PORT]."""
+    if address in ("auto", "local"):
+        return None
+    client = address.startswith("ray://")
+    rest = address[len("ray://"):] if client else address
+    host, sep, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    if not host or re.search(r"[\s/]", host) or (not sep and not client):
+        return "use auto, local, HOST:PORT or ray://HOST[:PORT]"
+    if sep and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return "the port must be a number from 1 to 65535"
+    return None
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one ``error: ...`` line (exit 2), like every `UserError`."""
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())
+        sys.stderr.write(f"error: {text} (see {self.prog} --help)\n")
+        sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m search.run",
         description="Run a distributed hyperparameter search (Ray Tune + Optuna TPE + ASHA) "
         "over one of the spaces; every trial is logged to MLflow.",

@@ -22,6 +22,48 @@ def absolute(location: str) -> str:
     return location if is_uri(location) else str(Path(location).expanduser().resolve())
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a folder to write in, created if missing (None: it can be): a
+    regular file on its way, or a nearest existing folder that is not writable."""
+    try:
+        existing = _nearest_existing(path)
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"folder {existing} is not writable"
+    except (OSError, ValueError) as e:  # a name too long, an embedded NUL, ...
+        return f"{path}: {getattr(e, 'strerror', None) or e}"
+    return None
+
+
+def file_problem(path: Path) -> str | None:
+    """Why a file cannot be written at ``path`` (None: it can): not a folder, in a folder that
+    exists already and is writable."""
+    try:
+        if path.is_dir():
+            return f"{path} is a folder, not a file"
+        parent = path.parent
+        if not parent.is_dir():
+            existing = _nearest_existing(parent)
+            if existing.exists() and not existing.is_dir():
+                return f"{existing} is a file, not a folder"
+            return f"folder {parent} does not exist"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"folder {parent} is not writable"
+        if path.exists() and not os.access(path, os.W_OK):
+            return f"{path} is not writable"
+    except (OSError, ValueError) as e:
+        return f"{path}: {getattr(e, 'strerror', None) or e}"
+    return None
+
+
 def join(location: str, *parts: str) -> str:
     return "/".join([location.rstrip("/"), *parts])
 
