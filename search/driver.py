@@ -6,12 +6,16 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
 import uuid
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import ray
@@ -23,19 +27,21 @@ from ray.tune.search import Searcher
 
 from awd.data.corpus import find_split_files
 from awd.data.registry import resolve_data
-from awd.errors import DataError
+from awd.errors import CheckpointError, DataError
 from search import confirm, schema, storage
 from search.callback import MLflowTrialLogger
 from search.errors import SearchError
-from search.options import SearchOptions
+from search.lock import DriverLock
+from search.options import SearchOptions, build_parser
 from search.results import TrialSummary, pick_best, status_of
 from search.scheduler import PersistentASHA
 from search.searcher import default_study_storage, make_searcher
 from search.tracking import (
     check_tracking_uri,
-    child_runs,
     close_open_trials,
     ensure_experiment,
+    prune_child_runs,
+    reopen_interrupted_trials,
     resolve_tracking_uri,
     start_parent_run,
     write_summary,
@@ -88,6 +94,12 @@ class SearchOutcome:
     experiment_dir: str  # a local path or a storage URI
     best_config_path: Path | None
     confirmation: confirm.Confirmation | None = None  # with --confirm-top
+    stopped_by: int | None = None  # the signal (SIGINT, SIGTERM) that stopped it before its end
+
+    @property
+    def produced_results(self) -> bool:
+        """Whether any trial got as far as a validation perplexity."""
+        return self.best is not None
 
 
 def git_commit() -> str:
@@ -99,8 +111,24 @@ def git_commit() -> str:
         return "unknown"
 
 
+def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """An unreachable HOST:PORT fails in seconds (Ray itself retries for minutes)."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError(f"--address {address}: expected HOST:PORT of a Ray head (or 'auto')")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise SearchError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); "
+                          "start it with `ray start --head` there, or leave out --address to "
+                          "run on a local Ray") from None
+
+
 def connect_ray(address: str | None) -> None:
     """Join the given cluster, or start a local one; data location travels to the workers."""
+    check_ray_address(address)
     env = {k: os.environ[k] for k in ("AWD_DATA_DIR", "AWD_CACHE_DIR") if k in os.environ}
     try:
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
@@ -123,6 +151,24 @@ def default_gpus_per_trial(opts: SearchOptions) -> float:
     if opts.gpus_per_trial is not None:
         return opts.gpus_per_trial
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def check_resources(opts: SearchOptions, cpus: float, gpus: float) -> None:
+    """A trial that no node can hold would wait forever: on a local cluster (whose resources
+    are all known) that is an error; on a joined one an autoscaler may still add a node."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    fits = any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes)
+    if fits:
+        return
+    largest: dict[str, float] = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)),
+                                    default={})
+    need = f"{cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus else "")
+    have = f"{largest.get('CPU', 0):g} CPU and {largest.get('GPU', 0):g} GPU"
+    if opts.address is None:
+        raise SearchError(f"a trial needs {need} but this machine's Ray has {have}; lower "
+                          "--cpus-per-trial / --gpus-per-trial")
+    log.warning("a trial needs %s; no node of the cluster has that now (largest: %s): trials "
+                "wait until the autoscaler adds such a node", need, have)
 
 
 def default_concurrency(opts: SearchOptions, gpus: float) -> int:
@@ -215,15 +261,20 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
     return tuner, state
 
 
-def summarize(result_grid: ResultGrid) -> list[TrialSummary]:
-    """Each trial's outcome from Tune's results: status, last result, last checkpoint."""
+def summarize(result_grid: ResultGrid, stopped: bool = False) -> list[TrialSummary]:
+    """Each trial's outcome from Tune's results: status, last result, last checkpoint. After a
+    stop by signal (``stopped``), a trial Tune had not ended is `STATUS_INTERRUPTED`."""
+    tune_trials = result_grid._experiment_analysis.trials  # same order as the grid
     trials = []
     for i in range(len(result_grid)):
         r = result_grid[i]
         metrics = dict(r.metrics or {})
         status = schema.STATUS_FAILED if r.error is not None else status_of(metrics)
         error = str(r.error) if r.error is not None else (
-            "diverged" if status == schema.STATUS_FAILED else None)
+            str(metrics.get(schema.FATAL) or "diverged")
+            if status == schema.STATUS_FAILED else None)
+        if stopped and r.error is None and tune_trials[i].status not in ("TERMINATED", "ERROR"):
+            status = schema.STATUS_INTERRUPTED
         trials.append(TrialSummary(
             trial_id=metrics.get("trial_id", r.path.rsplit("_", 1)[-1]), status=status,
             config=dict(r.config or {}), metrics=metrics, checkpoint=r.checkpoint, error=error))
@@ -236,15 +287,44 @@ def _write_best_config(opts: SearchOptions, best: TrialSummary) -> Path:
     return path
 
 
-def _fit(tuner: tune.Tuner) -> tuple[ResultGrid, bool]:
-    """Tune's results, and whether Tune stopped on SIGINT (Ctrl-C). Tune's handler, installed
-    for the run, puts the previous one back when it catches the signal, and only then (a
-    contract that tests/test_confirm.py checks)."""
+def _fit(tuner: tune.Tuner) -> tuple[ResultGrid, int | None]:
+    """Tune's results, and the signal that stopped it early (SIGINT, SIGTERM), if any.
+
+    Tune catches SIGINT itself (it saves its state and ends the run); SIGTERM, which Tune
+    leaves to Python's default (death, nothing saved), is handed to Tune's SIGINT handler, so
+    that `kill`, systemd and schedulers stop a search as cleanly as Ctrl-C. A second SIGTERM
+    kills at once. Tune's handler puts the previous SIGINT handler back when it catches the
+    signal, and only then (a contract that tests/test_confirm.py checks): that tells a stop."""
     before = signal.getsignal(signal.SIGINT)
-    grid = tuner.fit()
     catching = (threading.current_thread() is threading.main_thread()
                 and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")))
-    return grid, catching and signal.getsignal(signal.SIGINT) is before
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        tunes = signal.getsignal(signal.SIGINT)
+        if terminated or tunes is before or not callable(tunes):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        terminated.append(signum)
+        tunes(signal.SIGINT, frame)
+
+    with _handling(signal.SIGTERM, on_sigterm, catching):
+        grid = tuner.fit()
+    if terminated:
+        return grid, signal.SIGTERM
+    stopped = catching and signal.getsignal(signal.SIGINT) is before
+    return grid, signal.SIGINT if stopped else None
+
+
+@contextmanager
+def _handling(signum: int, handler: Any, install: bool) -> Iterator[None]:
+    previous = signal.signal(signum, handler) if install else None
+    try:
+        yield
+    finally:
+        if install:
+            signal.signal(signum, previous)
 
 
 def _confirm(opts: SearchOptions, state: SearchState, client: MlflowClient,
@@ -270,45 +350,104 @@ def _confirm(opts: SearchOptions, state: SearchState, client: MlflowClient,
         concurrency=default_concurrency(replace(opts, num_samples=max(runs, 1)), gpus))
 
 
+# Flags a resumed search takes from the command line; every other one is the saved search's.
+RESUME_OVERRIDES = frozenset({"resume", "address", "best_config", "confirm_top", "seeds",
+                              "storage", "experiment"})
+
+
+def resume_conflicts(opts: SearchOptions, saved: dict[str, Any]) -> list[str]:
+    """The flags given with --resume (different from the command's defaults) that differ from
+    the saved search's: Tune's restore would silently ignore them."""
+    defaults = vars(build_parser().parse_args([]))
+    conflicts = []
+    for f in fields(opts):
+        value, name = getattr(opts, f.name), f.name
+        if name in RESUME_OVERRIDES or name not in saved:
+            continue
+        default = defaults.get(name, f.default)
+        same = (list(value) == list(saved[name]) if isinstance(value, tuple)
+                else value == saved[name])
+        if value != (tuple(default) if isinstance(value, tuple) else default) and not same:
+            flag = "--set" if name == "fixed" else "--" + name.replace("_", "-")
+            conflicts.append(f"{flag} {_shown(value)} (saved: {_shown(saved[name])})")
+    return conflicts
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _resumed_options(opts: SearchOptions, state: SearchState) -> SearchOptions:
+    conflicts = resume_conflicts(opts, state.options)
+    if conflicts:
+        raise SearchError("--resume continues the saved search as it was started; these flags "
+                          f"differ from it: {'; '.join(conflicts)}. Leave them out, or start "
+                          "a new search with --experiment NAME")
+    saved = state.options  # the space and fixed values it was started with
+    opts = replace(opts, space=saved["space"], fixed=tuple(saved.get("fixed", ())))
+    if not opts.confirm_top:  # the confirmation asked for at the start, if any
+        opts = replace(opts, confirm_top=saved.get("confirm_top", 0),
+                       seeds=saved.get("seeds", opts.seeds))
+    return opts
+
+
 def run_search(opts: SearchOptions) -> SearchOutcome:
-    """Run (or resume) a search and write its summary to MLflow; returns what happened."""
+    """Run (or resume) a search and write its summary to MLflow; returns what happened. One
+    driver per search: a second one fails at once (`search.lock`)."""
     opts.validate()
-    state: SearchState | None = None
-    if opts.resume:
-        state = SearchState.load(opts.experiment_dir)
-        uri = state.tracking_uri
-        saved = state.options  # the space and fixed values it was started with
-        opts = replace(opts, space=saved["space"], fixed=tuple(saved.get("fixed", ())))
-        if not opts.confirm_top:  # the confirmation asked for at the start, if any
-            opts = replace(opts, confirm_top=saved.get("confirm_top", 0),
-                           seeds=saved.get("seeds", opts.seeds))
-    else:
-        uri = resolve_tracking_uri(opts.tracking_uri)
+    state = SearchState.load(opts.experiment_dir) if opts.resume else None
+    with DriverLock(opts.experiment_dir):
+        if state is None:
+            return _run(opts, resolve_tracking_uri(opts.tracking_uri), None)
+        state = SearchState.load(opts.experiment_dir)  # as the lock holder sees it
+        return _run(_resumed_options(opts, state), state.tracking_uri, state)
+
+
+def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutcome:
     check_data(opts.space_spec.dataset)
     check_tracking_uri(uri)
     client = MlflowClient(uri)
     connect_ray(opts.address)
     if state is None:
         gpus = default_gpus_per_trial(opts)
+        check_resources(opts, opts.cpus_per_trial, gpus)
         tuner, state = _start_new(opts, client, uri, gpus, default_concurrency(opts, gpus))
-    else:
+        return _finish(opts, client, state, *_fit(tuner))
+    check_resources(opts, state.options["cpus_per_trial"], state.gpus_per_trial)
+    previous = client.get_run(state.parent_run_id).info.status
+    try:  # a resume that fails leaves the search as it found it
         client.update_run(state.parent_run_id, status="RUNNING")
+        reopen_interrupted_trials(client, state.experiment_id, state.parent_run_id)
         tuner = tune.Tuner.restore(opts.experiment_dir,
                                    _trainable(state.options["cpus_per_trial"],
                                               state.gpus_per_trial),
                                    resume_unfinished=True, resume_errored=False)
-    grid, interrupted = _fit(tuner)
-    trials = summarize(grid)
-    best = pick_best(trials)
-    runs = child_runs(client, state.experiment_id, state.parent_run_id)  # by trial id
+        return _finish(opts, client, state, *_fit(tuner))
+    except BaseException:
+        client.update_run(state.parent_run_id, status=previous)
+        raise
+
+
+def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: ResultGrid,
+            stopped_by: int | None) -> SearchOutcome:
+    """The end of a search, or of its part before a signal stopped it: close every trial's run
+    (and drop runs of trials Ray never kept), then the parent's summary. A stopped search is
+    KILLED, has no best trial yet and writes no best configuration: --resume goes on."""
+    trials = summarize(grid, stopped=stopped_by is not None)
+    runs = prune_child_runs(client, state.experiment_id, state.parent_run_id,
+                            {t.trial_id for t in trials})
     close_open_trials(client, runs, trials)
-    confirmation = _confirm(opts, state, client, trials, ended=not interrupted)
+    best = pick_best(trials) if stopped_by is None else None
+    confirmation = _confirm(opts, state, client, trials, ended=stopped_by is None)
     with tempfile.TemporaryDirectory() as d:
         model = None
         if best is not None and best.checkpoint is not None:
-            model = export_best_model(best.checkpoint, Path(d) / "best_model.pt")
+            try:
+                model = export_best_model(best.checkpoint, Path(d) / "best_model.pt")
+            except CheckpointError as e:
+                log.warning("the best trial's model is not logged: %s", e)
         write_summary(client, state.parent_run_id, state.gpus_per_trial, runs, trials, best,
-                      model)
+                      model, stopped=stopped_by is not None)
     best_path = _write_best_config(opts, best) if best is not None else None
-    return SearchOutcome(trials, best, state.parent_run_id, uri, opts.experiment_dir, best_path,
-                         confirmation)
+    return SearchOutcome(trials, best, state.parent_run_id, state.tracking_uri,
+                         opts.experiment_dir, best_path, confirmation, stopped_by)

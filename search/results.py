@@ -17,8 +17,8 @@ from search import schema
 
 def status_of(result: Mapping[str, Any]) -> str:
     """A trial's outcome from its last result (errors are reported separately by Tune)."""
-    if result.get(schema.DIVERGED):  # ASHA may stop a diverged trial before its error surfaces
-        return schema.STATUS_FAILED
+    if result.get(schema.DIVERGED) or result.get(schema.FATAL):
+        return schema.STATUS_FAILED  # ASHA may stop a diverged trial before its error surfaces
     return schema.STATUS_COMPLETED if result.get(schema.FINISHED) else schema.STATUS_STOPPED
 
 

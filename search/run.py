@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
 from math import isnan, nan
 
@@ -80,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if outcome.stopped_by is not None:
+        return _stopped(outcome, argv if argv is not None else sys.argv[1:])
+    if not outcome.produced_results:
+        failed = [t for t in outcome.trials if t.error]
+        reason = f"; the first failure: {failed[0].error}" if failed else ""
+        print(f"error: no trial produced a result ({len(outcome.trials)} trials, "
+              f"{len(failed)} failed{reason})".splitlines()[0], file=sys.stderr)
+        print(f"See the runs: {ui_hint(outcome.tracking_uri)}", file=sys.stderr)
+        return 1
     print("\nBest trials:")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(results_table(outcome).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
@@ -88,12 +99,23 @@ def main(argv: list[str] | None = None) -> int:
         with pd.option_context("display.width", 200, "display.max_columns", 30):
             print(confirmation_table(outcome.confirmation).to_string(index=False))
         print(f"Best vs paper: {outcome.confirmation.verdict.text}")
-    if outcome.best_config_path:
-        print(f"\nBest configuration written to {outcome.best_config_path}")
-    else:
-        print("\nNo trial produced a result.")
+    print(f"\nBest configuration written to {outcome.best_config_path}")
     print(f"Compare the runs: {ui_hint(outcome.tracking_uri)}")
     return 0
+
+
+def _stopped(outcome: SearchOutcome, argv: list[str]) -> int:
+    """A search stopped by a signal: how far it got, how to go on; the shell's exit status
+    for that signal (130 for SIGINT, 143 for SIGTERM)."""
+    signum = outcome.stopped_by or signal.SIGINT
+    counts = {s: sum(t.status == s for t in outcome.trials) for s in schema.TRIAL_STATUSES}
+    done = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    again = " ".join(["python -m search.run", *map(shlex.quote, argv)]
+                     + ([] if "--resume" in argv else ["--resume"]))
+    print(f"\nSearch stopped by {signal.Signals(signum).name} before its end ({done or 'no trials'}"
+          f"); no best configuration written. Continue it with:\n  {again}", file=sys.stderr)
+    print(f"Compare the runs so far: {ui_hint(outcome.tracking_uri)}", file=sys.stderr)
+    return 128 + int(signum)
 
 
 if __name__ == "__main__":

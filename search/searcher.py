@@ -59,7 +59,7 @@ class AWDOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial, study = self._ot_trials[trial_id], self.study()
-        if error or not result or result.get(schema.DIVERGED):
+        if error or not result or result.get(schema.DIVERGED) or result.get(schema.FATAL):
             study.tell(ot_trial, state=TrialState.FAIL)
         elif result.get(schema.FINISHED):
             self.on_trial_result(trial_id, result)

@@ -128,7 +128,43 @@ def finish_trial_run(client: MlflowClient, run_id: str, result: Mapping[str, Any
         tags.append(RunTag(schema.FAILURE, failure))
     metrics = [Metric(k, v, now, 0) for k, v in trial_summary_metrics(result).items()]
     client.log_batch(run_id, tags=tags, metrics=metrics)
-    client.set_terminated(run_id, "FAILED" if status == schema.STATUS_FAILED else "FINISHED")
+    client.set_terminated(run_id, RUN_STATES.get(status, "FINISHED"))
+
+
+# MLflow's run state for a trial's status.
+RUN_STATES = {schema.STATUS_FAILED: "FAILED", schema.STATUS_INTERRUPTED: "KILLED"}
+
+
+def prune_child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                     trial_ids: set[str]) -> dict[str, Run]:
+    """One run per trial that Ray knows, by trial id. A driver killed between creating a
+    trial's run and Tune's next snapshot of its state leaves a run for a trial that the resumed
+    search never heard of (Tune asks for it anew, under a new id): such runs, and second runs
+    of one trial, are deleted."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{schema.PARENT_RUN_ID}` = '{parent_run_id}'",
+        max_results=50_000, order_by=["attributes.start_time ASC"])
+    kept: dict[str, Run] = {}
+    for run in runs:
+        trial_id = run.data.tags.get(schema.TRIAL_ID)
+        if trial_id is None or run.data.tags.get(schema.ROLE) != schema.ROLE_TRIAL:
+            continue  # confirmation runs have their own bookkeeping
+        if trial_id in trial_ids and trial_id not in kept:
+            kept[trial_id] = run
+            continue
+        why = "a second run of its trial" if trial_id in kept else "its trial is unknown to Ray"
+        log.info("MLflow: deleting run %s of trial %s (%s)", run.info.run_id, trial_id, why)
+        client.delete_run(run.info.run_id)
+    return kept
+
+
+def reopen_interrupted_trials(client: MlflowClient, experiment_id: str,
+                              parent_run_id: str) -> None:
+    """On --resume, the runs of trials a stop interrupted are running again."""
+    for run in child_runs(client, experiment_id, parent_run_id).values():
+        if run.data.tags.get(schema.STATUS) == schema.STATUS_INTERRUPTED:
+            client.set_tag(run.info.run_id, schema.STATUS, schema.STATUS_RUNNING)
+            client.update_run(run.info.run_id, status="RUNNING")
 
 
 def close_open_trials(client: MlflowClient, runs: Mapping[str, Run],
@@ -137,7 +173,8 @@ def close_open_trials(client: MlflowClient, runs: Mapping[str, Run],
     interrupted: close their runs too, so that no run stays RUNNING after the search."""
     for t in trials:
         run = runs.get(t.trial_id)
-        if run is not None and run.data.tags.get(schema.STATUS) == schema.STATUS_RUNNING:
+        if run is not None and (run.data.tags.get(schema.STATUS) == schema.STATUS_RUNNING
+                                or run.info.status == "RUNNING"):
             finish_trial_run(client, run.info.run_id, t.metrics, t.status, t.error)
 
 
@@ -146,11 +183,13 @@ def search_summary_metrics(trials: Sequence[TrialSummary], best: TrialSummary | 
     """The parent run's metrics, from the trials' last results."""
     train_seconds = sum(float(t.metrics.get(schema.TRAIN_SECONDS, 0.0)) for t in trials)
     counts = {s: sum(t.status == s for t in trials) for s in
-              (schema.STATUS_COMPLETED, schema.STATUS_STOPPED, schema.STATUS_FAILED)}
+              (schema.STATUS_COMPLETED, schema.STATUS_STOPPED, schema.STATUS_FAILED,
+               schema.STATUS_INTERRUPTED)}
     summary = {"trials_total": float(len(trials)),
                "trials_completed": float(counts[schema.STATUS_COMPLETED]),
                "trials_stopped_early": float(counts[schema.STATUS_STOPPED]),
                "trials_failed": float(counts[schema.STATUS_FAILED]),
+               "trials_interrupted": float(counts[schema.STATUS_INTERRUPTED]),
                "wall_seconds": wall_seconds,
                "gpu_hours": train_seconds * gpus_per_trial / 3600}
     if best is not None:
@@ -163,8 +202,10 @@ def search_summary_metrics(trials: Sequence[TrialSummary], best: TrialSummary | 
 
 def write_summary(client: MlflowClient, parent_run_id: str, gpus_per_trial: float,
                   runs: Mapping[str, Run], trials: Sequence[TrialSummary],
-                  best: TrialSummary | None, best_model: Path | None) -> None:
-    """The parent run's summary metrics and the best trial's artifacts; closes the parent."""
+                  best: TrialSummary | None, best_model: Path | None,
+                  stopped: bool = False) -> None:
+    """The parent run's summary metrics and the best trial's artifacts; closes the parent:
+    FINISHED, or KILLED and tagged partial when a signal ``stopped`` the search early."""
     started = client.get_run(parent_run_id).info.start_time / 1000
     now = int(time.time() * 1000)
     summary = search_summary_metrics(trials, best, time.time() - started, gpus_per_trial)
@@ -175,7 +216,8 @@ def write_summary(client: MlflowClient, parent_run_id: str, gpus_per_trial: floa
         with tempfile.TemporaryDirectory() as d:
             log_best_artifacts(client, targets, best.full_config, best_model, Path(d))
         client.set_tag(parent_run_id, schema.BEST_TRIAL_ID, best.trial_id)
-    client.set_terminated(parent_run_id, "FINISHED")
+    client.set_tag(parent_run_id, schema.PARTIAL, str(stopped).lower())
+    client.set_terminated(parent_run_id, "KILLED" if stopped else "FINISHED")
 
 
 def log_best_artifacts(client: MlflowClient, run_ids: Sequence[str], config: dict[str, Any],

@@ -5,12 +5,16 @@ mid-trial). Every result carries the trial's running totals (epochs run, train s
 trigger epoch), and the last one adds the final validation and test perplexity: the last result
 is all the search's summary needs. A diverging run
 raises `TrainingDiverged`; its checkpoint is marked so that Ray's retries do not re-train the same
-doomed epochs.
+doomed epochs. A trial that cannot succeed however often it is retried (unreadable data, an
+invalid config, a model too large to allocate) ends at once with a last result naming the reason
+(`schema.FATAL`) instead of an error: Ray retries errors, and the retries would fail the same way.
+An unreadable checkpoint (truncated by a crash) is no such failure: the trial starts afresh.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,13 +25,15 @@ from ray import tune
 
 from awd.config import from_flat
 from awd.data import load_corpus
-from awd.errors import TrainingDiverged
+from awd.errors import CheckpointError, ConfigError, DataError, TrainingDiverged, first_line
 from awd.trainer import EpochMetrics, Trainer
 from search import schema
 
 CHECKPOINT_FILE = "trainer.pt"
 DIVERGED_FILE = "diverged.json"
 DIVERGED_PPL = 1e12
+
+log = logging.getLogger(__name__)
 
 
 def _limit_threads() -> None:
@@ -45,7 +51,10 @@ def _restore(trainer: Trainer) -> None:
         if diverged.exists():
             info = json.loads(diverged.read_text())
             raise TrainingDiverged(info["epoch"], info["loss"], info["phase"])
-        trainer.load(Path(d) / CHECKPOINT_FILE)
+        try:
+            trainer.load(Path(d) / CHECKPOINT_FILE)
+        except CheckpointError as e:  # the trainer is untouched by a failed load
+            log.warning("trial checkpoint unreadable (%s): the trial starts afresh", e)
 
 
 def epoch_result(m: EpochMetrics, trainer: Trainer) -> dict[str, Any]:
@@ -70,12 +79,44 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def fatal_reason(error: BaseException) -> str | None:
+    """Why retrying the trial cannot help, or None for a failure worth a retry (a lost node,
+    a bug): bad data, an invalid config, a tensor that cannot be allocated."""
+    if isinstance(error, (ConfigError, DataError)):
+        return f"{type(error).__name__}: {first_line(error)}"
+    oom = isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError)
+        and any(s in str(error) for s in ("can't allocate memory", "out of memory")))
+    return f"out of memory: {first_line(error)}" if oom else None
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Train one trial config (a flat `awd` config) and report each epoch to Tune."""
     _limit_threads()
-    run = from_flat(config)
-    trainer = Trainer(run, load_corpus(run.dataset))
-    _restore(trainer)
+    trainer: Trainer | None = None
+    try:
+        run = from_flat(config)
+        trainer = Trainer(run, load_corpus(run.dataset))
+        _restore(trainer)
+        _train(trainer)
+    except Exception as e:
+        reason = fatal_reason(e)
+        if reason is None:
+            raise
+        _end_fatally(reason, trainer)
+
+
+def _end_fatally(reason: str, trainer: Trainer | None) -> None:
+    """The trial's last result: the reason it can never succeed, ranked last (the search metric
+    must be in every result; finite, see `DIVERGED_PPL`)."""
+    log.error("trial cannot succeed: %s", reason)
+    epoch = trainer.epoch if trainer is not None else 0
+    seconds = trainer.train_seconds if trainer is not None else 0.0
+    tune.report({schema.EPOCH: epoch, schema.FATAL: reason, schema.BEST_VAL_PPL: DIVERGED_PPL,
+                 schema.EPOCHS_RUN: epoch, schema.TRAIN_SECONDS: seconds})
+
+
+def _train(trainer: Trainer) -> None:
     try:
         for m in trainer.run():
             result = epoch_result(m, trainer)

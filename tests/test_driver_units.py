@@ -1,0 +1,183 @@
+"""The driver's guards, without Ray: one driver per search, honest resumes, fast failures,
+deterministic trial failures, and one MLflow run per trial Ray knows."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from awd.errors import ConfigError, DataError, TrainingDiverged
+from search import schema
+from search.driver import SearchState, check_ray_address, resume_conflicts
+from search.errors import SearchError
+from search.lock import DriverLock, SearchInUse
+from search.options import SearchOptions
+from search.results import TrialSummary, status_of
+from search.run import _stopped
+from search.tracking import (
+    close_open_trials,
+    prune_child_runs,
+    reopen_interrupted_trials,
+    write_summary,
+)
+from search.trainable import fatal_reason
+
+
+# --- one driver per search ---------------------------------------------------------------------
+def test_a_second_driver_on_one_search_is_refused_with_the_holder(tmp_path):
+    with DriverLock(str(tmp_path / "exp")), pytest.raises(SearchInUse) as caught:
+        DriverLock(str(tmp_path / "exp")).acquire()
+    message = str(caught.value)
+    assert "another driver" in message and "pid" in message and "\n" not in message
+    with DriverLock(str(tmp_path / "exp")):  # released on exit: the next driver gets it
+        pass
+
+
+def test_the_lock_of_a_killed_driver_is_not_stale(tmp_path):
+    exp = tmp_path / "exp"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from search.lock import DriverLock; "
+         f"DriverLock({str(exp)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with pytest.raises(SearchInUse, match=f"pid {holder.pid}"):
+        DriverLock(str(exp)).acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with DriverLock(str(exp)):  # the kernel dropped the dead driver's lock
+        assert (exp / "driver.lock").exists()
+
+
+# --- honest resumes ----------------------------------------------------------------------------
+def saved_options(**changes: object) -> dict:
+    return asdict(SearchOptions(space="smoke", num_samples=3, max_epochs=2, **changes))
+
+
+def test_resume_names_each_flag_that_differs_from_the_saved_search():
+    saved = saved_options(fixed=("train_tokens=5000",))
+    same = SearchOptions(space="smoke", num_samples=3, max_epochs=2, resume=True,
+                         fixed=("train_tokens=5000",))
+    assert resume_conflicts(same, saved) == []
+    # flags left at their defaults mean "as saved": the usual `--resume --experiment X`
+    assert resume_conflicts(SearchOptions(space="smoke", resume=True), saved) == []
+    other = SearchOptions(space="awd_ptb", num_samples=5, seed=1, resume=True,
+                          fixed=("train_tokens=9",), address="auto", confirm_top=2)
+    conflicts = resume_conflicts(other, saved)
+    assert conflicts == ["--space awd_ptb (saved: smoke)", "--num-samples 5 (saved: 3)",
+                         "--seed 1 (saved: 0)", "--set train_tokens=9 (saved: train_tokens=5000)"]
+
+
+def test_a_state_file_that_is_not_json_is_a_one_line_error(tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "awdsearch.json").write_text("{trunc")
+    with pytest.raises(SearchError, match=r"nothing to resume|unreadable"):
+        SearchState.load(str(exp))
+
+
+# --- fast failures -----------------------------------------------------------------------------
+def test_an_unreachable_ray_address_fails_in_seconds():
+    start = time.monotonic()
+    with pytest.raises(SearchError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1"):
+        check_ray_address("127.0.0.1:1")
+    assert time.monotonic() - start < 10
+    with pytest.raises(SearchError, match="HOST:PORT"):
+        check_ray_address("nonsense")
+    check_ray_address("auto")  # found by Ray itself
+    check_ray_address(None)
+
+
+# --- trial failures that retries cannot fix ----------------------------------------------------
+@pytest.mark.parametrize("error, fatal", [
+    (DataError("train.txt is empty"), "DataError: train.txt is empty"),
+    (ConfigError("dropout must be in [0, 1)"), "ConfigError: dropout must be in [0, 1)"),
+    (RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory: 1 TB"),
+     "out of memory: "),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80 GiB"), "out of memory: "),
+    (MemoryError(), "out of memory: "),
+    (RuntimeError("NCCL: connection reset"), None),  # worth a retry
+    (TrainingDiverged(1, float("nan"), "train"), None),  # its own mechanism (a marker)
+])
+def test_deterministic_trial_failures_are_told_apart_from_retryable_ones(error, fatal):
+    reason = fatal_reason(error)
+    assert (reason is None) if fatal is None else reason.startswith(fatal)
+
+
+def test_a_fatal_result_is_a_failed_trial():
+    assert status_of({schema.FATAL: "DataError: x", schema.EPOCH: 0}) == schema.STATUS_FAILED
+    assert status_of({schema.FINISHED: True}) == schema.STATUS_COMPLETED
+
+
+# --- one run per trial Ray knows; honest ends ---------------------------------------------------
+@pytest.fixture
+def store(tmp_path, new_mlflow_store):
+    uri = new_mlflow_store(tmp_path)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(exp, tags={schema.ROLE: schema.ROLE_SEARCH}).info.run_id
+    return client, exp, parent
+
+
+def child(client: MlflowClient, exp: str, parent: str, trial_id: str,
+          status: str = schema.STATUS_RUNNING) -> str:
+    return client.create_run(exp, tags={schema.PARENT_RUN_ID: parent, schema.TRIAL_ID: trial_id,
+                                        schema.ROLE: schema.ROLE_TRIAL,
+                                        schema.STATUS: status}).info.run_id
+
+
+def test_runs_of_trials_ray_never_kept_are_deleted_and_one_run_per_trial_stays(store):
+    client, exp, parent = store
+    first_a = child(client, exp, parent, "a")
+    child(client, exp, parent, "a")  # a second run of one trial
+    phantom = child(client, exp, parent, "ghost")  # created just before a driver was killed
+    b = child(client, exp, parent, "b")
+    confirm_run = client.create_run(exp, tags={schema.PARENT_RUN_ID: parent,
+                                               schema.TRIAL_ID: "cf", schema.ROLE: "confirm"})
+    kept = prune_child_runs(client, exp, parent, {"a", "b"})
+    assert {k: r.info.run_id for k, r in kept.items()} == {"a": first_a, "b": b}
+    assert client.get_run(phantom).info.lifecycle_stage == "deleted"
+    alive = client.search_runs([exp], filter_string=f"tags.`{schema.PARENT_RUN_ID}` = '{parent}'")
+    assert len(alive) == 3 and confirm_run.info.run_id in {r.info.run_id for r in alive}
+
+
+def test_a_stopped_search_is_killed_partial_and_its_interrupted_trials_reopen(store):
+    client, exp, parent = store
+    run_a = child(client, exp, parent, "a")
+    run_b = child(client, exp, parent, "b")
+    trials = [TrialSummary("a", schema.STATUS_COMPLETED, {}, {
+        schema.FINISHED: True, schema.EPOCHS_RUN: 2, schema.FINAL_VAL_PPL: 90.0,
+        schema.FINAL_TEST_PPL: 88.0}, None, None),
+              TrialSummary("b", schema.STATUS_INTERRUPTED, {}, {schema.EPOCHS_RUN: 1}, None,
+                           None)]
+    runs = prune_child_runs(client, exp, parent, {"a", "b"})
+    close_open_trials(client, runs, trials)
+    write_summary(client, parent, 0.0, runs, trials, None, None, stopped=True)
+    b = client.get_run(run_b)
+    assert b.info.status == "KILLED" and b.data.tags[schema.STATUS] == schema.STATUS_INTERRUPTED
+    assert client.get_run(run_a).info.status == "FINISHED"
+    top = client.get_run(parent)
+    assert top.info.status == "KILLED" and top.data.tags[schema.PARTIAL] == "true"
+    assert top.data.metrics["trials_interrupted"] == 1 and schema.BEST_TRIAL_ID not in top.data.tags
+    reopen_interrupted_trials(client, exp, parent)  # --resume
+    b = client.get_run(run_b)
+    assert b.info.status == "RUNNING" and b.data.tags[schema.STATUS] == schema.STATUS_RUNNING
+    assert client.get_run(run_a).data.tags[schema.STATUS] == schema.STATUS_COMPLETED  # as it was
+
+
+def test_the_stop_message_gives_the_resume_command_and_the_signal_exit_status(capsys):
+    from search.driver import SearchOutcome
+
+    trials = [TrialSummary("a", schema.STATUS_INTERRUPTED, {}, {}, None, None)]
+    outcome = SearchOutcome(trials, None, "p", "sqlite:////x/mlflow.db", "/x", None,
+                            stopped_by=signal.SIGTERM)
+    assert _stopped(outcome, ["--space", "smoke", "--experiment", "my run"]) == 143
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM" in err and "1 interrupted" in err
+    assert "python -m search.run --space smoke --experiment 'my run' --resume" in err
