@@ -79,7 +79,10 @@ STATUS_COMPLETED = "completed"
 STATUS_STOPPED = "stopped_early"
 STATUS_FAILED = "failed"
 STATUS_RUNNING = "running"
-TRIAL_STATUSES = (STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING)
+STATUS_INTERRUPTED = "interrupted"  # running when the driver was stopped; --resume goes on
+TRIAL_STATUSES = (STATUS_COMPLETED, STATUS_STOPPED, STATUS_FAILED, STATUS_RUNNING,
+                  STATUS_INTERRUPTED)
+PARTIAL = "awdsearch.partial"  # "true" on the parent run of a search stopped before its end
 
 # --- metrics: one name per concept --------------------------------------------------------
 EPOCH = "epoch"  # epochs done: ASHA's time attribute, the step of every per-epoch metric
@@ -99,7 +102,8 @@ EPOCH_METRICS = ("train_loss", "train_ppl", "val_loss", VAL_PPL, BEST_VAL_PPL, "
 TRIAL_SUMMARY_METRICS = (NUM_PARAMS, NTASGD_TRIGGER_EPOCH, EPOCHS_RUN, TRAIN_SECONDS,
                          FINAL_VAL_PPL, FINAL_TEST_PPL)
 SEARCH_SUMMARY_METRICS = (BEST_VAL_PPL, BEST_TEST_PPL, "trials_total", "trials_completed",
-                          "trials_stopped_early", "trials_failed", "wall_seconds", "gpu_hours")
+                          "trials_stopped_early", "trials_failed", "trials_interrupted",
+                          "wall_seconds", "gpu_hours")
 
 # parent run, with --confirm-top: over the confirmation runs (the original trials left out)
 CONFIRM_RUNS = "confirm_runs"  # confirmation runs started
@@ -127,3 +131,4 @@ OPTUNA_TUNE_TRIAL_ID = "tune_trial_id"  # user attr of each study trial: the Tun
 # --- keys of a trial's Tune result that are not metrics ------------------------------------
 FINISHED = "finished"  # 1 on the last result of a trial that ran its whole budget
 DIVERGED = "diverged"  # 1 on the result of a trial whose loss became NaN or infinite
+FATAL = "fatal_error"  # the reason, on the last result of a trial that cannot succeed on retry
