@@ -135,6 +135,17 @@ def _ablation_section(data: ReportData) -> Section | None:
                "Δ test", "Run"], rows, {"Model", "Search", "Variant", "Removed", "Run"})])
 
 
+def data_quality_section(data: ReportData) -> Section | None:
+    """Runs whose per-epoch metrics have gaps, named where nobody can miss them."""
+    if not data.data_quality:
+        return None
+    return Section("Data quality", [
+        "These runs miss per-epoch metrics in MLflow (a tracking outage not written "
+        "afterwards): their curves and per-epoch comparisons are incomplete. `python -m "
+        "search.run --resume` writes the missing epochs from Ray's results.",
+        data.data_quality], "problems")
+
+
 def _failures_section(data: ReportData) -> Section | None:
     frame = tables.failures(data)
     if frame.empty:
@@ -151,6 +162,7 @@ def document(data: ReportData, out: Path) -> tuple[Document, pd.DataFrame]:
     sections: list[Section] = []
     if data.problems:
         sections.append(Section("Missing or bad input", [data.problems], "problems"))
+    sections.extend(s for s in [data_quality_section(data)] if s is not None)
     if data.notes:
         sections.append(Section("Notes", [data.notes], "notes"))
     sections.append(Section("Searches", [_searches_table(data)]))
@@ -215,7 +227,9 @@ def build(tracking_uri: str, experiments: list[str], out_dir: Path,
     summary.to_csv(csv, index=False)
     figures = [b.path for s in doc.sections for b in s.blocks if isinstance(b, plots.Plot)]
     files = [page, md, csv, *figures]
-    result = Result(out_dir, files, problems=list(data.problems))
+    result = Result(out_dir, files, problems=list(data.problems),
+                    warnings=[f"data quality: {gap}" for gap in data.data_quality])
     if log_artifacts:
-        result.logged_to, result.warnings = log_report(data, files)
+        result.logged_to, failed = log_report(data, files)
+        result.warnings += failed
     return result

@@ -67,6 +67,8 @@ class ReportData:
     history: val_ppl per epoch (step) of every run, with the wall-clock timestamp (ms).
     studies: the Optuna study of each search whose parent run names one, by search key.
     problems: what makes the input bad (the CLI exits 2); notes: gaps worth a line in the report.
+    data_quality: runs whose per-epoch metrics miss epochs (or repeat one): numbers from a
+    tracking outage that were never backfilled, named so that nobody trusts their curves.
     """
 
     tracking_uri: str
@@ -76,6 +78,7 @@ class ReportData:
     history: pd.DataFrame
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    data_quality: list[str] = field(default_factory=list)
     studies: dict[str, StudyRecord] = field(default_factory=dict)
 
     def trials(self, search_key: str | None = None) -> pd.DataFrame:
@@ -191,6 +194,35 @@ def _history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
             for m in client.get_metric_history(run_id, schema.VAL_PPL)]
 
 
+def _epoch_gaps(row: dict[str, Any], curve: list[dict[str, Any]]) -> str | None:
+    """What a trial run's val_ppl history lacks against its epochs_run (else its last epoch):
+    each epoch 1..N once. None when whole."""
+    if row["role"] not in (schema.ROLE_TRIAL, schema.ROLE_CONFIRM):
+        return None
+    steps = [int(c["epoch"]) for c in curve]
+    run = row[schema.EPOCHS_RUN]
+    last = int(run) if not math.isnan(run) else max(steps, default=0)
+    missing = sorted(set(range(1, last + 1)) - set(steps))
+    repeated = sorted({s for s in steps if steps.count(s) > 1})
+    if not (missing or repeated):
+        return None
+    what = [f"lacks epoch(s) {_ranges(missing)} of {last}"] if missing else []
+    what += [f"has epoch(s) {_ranges(repeated)} more than once"] if repeated else []
+    return (f"run {row['run_name'] or row['run_id']} ({row['run_id'][:12]}, experiment "
+            f"{row['experiment']!r}): its {schema.VAL_PPL} history {' and '.join(what)}")
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> "1-3, 5"."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def _load_experiment(client: MlflowClient, name: str,
                      data: ReportData) -> tuple[list[dict], list[dict], list[dict]]:
     """Search rows, run rows and val_ppl history rows of one experiment."""
@@ -216,6 +248,9 @@ def _load_experiment(client: MlflowClient, name: str,
         rows.append(row)
         curve = _history(client, run.info.run_id)
         history.extend(curve)
+        gap = _epoch_gaps(row, curve)
+        if gap:
+            data.data_quality.append(gap)
         if math.isnan(row[schema.BEST_VAL_PPL]):  # a run that logged no best_val_ppl
             row[schema.BEST_VAL_PPL] = min((c["val_ppl"] for c in curve), default=math.nan)
     orphans = [r for r in rows if r["search_key"] == orphan_key

@@ -3,34 +3,40 @@
 Trials are logged from the driver (not from inside the trainables), so workers on other nodes
 need no MLflow access of their own and a restored search keeps logging into the same runs:
 each child run is found again by its trial id under the parent.
+
+Tune's hooks run in Tune's event loop: they only hand records to an outbox (`search.outbox`)
+whose own thread writes them, so that a slow or absent MLflow never stalls the search. What
+MLflow cannot take is kept in a spool file (`search.trial_records.spool_path`) and written,
+once, when it is back: by this search, or by the next ``--resume`` (`trial_records.replay`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from search import schema
+from search.outbox import Outbox, Record
 from search.results import status_of
-from search.tracking import finish_trial_run
+from search.trial_records import (
+    RunSpec,
+    Unwrap,
+    epoch_record,
+    finish_record,
+    mlflow_outbox,
+    plain_trial,
+    spool_path,
+)
+
+__all__ = ["MLflowTrialLogger", "Unwrap", "plain_trial"]
 
 log = logging.getLogger(__name__)
 
-# A Tune trial's config -> the flat run config logged as params, and tags of its own.
-Unwrap = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, str]]]
-
-
-def plain_trial(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """A search trial: its Tune config is the run config, with no tags of its own."""
-    return config, {}
+END_OF_FIT_DRAIN_S = 60.0  # at the end of Tune's run, while MLflow answers, wait this long
 
 
 def _error_reason(trial: Trial) -> str:
@@ -48,11 +54,13 @@ class MLflowTrialLogger(Callback):
 
     ``role`` tags the runs (``trial``; ``confirm`` for `search.confirm`'s re-trainings), and
     ``unwrap`` (a module-level function: the callback is pickled with Tune's state) turns a Tune
-    config into the run config and the run's own tags."""
+    config into the run config and the run's own tags. ``experiment_dir`` (Tune's experiment
+    folder) is where the spool file goes; the driver calls `drain` before its summary."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
                  space: str, extra_params: dict[str, Any] | None = None,
-                 role: str = schema.ROLE_TRIAL, unwrap: Unwrap = plain_trial) -> None:
+                 role: str = schema.ROLE_TRIAL, unwrap: Unwrap = plain_trial,
+                 experiment_dir: str | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -60,113 +68,95 @@ class MLflowTrialLogger(Callback):
         self.extra_params = extra_params or {}
         self.role = role
         self.unwrap = unwrap
-        self.run_ids: dict[str, str] = {}
-        self.logged_epochs: dict[str, int] = {}  # the last epoch logged per trial
-        self._tagged: set[str] = set()
-        self._client: MlflowClient | None = None
+        self.experiment_dir = experiment_dir
+        self._outbox: Outbox | None = None
+        self._started: set[str] = set()  # trials whose run was asked for in this process
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_client"] = None
-        state["_tagged"] = set()
+        state["_outbox"] = None  # a thread and a file: this process's own
+        state["_started"] = set()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # a logger pickled by an older version (a resumed search) logs search trials
-        self.__dict__.update({"role": schema.ROLE_TRIAL, "unwrap": plain_trial, **state})
+        defaults = {"role": schema.ROLE_TRIAL, "unwrap": plain_trial, "experiment_dir": None,
+                    "_outbox": None, "_started": set()}
+        old = ("run_ids", "logged_epochs", "_tagged", "_client")  # the synchronous logger's
+        self.__dict__.update({**defaults, **{k: v for k, v in state.items() if k not in old}})
 
     @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
-        return self._client
+    def spec(self) -> RunSpec:
+        return RunSpec(self.experiment_id, self.parent_run_id, self.space, self.role,
+                       dict(self.extra_params))
+
+    @property
+    def spool_path(self) -> Path:
+        return spool_path(self.experiment_dir, self.parent_run_id, self.role)
+
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            self._outbox = mlflow_outbox(self.tracking_uri, self.spool_path)
+        return self._outbox
 
     def get_state(self) -> dict[str, Any]:
-        return {"run_ids": dict(self.run_ids), "logged_epochs": dict(self.logged_epochs)}
+        return {}  # MLflow itself says what is logged (see search.trial_records)
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.run_ids.update(state.get("run_ids", {}))
-        self.logged_epochs.update(state.get("logged_epochs", {}))
+        pass
 
-    # --- child runs ----------------------------------------------------------------------
-    def _find_child(self, trial_id: str) -> str | None:
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{schema.PARENT_RUN_ID}` = '{self.parent_run_id}' and "
-            f"tags.`{schema.TRIAL_ID}` = '{trial_id}'",
-            max_results=1,
-        )
-        return str(runs[0].info.run_id) if runs else None
+    # --- the driver's side ---------------------------------------------------------------
+    def drain(self, timeout: float) -> bool:
+        """Wait until everything handed over is in MLflow (True) or ``timeout`` s pass."""
+        return self._outbox is None or self._outbox.drain(timeout)
 
-    def run_id(self, trial: Trial) -> str:
-        """The trial's child run, created on first sight (idempotent across restores)."""
-        tid = trial.trial_id
-        if tid not in self.run_ids:
-            existing = self._find_child(tid)
-            self.run_ids[tid] = existing or self._create_child(trial)
-        return self.run_ids[tid]
+    def close(self, timeout: float = 0.0) -> bool:
+        """Drain for up to ``timeout`` s and stop the writer; what MLflow has not taken stays
+        in the spool file (`spool_path`) for `search.trial_records.replay`. True: all written."""
+        if self._outbox is None:
+            return True
+        done = self._outbox.close(timeout)
+        self._outbox = None
+        return done
 
-    def _create_child(self, trial: Trial) -> str:
-        config, own_tags = self.unwrap(trial.config)
-        tags = {schema.PARENT_RUN_ID: self.parent_run_id, schema.ROLE: self.role,
-                schema.TRIAL_ID: trial.trial_id, schema.SPACE: self.space,
-                schema.MODEL: str(config.get("model", "")),
-                schema.DATASET: str(config.get("dataset", "")),
-                schema.STATUS: schema.STATUS_RUNNING, **own_tags}
-        kind = "" if self.role == schema.ROLE_TRIAL else f"{self.role}-"
-        run = self.client.create_run(self.experiment_id,
-                                     run_name=f"{self.space}-{kind}{trial.trial_id}", tags=tags)
-        params = {**config, **self.extra_params}
-        self.client.log_batch(run.info.run_id,
-                              params=[Param(k, str(v)) for k, v in params.items()])
-        return str(run.info.run_id)
-
-    def _safely(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+    # --- Tune hooks: hand records over, never wait for MLflow ------------------------------
+    def _put(self, trial: Trial, record: Record | None) -> None:
         """Tracking must never kill a search: results stay in Ray's storage regardless."""
         try:
-            fn(*args)
-        except Exception as e:  # any tracking failure is logged, not raised
-            log.warning("MLflow: could not %s: %s", what, e)
+            if trial.trial_id not in self._started:
+                config, own_tags = self.unwrap(trial.config)
+                self.outbox.put(self.spec.start(trial.trial_id, config, own_tags))
+                self._started.add(trial.trial_id)
+            if record is not None:
+                self.outbox.put(record)
+        except Exception as e:  # a full disk under the spool, a config unwrap cannot read
+            log.warning("MLflow: could not hand over a record of trial %s: %s",
+                        trial.trial_id, e)
 
-    # --- Tune hooks ----------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial,
                        **info: Any) -> None:
-        self._safely("create the trial run", self.run_id, trial)
+        self._put(trial, None)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial,
                         result: dict[str, Any], **info: Any) -> None:
-        self._safely("log epoch metrics", self._log_result, trial, result)
+        # A diverged epoch is no result; an epoch re-run after a restore is written only once.
+        self._put(trial, epoch_record(self.spec, trial.trial_id, result))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info: Any) -> None:
         result = trial.last_result or {}
         failure = "diverged (see the trial's error)" if result.get(schema.DIVERGED) else None
-        self._safely("finish the trial run", self._finish, trial, result, status_of(result),
-                     failure)
+        self._put(trial, finish_record(self.spec, trial.trial_id, result, status_of(result),
+                                       failure))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
                        **info: Any) -> None:
-        self._safely("mark the trial failed", self._finish, trial, trial.last_result or {},
-                     schema.STATUS_FAILED, _error_reason(trial))
+        self._put(trial, finish_record(self.spec, trial.trial_id, trial.last_result or {},
+                                       schema.STATUS_FAILED, _error_reason(trial)))
 
-    def _finish(self, trial: Trial, result: dict[str, Any], status: str,
-                failure: str | None) -> None:
-        finish_trial_run(self.client, self.run_id(trial), result, status, failure)
-
-    def _log_result(self, trial: Trial, result: dict[str, Any]) -> None:
-        step = int(result[schema.EPOCH])
-        # A diverged epoch is no result; an epoch re-run after a restore is logged only once.
-        if result.get(schema.DIVERGED) or step <= self.logged_epochs.get(trial.trial_id, 0):
-            return
-        self.logged_epochs[trial.trial_id] = step
-        run_id, now = self.run_id(trial), int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), now, step)
-                   for k in schema.EPOCH_METRICS if k in result]
-        tags = []
-        if trial.trial_id not in self._tagged:  # once per trial (again after a restore)
-            self._tagged.add(trial.trial_id)
-            metrics.append(Metric(schema.NUM_PARAMS, float(result[schema.NUM_PARAMS]), now, 0))
-            tags = [RunTag(schema.DEVICE, str(result.get("device_name", ""))),
-                    RunTag(schema.NODE_IP, str(result.get("node_ip", ""))),
-                    RunTag(schema.NODE_ID, str(result.get("node_id", "")))]
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        """Tune is done: let the writer finish while MLflow answers (the driver reads the runs
+        next); during an outage, return at once and leave the rest to the driver's `drain`."""
+        if self._outbox is not None:
+            self._outbox.drain(END_OF_FIT_DRAIN_S, while_reachable=True)
