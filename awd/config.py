@@ -8,6 +8,9 @@ overrides on top of it and validates every value.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -17,16 +20,44 @@ from awd.errors import ConfigError
 MODELS = ("awd_lstm", "awd_gru", "zaremba")  # the one list of model names
 ZAREMBA_SIZES = ("small", "medium", "large")
 OPTIMIZERS = ("ntasgd", "sgd_schedule")
+# Sanity bounds: far above any published model, far below what would make a run allocate for
+# minutes and then die out of memory. A larger model is a typo, not a plan.
+MAX_WIDTH = 1 << 16  # emsize, nhid
+MAX_LAYERS = 64
+MAX_PARAMS = 1 << 31  # parameters without the vocabulary's embedding and softmax
+MAX_SEED = 2**32 - 1  # NumPy's legacy seeding takes 32 bits
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def _check_rate(name: str, value: float) -> None:
-    if not 0 <= value < 1:
+    if not 0 <= value < 1:  # also false for NaN
         raise ConfigError(f"{name} must be in [0, 1), got {value}")
 
 
+def _finite(value: float) -> bool:
+    """True for every int (math.isfinite overflows on huge ones) and finite floats."""
+    return isinstance(value, int) or math.isfinite(value)
+
+
 def _check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
+    if not (_finite(value) and value > 0):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+
+
+def _check_non_negative(name: str, value: float) -> None:
+    if not (_finite(value) and value >= 0):
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def _check_at_most(name: str, value: int, bound: int) -> None:
+    if value > bound:
+        raise ConfigError(f"{name} must be <= {bound:,}, got {value:,}")
+
+
+def _check_param_count(count: int, sizes: str) -> None:
+    if count > MAX_PARAMS:
+        raise ConfigError(f"model too large: {sizes} give {count:,} recurrent parameters "
+                          f"(limit {MAX_PARAMS:,}); reduce them")
 
 
 @dataclass(frozen=True)
@@ -54,6 +85,20 @@ class AWDLSTMConfig:
             _check_rate(name, getattr(self, name))
         for name in ("emsize", "nhid", "nlayers"):
             _check_positive(name, getattr(self, name))
+        _check_at_most("emsize", self.emsize, MAX_WIDTH)
+        _check_at_most("nhid", self.nhid, MAX_WIDTH)
+        _check_at_most("nlayers", self.nlayers, MAX_LAYERS)
+        _check_param_count(self.estimated_params(0),
+                           f"emsize={self.emsize}, nhid={self.nhid}, nlayers={self.nlayers}")
+
+    def estimated_params(self, ntoken: int) -> int:
+        """The model's parameter count for a vocabulary of ``ntoken`` words (exact)."""
+        gates = 4 if self.cell == "lstm" else 3
+        last = self.emsize if self.tie_weights else self.nhid
+        sizes = [self.emsize] + [self.nhid] * (self.nlayers - 1) + [last]
+        rnn = sum(gates * (i * o + o * o + 2 * o) for i, o in itertools.pairwise(sizes))
+        decoder = ntoken + (0 if self.tie_weights else last * ntoken)
+        return ntoken * self.emsize + rnn + decoder
 
 
 @dataclass(frozen=True)
@@ -77,6 +122,14 @@ class ZarembaConfig:
         _check_rate("dropout", self.dropout)
         for name in ("nhid", "nlayers", "init_range"):
             _check_positive(name, getattr(self, name))
+        _check_at_most("nhid", self.nhid, MAX_WIDTH)
+        _check_at_most("nlayers", self.nlayers, MAX_LAYERS)
+        _check_param_count(self.estimated_params(0), f"nhid={self.nhid}, nlayers={self.nlayers}")
+
+    def estimated_params(self, ntoken: int) -> int:
+        """The model's parameter count for a vocabulary of ``ntoken`` words (exact)."""
+        h = self.nhid
+        return ntoken * h + self.nlayers * 4 * (2 * h * h + 2 * h) + h * ntoken + ntoken
 
     @classmethod
     def small(cls) -> ZarembaConfig:
@@ -131,19 +184,33 @@ class TrainConfig:
     device: str = "auto"
 
     def validate(self) -> None:
+        """Every value in range and every combination consistent; NaN and inf are refused
+        here so that a bad value fails at once, not as a diverged loss an epoch later. Whether
+        a cuda device exists is checked where the run starts (`awd.trainer.pick_device`): a
+        search's driver may validate configs on a machine without the workers' GPUs."""
         for name in ("epochs", "batch_size", "eval_batch_size", "test_batch_size", "bptt"):
             _check_positive(name, getattr(self, name))
         for name in ("lr", "clip", "nonmono", "lr_decay", "min_seq_len"):
             _check_positive(name, getattr(self, name))
         for name in ("wdecay", "alpha", "beta", "finetune_epochs", "train_tokens", "eval_tokens",
-                     "max_seq_len"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+                     "max_seq_len", "decay_start", "seed"):
+            _check_non_negative(name, getattr(self, name))
+        _check_at_most("seed", self.seed, MAX_SEED)
+        if self.lr_decay < 1:
+            raise ConfigError(f"lr_decay divides the lr: it must be >= 1, got {self.lr_decay}")
+        if self.min_seq_len > self.bptt:
+            raise ConfigError(f"min_seq_len ({self.min_seq_len}) must be <= bptt ({self.bptt})")
+        if self.max_seq_len and self.max_seq_len < self.min_seq_len:
+            raise ConfigError(f"max_seq_len ({self.max_seq_len}) must be 0 (no cap) or >= "
+                              f"min_seq_len ({self.min_seq_len})")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
             )
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+        if self.finetune_epochs and self.optimizer != "ntasgd":
+            raise ConfigError("finetune_epochs is NT-ASGD's fine-tuning stage: it needs "
+                              f"optimizer ntasgd, not {self.optimizer}")
+        if not DEVICE.fullmatch(self.device):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
@@ -160,6 +227,8 @@ class RunConfig:
     def validate(self) -> RunConfig:
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise ConfigError(f"dataset must be a dataset name or folder, got {self.dataset!r}")
         self.arch.validate()
         self.train.validate()
         return self
@@ -175,6 +244,9 @@ def preset(model: str, dataset: str = "ptb", size: str = "") -> RunConfig:
     """The paper configuration of ``model`` on ``dataset`` (size: Zaremba's small/medium/large)."""
     wt2 = canonical_dataset(dataset) == "wikitext-2"
     if model in ("awd_lstm", "awd_gru"):
+        if size:
+            raise ConfigError(f"preset {size!r} is a zaremba size; {model} has no sizes (its "
+                              "preset is the paper's model for the dataset)")
         cls = AWDLSTMConfig if model == "awd_lstm" else AWDGRUConfig
         if wt2:  # reference README: WT2 uses dropouth 0.2, dropouti 0.65, batch 80, 750 epochs
             arch = cls(dropouth=0.2, dropouti=0.65)
@@ -219,7 +291,7 @@ def _coerce(name: str, value: Any, like: Any) -> Any:
                 return int(number)
             return int(value)
         return type(like)(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         expected = type(like).__name__
         raise ConfigError(f"{name}: cannot use {value!r} (expected {expected})") from None
 

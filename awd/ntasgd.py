@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from awd.errors import CheckpointError
+
 
 def should_trigger(history: Sequence[float], val_loss: float, nonmono: int) -> bool:
     """The non-monotone condition: worse than the best check before the last ``nonmono``."""
@@ -95,6 +97,32 @@ class NTASGD:
             "average": None if self.average is None else [a.clone() for a in self.average],
             "n_averaged": self.n_averaged,
         }
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise `CheckpointError` unless ``state`` (read from a file) fits these parameters:
+        run before `load_state_dict`, which then cannot fail half-way."""
+        opt = state.get("optimizer")
+        if not isinstance(opt, dict):
+            raise CheckpointError("the checkpoint has no optimiser state")
+        groups, ours = opt.get("param_groups"), self.optimizer.param_groups
+        if not (isinstance(groups, list) and len(groups) == len(ours)
+                and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                        and len(g["params"]) == len(o["params"])
+                        for g, o in zip(groups, ours, strict=True))
+                and isinstance(opt.get("state"), dict)):
+            raise CheckpointError("the checkpoint's optimiser state does not fit this model")
+        history = state.get("history")
+        if not isinstance(history, list) or not all(isinstance(v, float | int) for v in history):
+            raise CheckpointError("the checkpoint's NT-ASGD history is not a list of numbers")
+        trigger, n = state.get("trigger_epoch"), state.get("n_averaged")
+        if not (trigger is None or isinstance(trigger, int)) or not isinstance(n, int) or n < 0:
+            raise CheckpointError("the checkpoint's NT-ASGD trigger or average count is invalid")
+        avg = state.get("average")
+        if avg is not None and not (
+                isinstance(avg, list) and len(avg) == len(self.params)
+                and all(isinstance(a, torch.Tensor) and a.shape == p.shape
+                        for a, p in zip(avg, self.params, strict=True))):
+            raise CheckpointError("the checkpoint's averaged weights do not fit this model")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])

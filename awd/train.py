@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 from awd.config import MODELS, AWDLSTMConfig, TrainConfig, ZarembaConfig, from_flat
 from awd.data import load_corpus
-from awd.errors import UserError
-from awd.trainer import EpochMetrics, Trainer
+from awd.errors import CheckpointError, UserError, first_line
+from awd.files import check_writable_file
+from awd.trainer import EpochMetrics, Trainer, pick_device
 
 
 def _field_flag(group: argparse._ArgumentGroup, name: str, default: object, help: str) -> None:
@@ -72,11 +73,25 @@ def _dataset_name(data: str) -> str:
     return Path(data).name if Path(data).exists() else data
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Output and resume paths are checked before the data is loaded: a typo must not cost an
+    epoch. (``--save`` is then rewritten atomically after every epoch, so it always holds the
+    last complete checkpoint.)"""
+    if args.save is not None:
+        problem = check_writable_file(args.save)
+        if problem:
+            raise CheckpointError(f"cannot save to {args.save}: {problem}")
+    if args.resume is not None and not args.resume.is_file():
+        raise CheckpointError(f"cannot resume from {args.resume}: no such file")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run = from_flat({"model": args.model, "dataset": _dataset_name(args.data),
                          "preset": args.preset, **_overrides(args)})
+        _check_paths(args)
+        pick_device(run.train.device)
         corpus = load_corpus(args.data)
         trainer = Trainer(run, corpus)
         if args.resume:
@@ -91,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"final | val ppl {final['val_ppl']:.2f} | test ppl {final['test_ppl']:.2f}")
         print(json.dumps({"num_params": trainer.num_params, **final}))
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -21,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from awd import checkpoint as ckpt
 from awd.config import RunConfig, from_flat
 from awd.data import Corpus, Window, batchify, eval_windows, train_windows
-from awd.errors import CheckpointError, TrainingDiverged, first_line
+from awd.errors import CheckpointError, ConfigError, TrainingDiverged, UserError, first_line
 from awd.models import Hidden, build_model, count_parameters, detach_hidden
 from awd.ntasgd import NTASGD, finetune_should_stop, zaremba_lr
 from awd.regularizers import activation_regularization, temporal_activation_regularization
@@ -54,9 +54,50 @@ class EpochMetrics:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """The device a config names; a cuda device this machine does not have is a user error,
+    raised before any data is loaded or any weight allocated."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: CUDA is not available on this machine "
+                              "(use --device cpu or auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {name!r}: this machine has {count} CUDA device(s)")
+    return device
+
+
+# Copies of the weights a run holds: the weights, their gradients, the best weights and
+# NT-ASGD's average (plus activations, not counted: this is a floor).
+WEIGHT_COPIES = 4
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory on ``device`` (None if unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_in_memory(run: RunConfig, ntokens: int, device: torch.device) -> None:
+    """Refuse, before allocating anything, a model whose weights alone cannot fit: a typo in a
+    size must be a one-line error, not minutes of swapping and an OOM kill."""
+    params = run.arch.estimated_params(ntokens)
+    need = params * 4 * WEIGHT_COPIES  # float32
+    have = device_memory(device)
+    if have is not None and need > have:
+        raise ConfigError(
+            f"model too large for {device}: {params:,} parameters with a {ntokens:,}-word "
+            f"vocabulary need {need / 2**30:.1f} GiB, the device has {have / 2**30:.1f} GiB; "
+            "reduce emsize/nhid/nlayers")
 
 
 def seed_everything(seed: int) -> None:
@@ -84,9 +125,14 @@ class Trainer:
         corpus = corpus.truncated(cfg.train_tokens or None, cfg.eval_tokens or None)
         self.ntokens = corpus.ntokens
         self.vocab = list(corpus.vocab)
+        check_fits_in_memory(self.run_config, corpus.ntokens, self.device)
         self.train_data = batchify(corpus.train, cfg.batch_size, "train").to(self.device)
         self.val_data = batchify(corpus.valid, cfg.eval_batch_size, "valid").to(self.device)
         self.test_data = batchify(corpus.test, cfg.test_batch_size, "test").to(self.device)
+        rows = self.train_data.size(0) - 1
+        if cfg.variable_bptt and cfg.min_seq_len > rows:
+            raise ConfigError(f"min_seq_len ({cfg.min_seq_len}) is longer than the training "
+                              f"stream ({rows} steps at batch size {cfg.batch_size})")
         self.model = build_model(self.run_config, corpus.ntokens).to(self.device)
         self.num_params = count_parameters(self.model)
         self.opt = NTASGD(list(self.model.parameters()), cfg.lr, cfg.wdecay, cfg.nonmono)
@@ -253,16 +299,15 @@ class Trainer:
 
     # --- checkpointing -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-               "python": random.getstate(), "window": self.window_rng.bit_generator.state}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        """The whole run as plain data (tensors, dicts, lists, numbers, str: see
+        `awd.checkpoint`), so that `load` reads it back with ``weights_only=True``."""
         return {
+            "format": ckpt.TRAINER_FORMAT,
             "config": self.run_config.to_flat(),
-            "vocab": self.vocab,
+            "vocab": list(self.vocab),
             "model": self.model.state_dict(),
             "ntasgd": self.opt.state_dict(),
-            "rng": rng,
+            "rng": ckpt.encode_rng(self.window_rng),
             "epoch": self.epoch,
             "phase": self.phase,
             "finetune_history": list(self.finetune_history),
@@ -273,25 +318,36 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("vocab", self.vocab) != self.vocab:
+        """Continue the run ``state`` holds. Every part is checked before any is applied: a
+        bad one raises `CheckpointError` and leaves this trainer as it was."""
+        self._check_same_run(ckpt.field(state, "config", dict))
+        if ckpt.field(state, "vocab", list) != self.vocab:
             raise CheckpointError("the checkpoint was trained on another vocabulary")
+        weights = self.model.state_dict()
+        ckpt.check_tensors(state.get("model"), weights, "weights")
+        best = state.get("best_state")
+        if best is not None:
+            ckpt.check_tensors(best, weights, "best weights")
+        ntasgd = ckpt.field(state, "ntasgd", dict)
+        self.opt.check_state_dict(ntasgd)
+        rng = ckpt.DecodedRng(ckpt.field(state, "rng", dict))
+        epoch = ckpt.field(state, "epoch", int)
+        phase = ckpt.field(state, "phase", str)
+        if epoch < 0 or phase not in ("train", "finetune"):
+            raise CheckpointError(f"the checkpoint's epoch {epoch} / phase {phase!r} is invalid")
+        finetune_history = ckpt.check_floats(state.get("finetune_history"), "finetune history")
+        finetune_done = ckpt.field(state, "finetune_done", bool)
+        best_val_loss = float(ckpt.field(state, "best_val_loss", (float, int)))
+        history = _decode_history(ckpt.field(state, "history", list))
+
         self.model.load_state_dict(state["model"])  # copies onto the model's device
-        self.opt.load_state_dict(state["ntasgd"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        self.window_rng.bit_generator.state = rng["window"]
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.epoch = state["epoch"]
-        self.phase = state["phase"]
-        self.finetune_history = list(state["finetune_history"])
-        self.finetune_done = state["finetune_done"]
-        self.best_val_loss = state["best_val_loss"]
-        best = state["best_state"]
+        self.opt.load_state_dict(ntasgd)
+        rng.apply(self.window_rng)
+        self.epoch, self.phase = epoch, phase
+        self.finetune_history, self.finetune_done = finetune_history, finetune_done
+        self.best_val_loss = best_val_loss
         self.best_state = None if best is None else {k: v.to(self.device) for k, v in best.items()}
-        self.history = [EpochMetrics(**m) for m in state["history"]]
+        self.history = history
 
     # Fields a resumed run may change: where it runs and how long it goes on.
     RESUMABLE_CHANGES = frozenset({"device", "epochs", "finetune_epochs"})
@@ -306,18 +362,17 @@ class Trainer:
                 f" (saved: {', '.join(f'{k}={saved.get(k)}' for k in changed)})")
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """The whole trainer, enough for `load` to continue the run exactly."""
-        torch.save(self.state_dict(), path)
+        """The whole trainer, enough for `load` to continue the run exactly. Written to a
+        temporary file and renamed: ``path`` holds the previous checkpoint until then."""
+        ckpt.write(self.state_dict(), path)
 
     def load(self, path: str | os.PathLike[str]) -> None:
-        """Resume from a file written by `save`; a missing or mismatched one is a user error."""
+        """Resume from a file written by `save`. Every unreadable, foreign, crafted or
+        mismatched file is a one-line `CheckpointError`, and the trainer stays as it was."""
         try:
-            # On the CPU first: RNG states must stay CPU tensors; weights move in load_state_dict.
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            self._check_same_run(state["config"])
-            self.load_state_dict(state)
-        except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
-            raise CheckpointError(f"cannot resume from {path}: {first_line(e)}") from None
+            self.load_state_dict(ckpt.read(path, ckpt.TRAINER_FORMAT))
+        except CheckpointError as e:
+            raise CheckpointError(f"cannot resume from {path}: {e}") from None
 
     # --- the trained model, for use -------------------------------------------------------
     def export_best(self, path: str | os.PathLike[str]) -> Path:
@@ -332,20 +387,33 @@ class Trainer:
         """`export_best` of the trainer saved in ``checkpoint``, without rebuilding it (no
         corpus needed): what a search does with its best trial's last checkpoint."""
         try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-            weights = state["best_state"] or state["model"]
-            return _write_export(state["config"], state["vocab"], weights, Path(path))
-        except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
-            raise CheckpointError(f"cannot export {checkpoint}: {first_line(e)}") from None
+            state = ckpt.read(checkpoint, ckpt.TRAINER_FORMAT)
+            config = ckpt.field(state, "config", dict)
+            vocab = ckpt.field(state, "vocab", list)
+            best = state.get("best_state")
+            weights = best if best is not None else ckpt.field(state, "model", dict)
+            if not isinstance(weights, dict) or not all(
+                    isinstance(v, torch.Tensor) for v in weights.values()):
+                raise CheckpointError("its weights are not tensors")
+        except CheckpointError as e:
+            raise CheckpointError(f"cannot export {checkpoint}: {e}") from None
+        return _write_export(config, vocab, weights, Path(path))
 
 
-EXPORT_FORMAT = "awdsearch.model/1"
+def _decode_history(saved: list[Any]) -> list[EpochMetrics]:
+    try:
+        return [EpochMetrics(**m) for m in saved]
+    except TypeError as e:
+        raise CheckpointError(f"the checkpoint's history is malformed ({first_line(e)})") from None
+
+
+EXPORT_FORMAT = ckpt.EXPORT_FORMAT
 
 
 def _write_export(config: dict[str, Any], vocab: list[str], weights: dict[str, torch.Tensor],
                   path: Path) -> Path:
     cpu = {k: v.detach().cpu() for k, v in weights.items()}
-    torch.save({"format": EXPORT_FORMAT, "config": config, "vocab": list(vocab), "model": cpu},
+    ckpt.write({"format": EXPORT_FORMAT, "config": config, "vocab": list(vocab), "model": cpu},
                path)
     return path
 
@@ -368,11 +436,12 @@ class ExportedModel:
 def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
     """Read an exported model without executing any code from the file (``weights_only``)."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("format") != EXPORT_FORMAT:
-            raise KeyError("format")
-        return ExportedModel(from_flat(saved["config"]), list(saved["vocab"]), saved["model"])
-    except (OSError, RuntimeError, KeyError, TypeError, AttributeError,
-            pickle.UnpicklingError) as e:
+        saved = ckpt.read(path, EXPORT_FORMAT)
+        vocab = ckpt.field(saved, "vocab", list)
+        weights = ckpt.field(saved, "model", dict)
+        run = from_flat(ckpt.field(saved, "config", dict))
+        ckpt.check_tensors(weights, build_model(run, len(vocab)).state_dict(), "weights")
+        return ExportedModel(run, vocab, weights)
+    except UserError as e:
         raise CheckpointError(
             f"{path} is not a model exported by awdsearch: {first_line(e)}") from None

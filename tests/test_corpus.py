@@ -10,9 +10,12 @@ import pytest
 import torch
 from conftest import write_corpus
 
-from awd.data import batchify, draw_seq_len, eval_windows, load_corpus, train_windows
+from awd.data import batchify, draw_seq_len, eval_windows, load_corpus, registry, train_windows
+from awd.data import corpus as corpus_mod
 from awd.data.corpus import content_key, find_split_files
+from awd.data.registry import SPLITS, DatasetSpec
 from awd.errors import DataError
+from awd.files import sha256_file
 
 # --- real corpora ----------------------------------------------------------------------------
 
@@ -75,7 +78,15 @@ def test_reference_file_names_are_accepted(tmp_path, names):
 
 
 @pytest.fixture
-def ptb_copy(ptb_dir, tmp_path):
+def cache_dir(tmp_path, monkeypatch):
+    """A cache folder of this test's own: no other test's entries in it."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("AWD_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def ptb_copy(ptb_dir, tmp_path, cache_dir):
     folder = tmp_path / "ptb"
     folder.mkdir()
     for split in ("train", "valid", "test"):
@@ -84,7 +95,7 @@ def ptb_copy(ptb_dir, tmp_path):
 
 
 def _cache_file(folder):
-    return folder / ".awd_cache" / f"{content_key(find_split_files(folder))}.pt"
+    return corpus_mod.cache_dir() / f"{content_key(find_split_files(folder))}.pt"
 
 
 def test_second_load_comes_from_the_cache_and_is_fast(ptb_copy):
@@ -100,13 +111,19 @@ def test_second_load_comes_from_the_cache_and_is_fast(ptb_copy):
     assert all(torch.equal(second.split(s), first.split(s)) for s in ("train", "valid", "test"))
 
 
-def test_cache_is_really_read_on_the_second_load(tmp_path):
+def test_cache_lives_in_the_cache_folder_never_beside_the_data(tmp_path, cache_dir):
     folder = write_corpus(tmp_path / "c", "p q\n", "q\n", "p\n")
     load_corpus(folder)
-    cache = _cache_file(folder)
-    blob = torch.load(cache, weights_only=True)
-    blob["vocab"] = ["P", "Q", "<eos>"]  # a marker only the cache can provide
-    torch.save(blob, cache)
+    assert sorted(p.name for p in folder.iterdir()) == ["test.txt", "train.txt", "valid.txt"]
+    assert [p.name for p in cache_dir.iterdir()] == [_cache_file(folder).name]
+
+
+def test_cache_is_really_read_on_the_second_load(tmp_path, cache_dir):
+    folder = write_corpus(tmp_path / "c", "p q\n", "q\n", "p\n")
+    fresh = load_corpus(folder)
+    key = content_key(find_split_files(folder))
+    marked = corpus_mod.Corpus(["P", "Q", "<eos>"], fresh.train, fresh.valid, fresh.test)
+    corpus_mod._store(_cache_file(folder), key, marked)  # a marker only the cache can provide
     assert load_corpus(folder).vocab == ["P", "Q", "<eos>"]
     assert load_corpus(folder, use_cache=False).vocab == ["p", "q", "<eos>"]
 
@@ -115,17 +132,103 @@ def test_corrupt_cache_file_is_rebuilt(ptb_copy):
     first = load_corpus(ptb_copy)
     cache = _cache_file(ptb_copy)
     cache.write_bytes(b"this is not a torch file")
-    again = load_corpus(ptb_copy)
+    with pytest.warns(UserWarning, match="rebuilding the corpus cache"):
+        again = load_corpus(ptb_copy)
     assert again.vocab == first.vocab
     assert torch.equal(again.train, first.train)
     assert torch.load(cache, weights_only=True)["vocab"] == first.vocab  # rewritten
 
 
-def test_changed_file_gets_a_new_cache_key(tmp_path):
+def _poison(blob: dict, how: str) -> dict:
+    """A cache blob changed in one way a corrupt, stale or foreign file could be."""
+    blob = dict(blob)
+    if how == "vocab_edited":
+        blob["vocab"] = ["P", "Q", "<eos>"]  # digest no longer matches
+    elif how == "ids_out_of_range":
+        blob["train"] = blob["train"] + 100
+    elif how == "wrong_dtype":
+        blob["train"] = blob["train"].float()
+    elif how == "wrong_shape":
+        blob["valid"] = blob["valid"].view(1, -1)
+    elif how == "other_key":
+        blob["key"] = "0" * 64
+    elif how == "old_format":
+        blob = {k: blob[k] for k in ("vocab", "train", "valid", "test")}
+    elif how == "duplicate_words":
+        blob["vocab"] = ["p", "p", "<eos>"]
+    elif how == "not_a_dict":
+        blob = [1, 2, 3]  # type: ignore[assignment]
+    return blob
+
+
+@pytest.mark.parametrize("how", ["vocab_edited", "ids_out_of_range", "wrong_dtype",
+                                 "wrong_shape", "other_key", "old_format", "duplicate_words",
+                                 "not_a_dict"])
+def test_poisoned_cache_is_rebuilt_with_a_warning_never_trusted(tmp_path, cache_dir, how):
+    folder = write_corpus(tmp_path / "c", "p q\n", "q\n", "p\n")
+    fresh = load_corpus(folder)
+    cache = _cache_file(folder)
+    torch.save(_poison(torch.load(cache, weights_only=True), how), cache)
+    with pytest.warns(UserWarning, match="rebuilding the corpus cache"):
+        again = load_corpus(folder)
+    assert again.vocab == fresh.vocab and torch.equal(again.train, fresh.train)
+    assert load_corpus(folder).vocab == fresh.vocab  # and the rebuilt cache is sound
+
+
+def test_changed_file_gets_a_new_cache_key(tmp_path, cache_dir):
     folder = write_corpus(tmp_path / "c", "p q\n", "q\n", "p\n")
     assert load_corpus(folder).vocab == ["p", "q", "<eos>"]
     (folder / "train.txt").write_text("q p r\n", encoding="utf-8")
     assert load_corpus(folder).vocab == ["q", "p", "r", "<eos>"]
+    assert len(list(cache_dir.iterdir())) == 2
+
+
+def test_unwritable_cache_folder_only_warns(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("AWD_CACHE_DIR", str(blocker / "cache"))
+    folder = write_corpus(tmp_path / "c", "p q\n", "q\n", "p\n")
+    with pytest.warns(UserWarning, match="cannot write the corpus cache"):
+        assert load_corpus(folder).vocab == ["p", "q", "<eos>"]
+
+
+# --- registered datasets: checked against the registry ----------------------------------------
+
+
+@pytest.fixture
+def registered(tmp_path, monkeypatch, cache_dir):
+    """A tiny dataset 'tiny' in the registry, with its files under a private data root."""
+    root = tmp_path / "data"
+    folder = write_corpus(root / "tiny", "p q\n", "q\n", "p\n")
+    spec = DatasetSpec(name="tiny", url="http://example.invalid/tiny.tgz",
+                       members={s: f"{s}.txt" for s in SPLITS},
+                       sha256={s: sha256_file(folder / f"{s}.txt") for s in SPLITS})
+    monkeypatch.setitem(registry.DATASETS, "tiny", spec)
+    monkeypatch.setenv("AWD_DATA_DIR", str(root))
+    return folder
+
+
+def test_registered_dataset_loads_when_its_checksums_match(registered):
+    assert load_corpus("tiny").vocab == ["p", "q", "<eos>"]
+    assert load_corpus(registered).vocab == ["p", "q", "<eos>"]  # its folder, by path
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_edited_file_of_a_registered_dataset_is_a_one_line_data_error(registered, use_cache):
+    load_corpus("tiny")  # cached while it was intact
+    (registered / "valid.txt").write_text("q p\n", encoding="utf-8")
+    for data in ("tiny", registered):
+        with pytest.raises(DataError) as info:
+            load_corpus(data, use_cache=use_cache)
+        message = str(info.value)
+        assert "\n" not in message
+        assert str(registered / "valid.txt") in message
+        assert "python -m awd.data fetch tiny --force" in message
+
+
+def test_real_ptb_matches_the_registry(ptb_dir, monkeypatch, cache_dir):
+    monkeypatch.setenv("AWD_DATA_DIR", str(ptb_dir.parent))
+    assert load_corpus("ptb").ntokens == 10000
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -158,6 +261,17 @@ def test_valid_word_missing_from_training_vocabulary_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="zebra") as info:
         load_corpus(folder)
     assert "not in the training vocabulary" in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"\x00" * 64, b"a b\n\x00\x00\n", bytes(range(256)) * 4,
+                                     b"a\x07b\n", b"\x1f\x8b\x08\x00gzip"])
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_binary_or_nul_file_is_a_one_line_data_error(tmp_path, content, split):
+    folder = write_corpus(tmp_path / "c", "a b\n", "a\n", "b\n")
+    (folder / f"{split}.txt").write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_corpus(folder)
+    assert "\n" not in str(info.value) and f"{split}.txt" in str(info.value)
 
 
 def test_non_utf8_file_is_a_data_error(tmp_path):

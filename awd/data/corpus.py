@@ -8,7 +8,10 @@ the sha256 of the three files, so the search's many trials do not re-tokenise.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +19,25 @@ from pathlib import Path
 import platformdirs
 import torch
 
-from awd.data.registry import SPLITS, resolve_data
-from awd.errors import DataError
+from awd.data.registry import (
+    DATASETS,
+    SPLITS,
+    DatasetSpec,
+    data_root,
+    find_dataset,
+    resolve_data,
+)
+from awd.errors import DataError, first_line
+from awd.files import atomic_torch_save, sha256_file
 
 EOS = "<eos>"
 # Accepted file names per split, in order of preference.
 SPLIT_FILES = {s: (f"{s}.txt", f"ptb.{s}.txt", f"wiki.{s}.tokens") for s in SPLITS}
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+CACHE_FORMAT = f"awdsearch.corpus/{CACHE_VERSION}"
+# C0 control characters other than whitespace, and DEL: never in a text corpus, always in a
+# binary file (NUL bytes are valid UTF-8, so decoding alone does not catch them).
+BINARY = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 
 
 @dataclass
@@ -84,10 +99,18 @@ def tokenize_lines(lines: Iterable[str]) -> list[str]:
 
 def _read_words(path: Path) -> list[str]:
     try:
-        with path.open(encoding="utf-8") as f:
-            return tokenize_lines(f)
+        with path.open(encoding="utf-8") as f:  # universal newlines, as the reference reads
+            text = f.read()
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e}); the file is corrupt") from e
+        raise DataError(f"{path} is not UTF-8 text ({e}); the file is corrupt") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    binary = BINARY.search(text)
+    if binary:
+        raise DataError(f"{path} holds a control character ({binary.group()!r}, line "
+                        f"{text.count(chr(10), 0, binary.start()) + 1}): a binary or corrupt "
+                        "file, not text")
+    return tokenize_lines(io.StringIO(text))  # lines end at \n only, as in the file
 
 
 def build_corpus(files: dict[str, Path]) -> Corpus:
@@ -115,60 +138,115 @@ def build_corpus(files: dict[str, Path]) -> Corpus:
     return Corpus(vocab=list(word2idx), **ids)
 
 
-def content_key(files: dict[str, Path]) -> str:
-    """sha256 over the three files' bytes (in split order) and the cache format version."""
-    h = hashlib.sha256(f"awd-corpus-v{CACHE_VERSION}".encode())
+def file_digests(files: dict[str, Path]) -> dict[str, str]:
+    """The sha256 of each split's file: checked against the registry and keying the cache."""
+    try:
+        return {split: sha256_file(files[split]) for split in SPLITS}
+    except OSError as e:
+        raise DataError(f"cannot read the corpus files: {e}") from None
+
+
+def content_key(files: dict[str, Path], digests: dict[str, str] | None = None) -> str:
+    """The cache key: a sha256 over the three files' digests and the cache format version, so
+    that any change to any file (or to the format) is a different key."""
+    digests = digests or file_digests(files)
+    text = "\n".join([f"awd-corpus-v{CACHE_VERSION}", *(digests[s] for s in SPLITS)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def registered_dataset(data: str | os.PathLike, folder: Path) -> DatasetSpec | None:
+    """The registry's dataset ``data`` names, or whose data-root folder it points at."""
+    spec = find_dataset(str(data))
+    if spec is not None:
+        return spec
+    for spec in DATASETS.values():
+        if folder.resolve() == (data_root() / spec.name).resolve():
+            return spec
+    return None
+
+
+def check_registered(spec: DatasetSpec, files: dict[str, Path], digests: dict[str, str]) -> None:
+    """A registered dataset's files must be the published ones: an edited or corrupt file
+    would make every result computed on it incomparable with the papers'."""
     for split in SPLITS:
-        with files[split].open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
+        if digests[split] != spec.sha256[split]:
+            raise DataError(
+                f"{files[split]} does not match the {spec.name} registry checksum (edited or "
+                f"corrupt); re-fetch it with `python -m awd.data fetch {spec.name} --force`")
+
+
+def cache_dir() -> Path:
+    """Where token ids are cached: ``$AWD_CACHE_DIR``, else the user cache folder. Never beside
+    the data: a data folder may be read-only, shared, or someone else's."""
+    env = os.environ.get("AWD_CACHE_DIR")
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("awdsearch")) / \
+        "corpus"
+
+
+def _payload_digest(vocab: list[str], ids: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256("\n".join(vocab).encode())
+    for split in SPLITS:
+        h.update(ids[split].numpy().tobytes())
     return h.hexdigest()
 
 
-def _cache_dirs(folder: Path) -> list[Path]:
-    """Candidates for the cache, first writable wins: next to the data, then a user cache."""
-    dirs = [folder / ".awd_cache"]
-    env = os.environ.get("AWD_CACHE_DIR")
-    dirs.append(Path(env) if env else Path(platformdirs.user_cache_dir("awdsearch")) / "corpus")
-    return dirs
-
-
-def _load_cached(path: Path) -> Corpus | None:
+def _load_cached(path: Path, key: str) -> Corpus | None:
+    """The cached corpus if ``path`` is a sound cache of ``key``; None (with a warning) for a
+    corrupt, foreign or stale file, which is then rebuilt: a cache is never trusted blindly."""
     try:
         blob = torch.load(path, weights_only=True)
-        return Corpus(
-            vocab=list(blob["vocab"]), **{s: blob[s].long() for s in SPLITS}
-        )
-    except Exception:  # a corrupt or foreign cache file is rebuilt, never trusted
+        if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT:
+            raise ValueError("not a corpus cache of this version")
+        if blob.get("key") != key:
+            raise ValueError("it caches other files")
+        vocab = blob["vocab"]
+        if not (isinstance(vocab, list) and vocab and all(isinstance(w, str) for w in vocab)
+                and len(set(vocab)) == len(vocab)):
+            raise ValueError("its vocabulary is malformed")
+        ids = {s: blob[s] for s in SPLITS}
+        for split, t in ids.items():
+            if not (isinstance(t, torch.Tensor) and t.dtype == torch.int32 and t.dim() == 1
+                    and t.numel() > 0 and int(t.min()) >= 0 and int(t.max()) < len(vocab)):
+                raise ValueError(f"its {split} ids are malformed")
+        if blob.get("digest") != _payload_digest(vocab, ids):
+            raise ValueError("its content does not match its checksum")
+    except Exception as e:  # unreadable or unsound: rebuilt, never trusted
+        warnings.warn(f"rebuilding the corpus cache {path}: {first_line(e)}", stacklevel=3)
         return None
+    return Corpus(vocab=vocab, **{s: t.long() for s, t in ids.items()})
 
 
-def _store(path: Path, corpus: Corpus) -> bool:
+def _store(path: Path, key: str, corpus: Corpus) -> None:
+    """Write the cache atomically (concurrent trials never read a half-written file); a cache
+    that cannot be written only costs the next load a re-tokenisation."""
+    ids = {s: corpus.split(s).int() for s in SPLITS}
+    blob = {"format": CACHE_FORMAT, "key": key, "vocab": list(corpus.vocab), **ids,
+            "digest": _payload_digest(corpus.vocab, ids)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        blob = {"vocab": corpus.vocab, **{s: corpus.split(s).int() for s in SPLITS}}
-        torch.save(blob, tmp)
-        os.replace(tmp, path)  # atomic: concurrent trials never read a half-written cache
-        return True
-    except OSError:
-        return False
+        atomic_torch_save(blob, path)
+    except OSError as e:
+        warnings.warn(f"cannot write the corpus cache {path}: {e}", stacklevel=3)
 
 
 def load_corpus(data: str | os.PathLike, use_cache: bool = True) -> Corpus:
-    """Load a corpus from a dataset name (``ptb``, ``wikitext-2``) or a folder path."""
+    """Load a corpus from a dataset name (``ptb``, ``wikitext-2``) or a folder path.
+
+    A registered dataset's files are checked against the registry's checksums on every load
+    (one hashing pass, which also keys the cache)."""
     folder = resolve_data(data)
     files = find_split_files(folder)
+    digests = file_digests(files)
+    spec = registered_dataset(data, folder)
+    if spec is not None:
+        check_registered(spec, files, digests)
     if not use_cache:
         return build_corpus(files)
-    key = content_key(files)
-    for d in _cache_dirs(folder):
-        cached = _load_cached(d / f"{key}.pt") if (d / f"{key}.pt").is_file() else None
-        if cached is not None:
-            return cached
+    key = content_key(files, digests)
+    path = cache_dir() / f"{key}.pt"
+    cached = _load_cached(path, key) if path.is_file() else None
+    if cached is not None:
+        return cached
     corpus = build_corpus(files)
-    for d in _cache_dirs(folder):
-        if _store(d / f"{key}.pt", corpus):
-            break
+    _store(path, key, corpus)
     return corpus

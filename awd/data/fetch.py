@@ -12,7 +12,6 @@ Only the archive members named in the registry are read, each streamed into a fi
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -30,6 +29,7 @@ from typing import IO
 from awd.data.corpus import find_split_files
 from awd.data.registry import SPLITS, DatasetSpec, data_root, dataset_spec
 from awd.errors import DataError
+from awd.files import sha256_file
 
 Log = Callable[[str], None]
 CHUNK = 1 << 20
@@ -51,15 +51,6 @@ def _spec(name: str, spec: DatasetSpec | None) -> DatasetSpec:
 def _dest(spec: DatasetSpec, dest: str | os.PathLike | None) -> Path:
     """The dataset's folder: ``--dest`` if given, else ``data_root()/NAME``."""
     return Path(dest).expanduser() if dest is not None else data_root() / spec.name
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks so large corpora do not fill memory."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check(spec: DatasetSpec, files: dict[str, Path], origin: str) -> None:
