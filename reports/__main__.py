@@ -9,12 +9,15 @@ import warnings
 from pathlib import Path
 
 from awd.errors import UserError
+from reports.errors import ReportError
+from search.options import CONTROL, OneLineParser, tracking_uri_problem
+from search.storage import folder_problem
 
 EXIT_BAD_INPUT = 2
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m reports",
         description="Report on one or more awdsearch searches from MLflow: best trials against "
         "published perplexities, learning curves, search progress, hyperparameter importance, "
@@ -36,6 +39,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every argument's form, before the store is opened: a `ReportError` (one line) if one
+    cannot work. Whether the experiments exist is the store's to say (`reports.load`)."""
+    for name in args.experiment:
+        if not name.strip() or CONTROL.search(name):
+            raise ReportError(f"--experiment needs MLflow experiment names, got {name!r}")
+    if args.tracking_uri is not None:
+        problem = tracking_uri_problem(args.tracking_uri)
+        if problem:
+            raise ReportError(f"--tracking-uri {args.tracking_uri!r}: {problem}")
+    problem = folder_problem(args.out) if not CONTROL.search(str(args.out)) \
+        else "contains a control character"
+    if problem:
+        raise ReportError(f"--out {str(args.out)!r}: {problem}")
+
+
 def _quiet() -> None:
     """Keep stderr to our own lines: library warnings and INFO logs are noise here."""
     warnings.filterwarnings("ignore")
@@ -49,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         _quiet()
     try:
+        check_args(args)
         from reports.build import build
         from search.tracking import resolve_tracking_uri
 
