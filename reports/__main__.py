@@ -10,7 +10,7 @@ from pathlib import Path
 
 from awd.errors import UserError
 from reports.errors import ReportError
-from search.options import CONTROL, OneLineParser, tracking_uri_problem
+from search.options import CONTROL, OneLineParser, tracking_uri_problem, tracking_uri_source
 from search.storage import folder_problem
 
 EXIT_BAD_INPUT = 2
@@ -45,10 +45,10 @@ def check_args(args: argparse.Namespace) -> None:
     for name in args.experiment:
         if not name.strip() or CONTROL.search(name):
             raise ReportError(f"--experiment needs MLflow experiment names, got {name!r}")
-    if args.tracking_uri is not None:
-        problem = tracking_uri_problem(args.tracking_uri)
-        if problem:
-            raise ReportError(f"--tracking-uri {args.tracking_uri!r}: {problem}")
+    source, uri = tracking_uri_source(args.tracking_uri)
+    problem = tracking_uri_problem(uri) if uri is not None else None
+    if problem:
+        raise ReportError(f"{source} {uri!r}: {problem}")
     problem = folder_problem(args.out) if not CONTROL.search(str(args.out)) \
         else "contains a control character"
     if problem:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from awd.config import from_flat
 from awd.errors import UserError, first_line
 from search import storage
 from search.results import parse_param
+from search.tracking import ENV_TRACKING_URI
 from spaces import Space, get_space
 
 SCHEDULERS = ("asha", "none")
@@ -23,7 +25,7 @@ MAX_SEED = 2**32 - 1  # numpy's (and so Optuna's) largest seed
 MAX_NAME = 200
 # An MLflow experiment name that is also one folder under --storage.
 EXPERIMENT_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,{MAX_NAME - 1}}}")
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 SQL_DIALECTS = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle")
 
 
@@ -151,10 +153,11 @@ class SearchOptions:
                 raise OptionError(f"--address {self.address!r}: {problem}")
 
     def _check_locations(self) -> None:
-        if self.tracking_uri is not None:
-            problem = tracking_uri_problem(self.tracking_uri)
+        source, uri = tracking_uri_source(self.tracking_uri)
+        if uri is not None and (self.tracking_uri is not None or not self.resume):
+            problem = tracking_uri_problem(uri)  # a resumed search keeps its saved store
             if problem:
-                raise OptionError(f"--tracking-uri {self.tracking_uri!r}: {problem}")
+                raise OptionError(f"{source} {uri!r}: {problem}")
         if self.study_storage is not None:
             problem = study_storage_problem(self.study_storage)
             if problem:
@@ -285,6 +288,15 @@ def tracking_uri_problem(uri: str) -> str | None:
         return None
     return (f"unknown scheme {scheme!r}; use sqlite:///PATH, http(s)://HOST[:PORT], file:PATH, "
             "a folder, or a database URL")
+
+
+def tracking_uri_source(flag: str | None) -> tuple[str, str | None]:
+    """Where the tracking URI comes from (the flag, else the environment) and its value; None
+    for the default store (`search.tracking.resolve_tracking_uri` decides the same way)."""
+    if flag is not None:
+        return "--tracking-uri", flag
+    env = os.environ.get(ENV_TRACKING_URI, "")
+    return f"${ENV_TRACKING_URI}", env if env.strip() else None
 
 
 def study_storage_problem(url: str) -> str | None:

@@ -16,6 +16,14 @@ from reports import ReportError
 from reports.__main__ import check_args, main, parser
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_tracking_env():
+    """The default store unless a test says otherwise: $MLFLOW_TRACKING_URI is input too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("reports_input")
@@ -24,16 +32,18 @@ def base(tmp_path_factory) -> Path:
     return root
 
 
+NAMES = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_categories=("Cc",)),
+                min_size=1, max_size=10)
+
+
 @functools.cache
 def arg_values(base: Path) -> dict[str, tuple[st.SearchStrategy, st.SearchStrategy]]:
     """Each argument -> (valid values, invalid values)."""
     return {
         "--experiment": (
-            st.lists(st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1,
-                             max_size=10).filter(lambda s: not s.startswith("-")),
-                     min_size=1, max_size=3),
-            st.lists(st.sampled_from(["", " ", "\t", "a\nb", "x\x00"]), min_size=1,
-                     max_size=2)),
+            st.lists(NAMES.filter(lambda s: not s.startswith("-")), min_size=1, max_size=3),
+            st.lists(st.sampled_from(["", " ", "\t", "a\nb", "x\x00", "\x7f", "a\x85"]),
+                     min_size=1, max_size=2)),
         "--tracking-uri": (
             st.sampled_from([f"sqlite:///{base}/m.db", "http://127.0.0.1:5000", "mlruns",
                              "file:///tmp/mlruns", "postgresql://u@h/db"]),
@@ -111,6 +121,14 @@ def test_each_bad_case_is_one_error_line_exit_2_nothing_written(args, tmp_path, 
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_malformed_tracking_uri_in_the_environment_is_one_error_line(tmp_path, monkeypatch,
+                                                                       capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite://m.db")
+    assert main(["-e", "x", "--out", str(tmp_path / "r"), "--debug"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: $MLFLOW_TRACKING_URI 'sqlite://m.db'")
 
 
 def test_a_missing_experiment_is_one_error_line(tmp_path, monkeypatch, capsys,

@@ -30,6 +30,14 @@ from search.options import (
 from spaces import SPACES
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_tracking_env():
+    """The default store unless a test says otherwise: $MLFLOW_TRACKING_URI is input too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """A folder holding a regular file (``afile``) and a folder (``adir``)."""
@@ -223,6 +231,20 @@ def test_study_storage_forms(url, ok, base, monkeypatch):
 ])
 def test_ray_address_forms(address, ok):
     assert (address_problem(address) is None) == ok
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_malformed_tracking_uri_in_the_environment_is_rejected_unless_resuming(resume,
+                                                                                monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "htp://x")
+    argv = ["--resume"] if resume else []
+    if resume:  # a resumed search uses the store saved with it
+        validate(argv)
+    else:
+        with pytest.raises(OptionError, match=r"^\$MLFLOW_TRACKING_URI 'htp://x': unknown"):
+            validate(argv)
+    with pytest.raises(OptionError, match=r"^--tracking-uri 'htp://y'"):
+        validate([*argv, "--tracking-uri", "htp://y"])
 
 
 def test_a_read_only_folder_is_rejected_for_storage_and_best_config(tmp_path):
