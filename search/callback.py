@@ -13,6 +13,7 @@ once, when it is back: by this search, or by the next ``--resume`` (`trial_recor
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,26 @@ from search.trial_records import (
     spool_path,
 )
 
-__all__ = ["MLflowTrialLogger", "Unwrap", "plain_trial"]
+__all__ = ["MLflowTrialLogger", "Unwrap", "close_all", "plain_trial"]
 
 log = logging.getLogger(__name__)
 
 END_OF_FIT_DRAIN_S = 60.0  # at the end of Tune's run, while MLflow answers, wait this long
+
+# The loggers writing in this process: a restored Tuner unpickles its own, out of the driver's
+# reach, and the driver must still drain them before it writes the search's summary.
+_LIVE: weakref.WeakSet[MLflowTrialLogger] = weakref.WeakSet()
+
+
+def close_all(timeout: float) -> list[Path]:
+    """Drain every logger of this process for up to ``timeout`` s in all, and stop them; the
+    spool files still holding records (MLflow unreachable): empty when everything is written.
+    """
+    left = []
+    for logger in list(_LIVE):
+        if not logger.close(timeout):
+            left.append(logger.spool_path)
+    return left
 
 
 def _error_reason(trial: Trial) -> str:
@@ -98,6 +114,7 @@ class MLflowTrialLogger(Callback):
     def outbox(self) -> Outbox:
         if self._outbox is None:
             self._outbox = mlflow_outbox(self.tracking_uri, self.spool_path)
+            _LIVE.add(self)
         return self._outbox
 
     def get_state(self) -> dict[str, Any]:
@@ -118,6 +135,7 @@ class MLflowTrialLogger(Callback):
             return True
         done = self._outbox.close(timeout)
         self._outbox = None
+        _LIVE.discard(self)
         return done
 
     # --- Tune hooks: hand records over, never wait for MLflow ------------------------------
@@ -146,7 +164,8 @@ class MLflowTrialLogger(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info: Any) -> None:
         result = trial.last_result or {}
-        failure = "diverged (see the trial's error)" if result.get(schema.DIVERGED) else None
+        failure = (str(result[schema.FATAL]) if result.get(schema.FATAL) else
+                   "diverged (see the trial's error)" if result.get(schema.DIVERGED) else None)
         self._put(trial, finish_record(self.spec, trial.trial_id, result, status_of(result),
                                        failure))
 
@@ -157,6 +176,6 @@ class MLflowTrialLogger(Callback):
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         """Tune is done: let the writer finish while MLflow answers (the driver reads the runs
-        next); during an outage, return at once and leave the rest to the driver's `drain`."""
+        next); once a write fails, return and leave the rest to the driver's `drain`."""
         if self._outbox is not None:
             self._outbox.drain(END_OF_FIT_DRAIN_S, while_reachable=True)

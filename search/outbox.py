@@ -146,6 +146,7 @@ class Outbox:
         self.outage: Outage | None = None
         self.written = 0
         self.dropped = 0
+        self._failures = 0  # writes that failed for the store's sake, ever
         self._thread = threading.Thread(target=self._run, name="mlflow-outbox", daemon=True)
         self._thread.start()
 
@@ -173,15 +174,15 @@ class Outbox:
 
     def drain(self, timeout: float, while_reachable: bool = False) -> bool:
         """Wait until every record is written (True) or ``timeout`` seconds pass (False); with
-        ``while_reachable``, give up as soon as the store is found away."""
+        ``while_reachable``, also give up (False) as soon as a write fails."""
         deadline = time.monotonic() + timeout
-        if not while_reachable:
-            self._retry_now.set()  # no waiting out a backoff: try the store now
+        self._retry_now.set()  # no waiting out a backoff: try the store now
         with self._cond:
+            failures = self._failures
             while self._queue or len(self.spool):
                 left = deadline - time.monotonic()
                 if (left <= 0 or not self._thread.is_alive()
-                        or (while_reachable and self.outage is not None)):
+                        or (while_reachable and self._failures > failures)):
                     return False
                 self._cond.wait(min(left, 0.5))
             return True
@@ -209,9 +210,10 @@ class Outbox:
     def _start_outage(self, why: str) -> None:
         self.outage = Outage(time.time())
         self._spool_queue()
-        log.warning("MLflow at %s unreachable since %s (%s); results are kept in %s and will be "
+        log.debug("MLflow outage: %s", why)
+        log.warning("MLflow at %s unreachable since %s; results are kept in %s and will be "
                     "written when it is back", self.where,
-                    datetime.fromtimestamp(self.outage.since).strftime("%H:%M:%S"), why,
+                    datetime.fromtimestamp(self.outage.since).strftime("%H:%M:%S"),
                     self.spool.path)
 
     def _next(self) -> Record | None:
@@ -257,6 +259,8 @@ class Outbox:
                     continue
                 with self._cond:
                     self._busy_since = None
+                    self._failures += 1
+                    self._cond.notify_all()
                     if self.outage is None:
                         self._start_outage(first_line(e)[:200])
                     self._spool_queue()

@@ -1,0 +1,197 @@
+"""A real `mlflow server` stopped during a real smoke search and started again later: the
+search does not stall, says so once when MLflow goes and once when it is caught up, and every
+epoch Ray has ends up in MLflow exactly once; a driver killed during the outage leaves a spool
+that a later run writes, once.
+
+The search runs as ``python -m search.run`` with ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` so that
+a write fails at once instead of after MLflow's own minutes of retries (the outbox retries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import DATA_DIR, real_data
+from mlflow.tracking import MlflowClient
+
+from search import schema
+from search.backfill import backfill
+from search.trial_records import SPOOL_FILE, replay
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`mlflow server` on one port and one SQLite file, stopped and started at will."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.folder / "server.log", "a") as out:
+            self.proc = self._popen(out)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError("mlflow server did not start: "
+                             + (self.folder / "server.log").read_text()[-2000:])
+
+    def _popen(self, out) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+             str(self.port), "--workers", "1", "--backend-store-uri",
+             f"sqlite:///{self.folder / 'mlflow.db'}", "--artifacts-destination",
+             str(self.folder / "artifacts")],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # an outage, not a clean shutdown
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def server(tmp_path):
+    real_data("ptb")
+    (tmp_path / "mlflow").mkdir()
+    srv = Server(tmp_path / "mlflow")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def start_search(tmp_path: Path, uri: str, epochs: int) -> subprocess.Popen:
+    env = {**os.environ, "AWD_DATA_DIR": str(DATA_DIR), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "search.run", "--space", "smoke", "--num-samples", "2",
+           "--concurrency", "2", "--max-epochs", str(epochs), "--scheduler", "none",
+           "--storage", "rr", "--experiment", "outage", "--tracking-uri", uri]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=open(tmp_path / "log.txt", "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def ray_epochs(tmp_path: Path) -> dict[str, list[int]]:
+    """Each trial's epochs as Ray has them (result.json, one line per reported result)."""
+    out = {}
+    for f in (tmp_path / "rr" / "outage").glob("*/result.json"):
+        rows = []
+        for line in f.read_text().splitlines():
+            with contextlib.suppress(ValueError):  # a line being written
+                rows.append(json.loads(line))
+        if rows:
+            out[rows[0]["trial_id"]] = [r["epoch"] for r in rows if "val_ppl" in r]
+    return out
+
+
+def wait_for(what: str, check, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        assert proc.poll() is None, f"search ended before {what}: {log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}: {log.read_text()[-3000:]}")
+
+
+def mlflow_epochs(uri: str) -> tuple[dict[str, list[int]], dict[str, float]]:
+    """Each trial run's val_ppl steps (repeats kept) and its epochs_run."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("outage")
+    steps, runs = {}, {}
+    for run in client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.`{schema.ROLE}` = 'trial'"):
+        tid = run.data.tags[schema.TRIAL_ID]
+        steps[tid] = sorted(m.step for m in client.get_metric_history(run.info.run_id,
+                                                                       "val_ppl"))
+        runs[tid] = run.data.metrics.get(schema.EPOCHS_RUN, float("nan"))
+    return steps, runs
+
+
+def total(epochs: dict[str, list[int]]) -> int:
+    return sum(len(v) for v in epochs.values())
+
+
+def test_search_goes_on_through_an_mlflow_outage_and_loses_nothing(tmp_path, server):
+    proc = start_search(tmp_path, server.uri, epochs=7)
+    log = tmp_path / "log.txt"
+    try:
+        wait_for("a first epoch", lambda: total(ray_epochs(tmp_path)) >= 1, 240, proc, log)
+        server.stop()
+        during = total(ray_epochs(tmp_path))
+        # no stall: epochs keep coming while MLflow is away
+        wait_for("epochs during the outage", lambda: total(ray_epochs(tmp_path)) >= during + 1,
+                 120, proc, log)
+        wait_for("the outage line", lambda: "unreachable since" in log.read_text(), 30, proc,
+                 log)
+        server.start()  # (some 10 s): epochs 2 to 7 of 7 are left
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    lines = [x for x in text.splitlines() if "MLflow" in x]
+    assert text.count("unreachable since") == 1 and text.count("MLflow caught up:") == 1, lines
+    ray = ray_epochs(tmp_path)
+    steps, epochs_run = mlflow_epochs(server.uri)
+    assert steps == {t: sorted(set(e)) for t, e in ray.items()}  # every epoch, exactly once
+    assert epochs_run == {t: float(max(e)) for t, e in ray.items()}
+    assert not list(tmp_path.rglob("mlflow_spool*.jsonl"))  # all written: no spool left
+
+
+def test_driver_killed_during_an_outage_leaves_a_spool_written_once_later(tmp_path, server):
+    proc = start_search(tmp_path, server.uri, epochs=30)
+    log = tmp_path / "log.txt"
+    try:
+        wait_for("a first epoch", lambda: total(ray_epochs(tmp_path)) >= 1, 240, proc, log)
+        server.stop()
+        during = total(ray_epochs(tmp_path))
+        wait_for("epochs during the outage", lambda: total(ray_epochs(tmp_path)) >= during + 2,
+                 120, proc, log)
+        wait_for("the outage line", lambda: "unreachable since" in log.read_text(), 30, proc,
+                 log)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, mid-outage
+        proc.wait(30)
+    # Without the driver's wiring the spool is in the user cache folder; with it, in the
+    # experiment folder (search.trial_records.spool_path).
+    spools = [*tmp_path.glob(f"rr/outage/{SPOOL_FILE}"),
+              *tmp_path.glob("cache/awdsearch/mlflow_spool/*.jsonl")]
+    assert len(spools) == 1, spools
+    records = [json.loads(x) for x in spools[0].read_text().splitlines()]
+    assert any(r.get("kind") == "epoch" for r in records)
+    server.start()
+    # what the driver does at the start of --resume: the spool first, then Ray's results
+    assert replay(spools[0], server.uri, timeout=60) and not spools[0].exists()
+    client = MlflowClient(server.uri)
+    exp = client.get_experiment_by_name("outage").experiment_id
+    (parent,) = client.search_runs([exp], filter_string=f"tags.`{schema.ROLE}` = 'search'")
+    done = backfill(server.uri, str(tmp_path / "rr" / "outage"), exp, parent.info.run_id,
+                    "smoke", {"gpus_per_trial": 0.0})
+    assert not done.error
+    spools[0].write_text("".join(json.dumps(r) + "\n" for r in records))  # the acks lost
+    assert replay(spools[0], server.uri, timeout=60)
+    steps, _ = mlflow_epochs(server.uri)
+    ray = ray_epochs(tmp_path)
+    assert steps == {t: sorted(set(e)) for t, e in ray.items()}  # every epoch, exactly once
