@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,8 +24,8 @@ from awd.files import atomic_torch_save
 
 TRAINER_FORMAT = "awdsearch.trainer/2"
 EXPORT_FORMAT = "awdsearch.model/1"
-_NOT_OURS = ("not a checkpoint of this awdsearch version (written by an older version, or not "
-             "an awdsearch checkpoint)")
+_NOT_OURS = ("it is not a checkpoint of this awdsearch version (written by an older version, "
+             "or not an awdsearch checkpoint)")
 
 
 def write(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -36,24 +37,26 @@ def write(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
 
 
 def read(path: str | os.PathLike[str], fmt: str) -> dict[str, Any]:
-    """The dict saved in ``path`` with format tag ``fmt``; anything else is a `CheckpointError`.
+    """The dict saved in ``path`` with format tag ``fmt``; anything else is a `CheckpointError`
+    saying why (the caller says which file and what it was doing).
 
     ``weights_only=True``: an old checkpoint (pickled NumPy arrays) or a crafted pickle is
     refused by the loader itself, before any of its code could run."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on foreign pickles: we say it in one line
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
+        raise CheckpointError("no such file") from None
     except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror or first_line(e)}") from None
+        raise CheckpointError(f"cannot read it: {e.strerror or first_line(e)}") from None
     except Exception as e:  # truncated zip, bad pickle, refused global: all unreadable
         if "Weights only load failed" in str(e):
-            raise CheckpointError(f"{path} is {_NOT_OURS}; it holds objects a safe load "
-                                  "refuses") from None
-        raise CheckpointError(f"{path} is not a readable checkpoint (empty, truncated or "
-                              f"corrupt: {first_line(e)})") from None
+            raise CheckpointError(f"{_NOT_OURS}; it holds objects a safe load refuses") from None
+        raise CheckpointError(f"not a readable checkpoint (empty, truncated or corrupt: "
+                              f"{type(e).__name__}: {first_line(e)})") from None
     if not isinstance(state, dict) or state.get("format") != fmt:
-        raise CheckpointError(f"{path} is {_NOT_OURS}")
+        raise CheckpointError(_NOT_OURS)
     return state
 
 

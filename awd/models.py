@@ -86,7 +86,9 @@ class ZarembaModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = nn.Embedding(ntoken, cfg.nhid)
-        self.rnn = nn.LSTM(cfg.nhid, cfg.nhid, cfg.nlayers, dropout=cfg.dropout)
+        # nn.LSTM's dropout acts between its layers only (none with one layer: say so to it)
+        between = cfg.dropout if cfg.nlayers > 1 else 0.0
+        self.rnn = nn.LSTM(cfg.nhid, cfg.nhid, cfg.nlayers, dropout=between)
         self.decoder = nn.Linear(cfg.nhid, ntoken)
         self.drop = nn.Dropout(cfg.dropout)
         for p in self.parameters():

@@ -106,7 +106,7 @@ def test_tiny_run_prints_epochs_and_final_line_and_saves_then_resumes(tiny_dir, 
     assert f"{summary['val_ppl']:.2f}" == match.group(1)
     assert f"{summary['test_ppl']:.2f}" == match.group(2)
     assert 1 < summary["val_ppl"] < 1_000
-    state = torch.load(ckpt, weights_only=False)  # the trainer after its last epoch
+    state = torch.load(ckpt, weights_only=True)  # the trainer after its last epoch: plain data
     assert state["epoch"] == 2 and [m["epoch"] for m in state["history"]] == [1, 2]
     assert state["config"]["batch_size"] == 4 and state["config"]["emsize"] == 16
     assert "Traceback" not in result.stderr
