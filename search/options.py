@@ -169,7 +169,11 @@ class SearchOptions:
             if problem:
                 raise OptionError(f"--storage {self.storage!r}: {problem}")
         else:
-            problem = storage.folder_problem(Path(self.experiment_dir))
+            try:
+                folder = Path(self.experiment_dir)
+            except RuntimeError:  # expanduser of ~name for an unknown user
+                raise OptionError(f"--storage {self.storage!r}: unknown home folder") from None
+            problem = storage.folder_problem(folder)
             if problem:
                 raise OptionError(f"--storage {self.storage!r}: {problem}")
         if self.best_config is not None and not self.best_config.strip():

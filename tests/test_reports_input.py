@@ -69,7 +69,7 @@ def reports_argv(draw: st.DrawFn, base: Path) -> tuple[list[str], set[str]]:
     return argv, bad
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_every_invalid_argument_fails_with_one_line_and_valid_ones_pass(base, data):
     argv, bad = data.draw(reports_argv(base))
