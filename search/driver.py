@@ -21,6 +21,7 @@ from typing import Any
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune import ExperimentAnalysis
 from ray.tune.result_grid import ResultGrid
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
@@ -261,10 +262,11 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
     return tuner, state
 
 
-def summarize(result_grid: ResultGrid, stopped: bool = False) -> list[TrialSummary]:
-    """Each trial's outcome from Tune's results: status, last result, last checkpoint. After a
-    stop by signal (``stopped``), a trial Tune had not ended is `STATUS_INTERRUPTED`."""
-    tune_trials = result_grid._experiment_analysis.trials  # same order as the grid
+def summarize(result_grid: ResultGrid, interrupted: frozenset[str] = frozenset()
+              ) -> list[TrialSummary]:
+    """Each trial's outcome from Tune's results: status, last result, last checkpoint. The
+    ``interrupted`` trials (running when a signal stopped the search) are `STATUS_INTERRUPTED`
+    unless they had already failed."""
     trials = []
     for i in range(len(result_grid)):
         r = result_grid[i]
@@ -273,12 +275,19 @@ def summarize(result_grid: ResultGrid, stopped: bool = False) -> list[TrialSumma
         error = str(r.error) if r.error is not None else (
             str(metrics.get(schema.FATAL) or "diverged")
             if status == schema.STATUS_FAILED else None)
-        if stopped and r.error is None and tune_trials[i].status not in ("TERMINATED", "ERROR"):
+        trial_id = metrics.get("trial_id", r.path.rsplit("_", 1)[-1])
+        if trial_id in interrupted and status != schema.STATUS_FAILED:
             status = schema.STATUS_INTERRUPTED
-        trials.append(TrialSummary(
-            trial_id=metrics.get("trial_id", r.path.rsplit("_", 1)[-1]), status=status,
-            config=dict(r.config or {}), metrics=metrics, checkpoint=r.checkpoint, error=error))
+        trials.append(TrialSummary(trial_id=trial_id, status=status, config=dict(r.config or {}),
+                                   metrics=metrics, checkpoint=r.checkpoint, error=error))
     return trials
+
+
+def unfinished_trials(experiment_dir: str) -> frozenset[str]:
+    """The trials Tune had not ended when it was stopped, from the state it saved then (after
+    saving it, Tune marks every live trial TERMINATED, like one it ended itself)."""
+    saved = ExperimentAnalysis(experiment_dir).trials
+    return frozenset(t.trial_id for t in saved if t.status not in ("TERMINATED", "ERROR"))
 
 
 def _write_best_config(opts: SearchOptions, best: TrialSummary) -> Path:
@@ -433,12 +442,13 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
     """The end of a search, or of its part before a signal stopped it: close every trial's run
     (and drop runs of trials Ray never kept), then the parent's summary. A stopped search is
     KILLED, has no best trial yet and writes no best configuration: --resume goes on."""
-    trials = summarize(grid, stopped=stopped_by is not None)
+    stopped = stopped_by is not None
+    trials = summarize(grid, unfinished_trials(opts.experiment_dir) if stopped else frozenset())
     runs = prune_child_runs(client, state.experiment_id, state.parent_run_id,
                             {t.trial_id for t in trials})
     close_open_trials(client, runs, trials)
-    best = pick_best(trials) if stopped_by is None else None
-    confirmation = _confirm(opts, state, client, trials, ended=stopped_by is None)
+    best = None if stopped else pick_best(trials)
+    confirmation = _confirm(opts, state, client, trials, ended=not stopped)
     with tempfile.TemporaryDirectory() as d:
         model = None
         if best is not None and best.checkpoint is not None:
@@ -447,7 +457,7 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
             except CheckpointError as e:
                 log.warning("the best trial's model is not logged: %s", e)
         write_summary(client, state.parent_run_id, state.gpus_per_trial, runs, trials, best,
-                      model, stopped=stopped_by is not None)
+                      model, stopped=stopped)
     best_path = _write_best_config(opts, best) if best is not None else None
     return SearchOutcome(trials, best, state.parent_run_id, state.tracking_uri,
                          opts.experiment_dir, best_path, confirmation, stopped_by)

@@ -47,7 +47,8 @@ class AWDOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if (not self.report_intermediate or result.get(schema.DIVERGED)
                 or schema.EPOCH not in result or self.metric not in result
-                or trial_id in self._completed_trials or trial_id not in self._ot_trials):
+                or trial_id in self._completed_trials or trial_id not in self._ot_trials
+                or self._told(trial_id)):
             return
         with warnings.catch_warnings():  # an epoch re-run after a restore is kept once
             warnings.simplefilter("ignore", UserWarning)
@@ -57,6 +58,9 @@ class AWDOptunaSearch(OptunaSearch):
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if self._told(trial_id):
+            self._completed_trials.add(trial_id)
             return
         ot_trial, study = self._ot_trials[trial_id], self.study()
         if error or not result or result.get(schema.DIVERGED) or result.get(schema.FATAL):
@@ -70,6 +74,12 @@ class AWDOptunaSearch(OptunaSearch):
             self.on_trial_result(trial_id, result)
             study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+    def _told(self, trial_id: str) -> bool:
+        """Whether the study already has the trial's end: a driver killed after telling the
+        study but before Tune's next snapshot ends the same trial again once resumed."""
+        ot_trial = self._ot_trials[trial_id]
+        return bool(ot_trial.study._storage.get_trial(ot_trial._trial_id).state.is_finished())
 
     def restore(self, checkpoint_path: str) -> None:
         """Tune's restore of a killed search: the study (in its storage) may hold trials asked

@@ -103,3 +103,24 @@ def test_our_searcher_uses_the_same_attributes():
     assert searcher.study().trials[0].state == optuna.trial.TrialState.PRUNED
     searcher.on_trial_complete("a", {"best_val_ppl": 1.0, "finished": True})  # told once only
     assert searcher.study().trials[0].state == optuna.trial.TrialState.PRUNED
+
+
+def test_an_optuna_trial_reaches_its_storage_state_as_our_searcher_reads_it():
+    """`AWDOptunaSearch._told` reads ``Trial.study._storage`` and ``Trial._trial_id``."""
+    study = optuna.create_study()
+    trial = study.ask()
+    assert not trial.study._storage.get_trial(trial._trial_id).state.is_finished()
+    study.tell(trial, 1.0)
+    assert trial.study._storage.get_trial(trial._trial_id).state.is_finished()
+
+
+def test_a_trial_the_study_already_has_ended_is_not_told_again():
+    """A driver killed after telling the study, before Tune's snapshot: once resumed, Tune ends
+    the same trial again; telling Optuna twice would crash the search."""
+    searcher = make_searcher(get_space("smoke"), {}, 0, "told-twice", 2).searcher
+    searcher.suggest("a")
+    searcher.study().tell(searcher._ot_trials["a"], 5.0)  # by the killed driver
+    searcher.on_trial_result("a", {"best_val_ppl": 4.0, "epoch": 2})
+    searcher.on_trial_complete("a", {"best_val_ppl": 4.0, "finished": True})
+    assert searcher.study().trials[0].state == optuna.trial.TrialState.COMPLETE
+    assert searcher.study().trials[0].value == 5.0
