@@ -75,12 +75,13 @@ def field(state: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> 
 
 
 def check_tensors(saved: Any, like: Mapping[str, torch.Tensor], what: str) -> None:
-    """``saved`` has the same keys as ``like`` and a tensor of the same shape under each."""
+    """``saved`` has the same keys as ``like`` and a tensor of the same shape and dtype under
+    each."""
     if not isinstance(saved, dict) or saved.keys() != like.keys():
         raise CheckpointError(f"the checkpoint's {what} do not fit this model (other names)")
     for k, t in like.items():
         v = saved[k]
-        if not isinstance(v, torch.Tensor) or v.shape != t.shape:
+        if not isinstance(v, torch.Tensor) or v.shape != t.shape or v.dtype != t.dtype:
             raise CheckpointError(f"the checkpoint's {what} do not fit this model ({k})")
 
 

@@ -111,6 +111,10 @@ class NTASGD:
                         for g, o in zip(groups, ours, strict=True))
                 and isinstance(opt.get("state"), dict)):
             raise CheckpointError("the checkpoint's optimiser state does not fit this model")
+        for saved, own in zip(groups, ours, strict=True):  # lr is set at every step
+            if any(saved[k] != v for k, v in own.items() if k not in ("params", "lr")
+                   and k in saved):
+                raise CheckpointError("the checkpoint's optimiser settings differ from the run's")
         history = state.get("history")
         if not isinstance(history, list) or not all(isinstance(v, float | int) for v in history):
             raise CheckpointError("the checkpoint's NT-ASGD history is not a list of numbers")

@@ -187,8 +187,8 @@ def test_old_and_crafted_files_are_named_as_not_of_this_version(saved, corpus, t
             trainer.load(files[kind])
 
 
-@pytest.mark.parametrize("part", ["model", "best_state", "rng", "ntasgd", "history", "epoch",
-                                  "vocab", "finetune_history"])
+@pytest.mark.parametrize("part", ["model", "dtype", "best_state", "rng", "ntasgd", "optimizer",
+                                  "history", "epoch", "vocab", "finetune_history"])
 def test_checkpoint_with_one_malformed_part_is_refused_before_anything_is_applied(
         part, saved, corpus, tmp_path):
     _, good = saved
@@ -198,13 +198,18 @@ def test_checkpoint_with_one_malformed_part_is_refused_before_anything_is_applie
         "best_state": {"encoder.weight": torch.zeros(1)},
         "rng": {**state["rng"], "numpy": {"kind": "MT19937", "key": torch.zeros(3)}},
         "ntasgd": {**state["ntasgd"], "average": [torch.zeros(1)]},
+        "optimizer": {**state["ntasgd"], "optimizer": {
+            **state["ntasgd"]["optimizer"], "param_groups": [
+                {**g, "weight_decay": "x"} for g in state["ntasgd"]["optimizer"]["param_groups"]]}},
+        "dtype": {k: v.double() for k, v in state["model"].items()},
         "history": [{"epoch": 1}],
         "epoch": -3,
         "vocab": ["other"],
         "finetune_history": "x",
     }[part]
     path = tmp_path / "broken.pt"
-    torch.save({**state, part: broken}, path)
+    key = {"optimizer": "ntasgd", "dtype": "model"}.get(part, part)
+    torch.save({**state, key: broken}, path)
     trainer = Trainer(TINY, corpus)
     before = snapshot(trainer)
     with pytest.raises(CheckpointError) as info:

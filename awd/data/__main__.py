@@ -12,7 +12,7 @@ from pathlib import Path
 from awd.data.corpus import find_split_files
 from awd.data.fetch import DEFAULT_TIMEOUT, fetch, import_local, verify
 from awd.data.registry import DATASETS, data_root, dataset_spec
-from awd.errors import DataError, UserError
+from awd.errors import DataError, UserError, first_line
 
 EXIT_DATA_ERROR = 2
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return EXIT_DATA_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
