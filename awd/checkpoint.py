@@ -51,10 +51,13 @@ def read(path: str | os.PathLike[str], fmt: str) -> dict[str, Any]:
     except OSError as e:
         raise CheckpointError(f"cannot read it: {e.strerror or first_line(e)}") from None
     except Exception as e:  # truncated zip, bad pickle, refused global: all unreadable
-        if "Weights only load failed" in str(e):
+        text = str(e)
+        if "Unsupported global" in text:  # NumPy arrays (before format 2) or a crafted object
             raise CheckpointError(f"{_NOT_OURS}; it holds objects a safe load refuses") from None
+        # torch's own first line would advise loading unsafely: only its type is shown
+        detail = ": " + first_line(e) if "Weights only load failed" not in text else ""
         raise CheckpointError(f"not a readable checkpoint (empty, truncated or corrupt: "
-                              f"{type(e).__name__}: {first_line(e)})") from None
+                              f"{type(e).__name__}{detail})") from None
     if not isinstance(state, dict) or state.get("format") != fmt:
         raise CheckpointError(_NOT_OURS)
     return state
