@@ -408,7 +408,7 @@ def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: 
              "configurations": [c.trial_id for c in candidates]}, indent=2))
         logger = MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id, space.name,
                                    {"gpus_per_trial": gpus}, role=schema.ROLE_CONFIRM,
-                                   unwrap=unwrap)
+                                   unwrap=unwrap, experiment_dir=confirm_dir)
         tuner = tune.Tuner(
             trainable,
             param_space={KEY: tune.grid_search(plan(candidates, seeds))},
@@ -420,6 +420,11 @@ def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: 
                 callbacks=[logger], checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures), verbose=1))
     summaries, records = _records(tuner.fit(), gpus)
+    from search.callback import close_all
+
+    if close_all(timeout=120):
+        log.warning("MLflow unreachable: the confirmation's summary is written on --resume")
+        return None
     close_open_trials(client, child_runs(client, experiment_id, parent_run_id), summaries)
     result = summarize_runs(records, {t.trial_id: t.record() for t in trials})
     log_confirmation(client, parent_run_id, result)

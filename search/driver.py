@@ -30,7 +30,8 @@ from awd.data.corpus import find_split_files
 from awd.data.registry import resolve_data
 from awd.errors import CheckpointError, DataError
 from search import confirm, schema, storage
-from search.callback import MLflowTrialLogger
+from search.backfill import backfill
+from search.callback import MLflowTrialLogger, close_all
 from search.errors import SearchError
 from search.lock import DriverLock
 from search.options import SearchOptions, build_parser
@@ -49,6 +50,7 @@ from search.tracking import (
 )
 from search.trainable import export_best_model, train_trial
 from search.transfer import best_configurations
+from search.trial_records import replay, spool_path
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +244,8 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
                         options=asdict(opts), gpus_per_trial=gpus,
                         study_storage=study_storage, study_name=study_name)
     state.save(opts.experiment_dir)
-    logger = MLflowTrialLogger(uri, exp_id, parent, space.name, {"gpus_per_trial": gpus})
+    logger = MLflowTrialLogger(uri, exp_id, parent, space.name, {"gpus_per_trial": gpus},
+                               experiment_dir=opts.experiment_dir)
     tuner = tune.Tuner(
         _trainable(opts.cpus_per_trial, gpus),
         tune_config=tune.TuneConfig(search_alg=searcher,
@@ -291,7 +294,7 @@ def unfinished_trials(experiment_dir: str) -> frozenset[str]:
 
 
 def _write_best_config(opts: SearchOptions, best: TrialSummary) -> Path:
-    path = Path(opts.best_config or f"best_config_{opts.experiment_name}.json")
+    path = Path(opts.best_config_path)
     path.write_text(json.dumps(best.full_config, indent=2, sort_keys=True))
     return path
 
@@ -400,21 +403,30 @@ def _resumed_options(opts: SearchOptions, state: SearchState) -> SearchOptions:
     return opts
 
 
+# MLflow's HTTP client retries a request 7 times with backoff (minutes) before it gives up; the
+# search's outbox retries on its own, so a request to a server that is away fails fast.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+DRAIN_S = 120.0  # at the end, how long to wait for MLflow to take what is still queued
+
+
 def run_search(opts: SearchOptions) -> SearchOutcome:
     """Run (or resume) a search and write its summary to MLflow; returns what happened. One
     driver per search: a second one fails at once (`search.lock`)."""
     opts.validate()
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     state = SearchState.load(opts.experiment_dir) if opts.resume else None
-    with DriverLock(opts.experiment_dir):
+    uri = state.tracking_uri if state else resolve_tracking_uri(opts.tracking_uri)
+    check_data((_resumed_options(opts, state) if state else opts).space_spec.dataset)
+    check_tracking_uri(uri)
+    with DriverLock(opts.experiment_dir):  # nothing is written to a search before this
         if state is None:
-            return _run(opts, resolve_tracking_uri(opts.tracking_uri), None)
+            return _run(opts, uri, None)
         state = SearchState.load(opts.experiment_dir)  # as the lock holder sees it
-        return _run(_resumed_options(opts, state), state.tracking_uri, state)
+        return _run(_resumed_options(opts, state), uri, state)
 
 
 def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutcome:
-    check_data(opts.space_spec.dataset)
-    check_tracking_uri(uri)
     client = MlflowClient(uri)
     connect_ray(opts.address)
     if state is None:
@@ -426,6 +438,7 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutc
     previous = client.get_run(state.parent_run_id).info.status
     try:  # a resume that fails leaves the search as it found it
         client.update_run(state.parent_run_id, status="RUNNING")
+        _catch_up(opts, state)
         reopen_interrupted_trials(client, state.experiment_id, state.parent_run_id)
         tuner = tune.Tuner.restore(opts.experiment_dir,
                                    _trainable(state.options["cpus_per_trial"],
@@ -437,6 +450,16 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutc
         raise
 
 
+def _catch_up(opts: SearchOptions, state: SearchState) -> None:
+    """What MLflow missed before: the spool an earlier driver left (in order, once), then any
+    epoch Ray has and MLflow still lacks (Ray's results are the source of truth)."""
+    for spool in (spool_path(opts.experiment_dir, state.parent_run_id),
+                  spool_path(None, state.parent_run_id)):
+        replay(spool, state.tracking_uri)
+    backfill(state.tracking_uri, opts.experiment_dir, state.experiment_id, state.parent_run_id,
+             opts.space, {"gpus_per_trial": state.gpus_per_trial})
+
+
 def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: ResultGrid,
             stopped_by: int | None) -> SearchOutcome:
     """The end of a search, or of its part before a signal stopped it: close every trial's run
@@ -444,6 +467,16 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
     KILLED, has no best trial yet and writes no best configuration: --resume goes on."""
     stopped = stopped_by is not None
     trials = summarize(grid, unfinished_trials(opts.experiment_dir) if stopped else frozenset())
+    left = close_all(DRAIN_S)
+    if left:  # MLflow is away: what it lacks is on disk, and the summary waits for it
+        log.warning("MLflow unreachable at the end of the search: results kept in %s; they are "
+                    "written, and the summary too, by --resume", ", ".join(map(str, left)))
+        best = None if stopped else pick_best(trials)
+        best_path = _write_best_config(opts, best) if best is not None else None
+        return SearchOutcome(trials, best, state.parent_run_id, state.tracking_uri,
+                             opts.experiment_dir, best_path, None, stopped_by)
+    backfill(state.tracking_uri, opts.experiment_dir, state.experiment_id, state.parent_run_id,
+             opts.space, {"gpus_per_trial": state.gpus_per_trial})
     runs = prune_child_runs(client, state.experiment_id, state.parent_run_id,
                             {t.trial_id for t in trials})
     close_open_trials(client, runs, trials)

@@ -23,7 +23,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
-from awd.errors import UserError
+from awd.errors import UserError, first_line
 from search import schema
 from search.results import TrialSummary
 
@@ -74,7 +74,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:
-        raise TrackingError(f"cannot use MLflow tracking URI {uri}: {e}") from None
+        raise TrackingError(f"cannot use MLflow tracking URI {uri}: {first_line(e)}") from None
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:

@@ -231,6 +231,7 @@ def test_logger_writes_confirmation_runs_with_their_role_and_tags(store):
     logger.on_trial_result(0, [], t, {"epoch": 1, "val_ppl": 80.0, "best_val_ppl": 80.0,
                                       "num_params": 10.0})
     logger.on_trial_complete(0, [], t)
+    assert logger.drain(10)  # written by the logger's own thread, off Tune's loop
     (run,) = client.search_runs([exp], filter_string=f"tags.`{schema.ROLE}` = 'confirm'")
     tags, params = run.data.tags, run.data.params
     assert run.info.run_name == "smoke-confirm-cf_00000"
@@ -245,6 +246,7 @@ def test_logger_writes_confirmation_runs_with_their_role_and_tags(store):
     revived = MLflowTrialLogger.__new__(MLflowTrialLogger)
     revived.__setstate__(old)
     revived.on_trial_start(0, [], fake_trial("t1", dict(PAPER)))
+    assert revived.drain(10)
     (run,) = client.search_runs([exp], filter_string=f"tags.`{schema.ROLE}` = 'trial'")
     assert run.info.run_name == "smoke-t1" and schema.CONFIRM_OF not in run.data.tags
 

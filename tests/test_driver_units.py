@@ -177,7 +177,7 @@ def test_the_stop_message_gives_the_resume_command_and_the_signal_exit_status(ca
     trials = [TrialSummary("a", schema.STATUS_INTERRUPTED, {}, {}, None, None)]
     outcome = SearchOutcome(trials, None, "p", "sqlite:////x/mlflow.db", "/x", None,
                             stopped_by=signal.SIGTERM)
-    assert _stopped(outcome, ["--space", "smoke", "--experiment", "my run"]) == 143
+    assert _stopped(outcome, ["--space", "smoke", "--set", "note=a b"]) == 143
     err = capsys.readouterr().err
     assert "stopped by SIGTERM" in err and "1 interrupted" in err
-    assert "python -m search.run --space smoke --experiment 'my run' --resume" in err
+    assert "python -m search.run --space smoke --set 'note=a b' --resume" in err

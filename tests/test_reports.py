@@ -91,6 +91,7 @@ def write_search(client: MlflowClient, name: str, artifacts: Path, trials: list[
                "trials_completed": statuses.count(schema.STATUS_COMPLETED),
                "trials_stopped_early": statuses.count(schema.STATUS_STOPPED),
                "trials_failed": statuses.count(schema.STATUS_FAILED),
+               "trials_interrupted": statuses.count(schema.STATUS_INTERRUPTED),
                "wall_seconds": (end - T0) / 1000,
                "gpu_hours": sum(r[schema.TRAIN_SECONDS] for r in records) * gpus / 3600}
     best = best_index(records)

@@ -397,7 +397,7 @@ def test_search_summary_metrics_come_from_the_trials_last_results():
     best = pick_best(trials)
     got = search_summary_metrics(trials, best, wall_seconds=123.0, gpus_per_trial=0.5)
     assert got == {"trials_total": 4.0, "trials_completed": 1.0, "trials_stopped_early": 1.0,
-                   "trials_failed": 2.0, "wall_seconds": 123.0,
+                   "trials_failed": 2.0, "trials_interrupted": 0.0, "wall_seconds": 123.0,
                    "gpu_hours": pytest.approx(156.0 * 0.5 / 3600),
                    schema.BEST_VAL_PPL: 60.0, schema.BEST_TEST_PPL: 58.0}
     assert set(got) == set(schema.SEARCH_SUMMARY_METRICS)
@@ -439,7 +439,8 @@ class RecordingClient:
 
 
 def fake_run(run_id: str, status: str):
-    return SimpleNamespace(info=SimpleNamespace(run_id=run_id),
+    return SimpleNamespace(info=SimpleNamespace(run_id=run_id,
+                                                status="RUNNING" if status == R else "FINISHED"),
                            data=SimpleNamespace(tags={schema.STATUS: status}))
 
 
@@ -489,7 +490,7 @@ def test_write_summary_tags_the_best_trial_and_logs_its_artifacts(tmp_path):
     assert run_id == "parent"
     expected = search_summary_metrics(trials, best, metrics["wall_seconds"], 1.0)
     assert metrics == expected and 59 < metrics["wall_seconds"] < 600
-    assert client.tags == {"parent": {schema.BEST_TRIAL_ID: "b"}}
+    assert client.tags == {"parent": {schema.BEST_TRIAL_ID: "b", schema.PARTIAL: "false"}}
     config = json.dumps(best.full_config, indent=2, sort_keys=True).encode()
     assert sorted(client.artifacts, key=str) == sorted([
         ("parent", None, "config.json", config), ("parent", "checkpoint", "best_model.pt",
@@ -505,7 +506,7 @@ def test_write_summary_without_a_best_trial_only_counts(tmp_path):
     write_summary(client, "parent", 0.0, {}, trials, None, None)
     assert client.batches[0][1]["trials_failed"] == 1.0
     assert schema.BEST_VAL_PPL not in client.batches[0][1]
-    assert client.tags == {} and client.artifacts == []
+    assert client.tags == {"parent": {schema.PARTIAL: "false"}} and client.artifacts == []
     assert client.terminated == {"parent": "FINISHED"}
 
 
