@@ -12,6 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw the same examples on every run: a red CI is reproducible, never a dice roll.
+settings.register_profile("awdsearch", derandomize=True, deadline=None)
+settings.load_profile("awdsearch")
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("AWD_DATA_DIR", str(REPO.parent / "shared" / "data"))

@@ -64,7 +64,7 @@ def reports_argv(draw: st.DrawFn, base: Path) -> tuple[list[str], set[str]]:
             value = draw(invalid if name in bad else valid)
             argv += [name, *value] if isinstance(value, list) else [f"{name}={value}"]
     if "--unknown" in bad:
-        argv.append(draw(st.sampled_from(["--format=pdf", "--frobnicate", "stray"])))
+        argv.append(draw(st.sampled_from(["--format=pdf", "--frobnicate"])))
     argv += draw(st.sampled_from([[], ["--no-log"], ["--debug"]]))
     return argv, bad
 

@@ -25,7 +25,6 @@ from conftest import DATA_DIR, real_data
 from mlflow.tracking import MlflowClient
 
 from search import schema
-from search.backfill import backfill
 from search.trial_records import SPOOL_FILE, replay
 
 pytestmark = pytest.mark.slow
@@ -82,13 +81,15 @@ def server(tmp_path):
     srv.stop()
 
 
-def start_search(tmp_path: Path, uri: str, epochs: int) -> subprocess.Popen:
+def start_search(tmp_path: Path, uri: str, epochs: int, resume: bool = False
+                 ) -> subprocess.Popen:
     env = {**os.environ, "AWD_DATA_DIR": str(DATA_DIR), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
            "MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "XDG_CACHE_HOME": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "search.run", "--space", "smoke", "--num-samples", "2",
            "--concurrency", "2", "--max-epochs", str(epochs), "--scheduler", "none",
            "--storage", "rr", "--experiment", "outage", "--tracking-uri", uri]
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=open(tmp_path / "log.txt", "w"),
+    cmd += ["--resume"] if resume else []
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=open(tmp_path / "log.txt", "a"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -134,7 +135,7 @@ def total(epochs: dict[str, list[int]]) -> int:
 
 
 def test_search_goes_on_through_an_mlflow_outage_and_loses_nothing(tmp_path, server):
-    proc = start_search(tmp_path, server.uri, epochs=7)
+    proc = start_search(tmp_path, server.uri, epochs=5)
     log = tmp_path / "log.txt"
     try:
         wait_for("a first epoch", lambda: total(ray_epochs(tmp_path)) >= 1, 240, proc, log)
@@ -145,7 +146,7 @@ def test_search_goes_on_through_an_mlflow_outage_and_loses_nothing(tmp_path, ser
                  120, proc, log)
         wait_for("the outage line", lambda: "unreachable since" in log.read_text(), 30, proc,
                  log)
-        server.start()  # (some 10 s): epochs 2 to 7 of 7 are left
+        server.start()  # (some 10 s): epochs 2 to 5 of 5 are left
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
@@ -160,8 +161,9 @@ def test_search_goes_on_through_an_mlflow_outage_and_loses_nothing(tmp_path, ser
     assert not list(tmp_path.rglob("mlflow_spool*.jsonl"))  # all written: no spool left
 
 
-def test_driver_killed_during_an_outage_leaves_a_spool_written_once_later(tmp_path, server):
-    proc = start_search(tmp_path, server.uri, epochs=30)
+def test_driver_killed_during_an_outage_leaves_a_spool_that_resume_writes_once(tmp_path,
+                                                                                server):
+    proc = start_search(tmp_path, server.uri, epochs=4)
     log = tmp_path / "log.txt"
     try:
         wait_for("a first epoch", lambda: total(ray_epochs(tmp_path)) >= 1, 240, proc, log)
@@ -174,24 +176,18 @@ def test_driver_killed_during_an_outage_leaves_a_spool_written_once_later(tmp_pa
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, mid-outage
         proc.wait(30)
-    # Without the driver's wiring the spool is in the user cache folder; with it, in the
-    # experiment folder (search.trial_records.spool_path).
-    spools = [*tmp_path.glob(f"rr/outage/{SPOOL_FILE}"),
-              *tmp_path.glob("cache/awdsearch/mlflow_spool/*.jsonl")]
-    assert len(spools) == 1, spools
-    records = [json.loads(x) for x in spools[0].read_text().splitlines()]
+    spool = tmp_path / "rr" / "outage" / SPOOL_FILE  # beside Ray's results
+    records = [json.loads(x) for x in spool.read_text().splitlines()]
     assert any(r.get("kind") == "epoch" for r in records)
     server.start()
-    # what the driver does at the start of --resume: the spool first, then Ray's results
-    assert replay(spools[0], server.uri, timeout=60) and not spools[0].exists()
-    client = MlflowClient(server.uri)
-    exp = client.get_experiment_by_name("outage").experiment_id
-    (parent,) = client.search_runs([exp], filter_string=f"tags.`{schema.ROLE}` = 'search'")
-    done = backfill(server.uri, str(tmp_path / "rr" / "outage"), exp, parent.info.run_id,
-                    "smoke", {"gpus_per_trial": 0.0})
-    assert not done.error
-    spools[0].write_text("".join(json.dumps(r) + "\n" for r in records))  # the acks lost
-    assert replay(spools[0], server.uri, timeout=60)
-    steps, _ = mlflow_epochs(server.uri)
+    resumed = start_search(tmp_path, server.uri, epochs=4, resume=True)  # replay, then backfill
+    assert resumed.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert not spool.exists()
+    steps, epochs_run = mlflow_epochs(server.uri)
     ray = ray_epochs(tmp_path)
     assert steps == {t: sorted(set(e)) for t, e in ray.items()}  # every epoch, exactly once
+    assert epochs_run == {t: 4.0 for t in ray}
+    # a spool replayed twice (its acks lost in a crash) adds nothing
+    spool.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert replay(spool, server.uri, timeout=60)
+    assert mlflow_epochs(server.uri)[0] == steps
