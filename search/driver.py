@@ -26,8 +26,7 @@ from ray.tune.result_grid import ResultGrid
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from awd.data.corpus import find_split_files
-from awd.data.registry import resolve_data
+from awd.data.corpus import verify_data
 from awd.errors import CheckpointError, DataError
 from search import confirm, schema, storage
 from search.backfill import backfill
@@ -143,11 +142,13 @@ def connect_ray(address: str | None) -> None:
 
 
 def check_data(dataset: str) -> None:
-    """Every trial would fail without its corpus: say so before starting any."""
+    """Every trial would fail without its corpus, or with an edited one: say so before
+    starting any."""
     try:
-        find_split_files(resolve_data(dataset))
+        verify_data(dataset)
     except DataError as e:
-        raise SearchError(f"{e} (fetch it with `python -m awd.data fetch {dataset}`)") from None
+        hint = "" if "fetch" in str(e) else f" (fetch it with `python -m awd.data fetch {dataset}`)"
+        raise SearchError(f"{e}{hint}") from None
 
 
 def default_gpus_per_trial(opts: SearchOptions) -> float:

@@ -181,3 +181,19 @@ def test_the_stop_message_gives_the_resume_command_and_the_signal_exit_status(ca
     err = capsys.readouterr().err
     assert "stopped by SIGTERM" in err and "1 interrupted" in err
     assert "python -m search.run --space smoke --set 'note=a b' --resume" in err
+
+
+def test_a_registered_dataset_edited_on_disk_is_refused_before_any_trial(tmp_path, monkeypatch):
+    import shutil
+
+    from conftest import real_data
+
+    from search.driver import check_data
+
+    shutil.copytree(real_data("ptb"), tmp_path / "ptb")
+    monkeypatch.setenv("AWD_DATA_DIR", str(tmp_path))
+    check_data("ptb")  # the published files
+    valid = tmp_path / "ptb" / "valid.txt"
+    valid.write_text(valid.read_text().replace(" the ", " a ", 1))
+    with pytest.raises(SearchError, match=r"valid\.txt does not match the ptb registry checksum"):
+        check_data("ptb")

@@ -229,17 +229,25 @@ def _store(path: Path, key: str, corpus: Corpus) -> None:
         warnings.warn(f"cannot write the corpus cache {path}: {e}", stacklevel=3)
 
 
-def load_corpus(data: str | os.PathLike, use_cache: bool = True) -> Corpus:
-    """Load a corpus from a dataset name (``ptb``, ``wikitext-2``) or a folder path.
-
-    A registered dataset's files are checked against the registry's checksums on every load
-    (one hashing pass, which also keys the cache)."""
+def verify_data(data: str | os.PathLike) -> tuple[dict[str, Path], dict[str, str]]:
+    """The corpus files of ``data`` and their digests, after checking that all three exist and
+    that a registered dataset's are the published ones: what a search checks before any trial
+    starts, and every load checks again."""
     folder = resolve_data(data)
     files = find_split_files(folder)
     digests = file_digests(files)
     spec = registered_dataset(data, folder)
     if spec is not None:
         check_registered(spec, files, digests)
+    return files, digests
+
+
+def load_corpus(data: str | os.PathLike, use_cache: bool = True) -> Corpus:
+    """Load a corpus from a dataset name (``ptb``, ``wikitext-2``) or a folder path.
+
+    A registered dataset's files are checked against the registry's checksums on every load
+    (one hashing pass, which also keys the cache)."""
+    files, digests = verify_data(data)
     if not use_cache:
         return build_corpus(files)
     key = content_key(files, digests)
