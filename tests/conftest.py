@@ -155,3 +155,20 @@ def smoke_search(request, tmp_path_factory):
         cwd=cwd, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return cwd, proc, f"sqlite:///{cwd / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def no_tracking_env():
+    """The default tracking store unless a test says otherwise: $MLFLOW_TRACKING_URI unset."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def file_and_folder(tmp_path_factory) -> Path:
+    """A folder holding a regular file (``afile``) and a folder (``adir``): bad-path input."""
+    root = tmp_path_factory.mktemp("input")
+    (root / "afile").write_text("not a folder")
+    (root / "adir").mkdir()
+    return root

@@ -17,19 +17,13 @@ from reports.__main__ import check_args, main, parser
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _no_tracking_env():
-    """The default store unless a test says otherwise: $MLFLOW_TRACKING_URI is input too."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        yield
+def _no_tracking_env(no_tracking_env):
+    """$MLFLOW_TRACKING_URI is input too: unset unless a test sets it."""
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("reports_input")
-    (root / "afile").write_text("not a folder")
-    (root / "adir").mkdir()
-    return root
+def base(file_and_folder) -> Path:
+    return file_and_folder
 
 
 NAMES = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_categories=("Cc",)),

@@ -31,20 +31,13 @@ from spaces import SPACES
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _no_tracking_env():
-    """The default store unless a test says otherwise: $MLFLOW_TRACKING_URI is input too."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        yield
+def _no_tracking_env(no_tracking_env):
+    """$MLFLOW_TRACKING_URI is input too: unset unless a test sets it."""
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """A folder holding a regular file (``afile``) and a folder (``adir``)."""
-    root = tmp_path_factory.mktemp("input")
-    (root / "afile").write_text("not a folder")
-    (root / "adir").mkdir()
-    return root
+def base(file_and_folder) -> Path:
+    return file_and_folder
 
 
 def validate(argv: list[str]) -> None:

@@ -134,18 +134,30 @@ def total(epochs: dict[str, list[int]]) -> int:
     return sum(len(v) for v in epochs.values())
 
 
-def test_search_goes_on_through_an_mlflow_outage_and_loses_nothing(tmp_path, server):
-    proc = start_search(tmp_path, server.uri, epochs=5)
+def search_into_an_outage(tmp_path: Path, server, epochs: int, during: int
+                          ) -> subprocess.Popen:
+    """A search whose MLflow server stops after its first epoch; returned once ``during`` more
+    epochs (no stall: they keep coming while MLflow is away) and the outage line have come."""
+    proc = start_search(tmp_path, server.uri, epochs=epochs)
     log = tmp_path / "log.txt"
     try:
         wait_for("a first epoch", lambda: total(ray_epochs(tmp_path)) >= 1, 240, proc, log)
         server.stop()
-        during = total(ray_epochs(tmp_path))
-        # no stall: epochs keep coming while MLflow is away
-        wait_for("epochs during the outage", lambda: total(ray_epochs(tmp_path)) >= during + 1,
-                 120, proc, log)
+        before = total(ray_epochs(tmp_path))
+        wait_for("epochs during the outage",
+                 lambda: total(ray_epochs(tmp_path)) >= before + during, 120, proc, log)
         wait_for("the outage line", lambda: "unreachable since" in log.read_text(), 30, proc,
                  log)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc
+
+
+def test_search_goes_on_through_an_mlflow_outage_and_loses_nothing(tmp_path, server):
+    proc = search_into_an_outage(tmp_path, server, epochs=5, during=1)
+    log = tmp_path / "log.txt"
+    try:
         server.start()  # (some 10 s): epochs 2 to 5 of 5 are left
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
@@ -163,19 +175,10 @@ def test_search_goes_on_through_an_mlflow_outage_and_loses_nothing(tmp_path, ser
 
 def test_driver_killed_during_an_outage_leaves_a_spool_that_resume_writes_once(tmp_path,
                                                                                 server):
-    proc = start_search(tmp_path, server.uri, epochs=4)
+    proc = search_into_an_outage(tmp_path, server, epochs=4, during=2)
     log = tmp_path / "log.txt"
-    try:
-        wait_for("a first epoch", lambda: total(ray_epochs(tmp_path)) >= 1, 240, proc, log)
-        server.stop()
-        during = total(ray_epochs(tmp_path))
-        wait_for("epochs during the outage", lambda: total(ray_epochs(tmp_path)) >= during + 2,
-                 120, proc, log)
-        wait_for("the outage line", lambda: "unreachable since" in log.read_text(), 30, proc,
-                 log)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, mid-outage
-        proc.wait(30)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, mid-outage
+    proc.wait(30)
     spool = tmp_path / "rr" / "outage" / SPOOL_FILE  # beside Ray's results
     records = [json.loads(x) for x in spool.read_text().splitlines()]
     assert any(r.get("kind") == "epoch" for r in records)
