@@ -220,7 +220,7 @@ def test_ray_keeps_every_result_and_a_checkpoint_per_trial(smoke):
         results = [json.loads(x) for x in (d / "result.json").read_text().splitlines()]
         assert [r["epoch"] for r in results] == list(range(1, len(results) + 1))
         (checkpoint,) = d.glob("checkpoint_*/trainer.pt")  # num_to_keep=1: the last one
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         # the whole trainer after the last reported epoch: enough to resume the trial
         assert state["epoch"] == len(results)
         assert [m["val_ppl"] for m in state["history"]] == [r["val_ppl"] for r in results]

@@ -136,7 +136,7 @@ def test_resume_from_checkpoint_gives_identical_weights_and_history(
     # the run's cost: every epoch's seconds, those before the checkpoint included
     assert resumed.train_seconds == pytest.approx(sum(m.epoch_seconds for m in resumed.history))
     assert [m.epoch_seconds for m in rest[:stop]] == [
-        m["epoch_seconds"] for m in torch.load(path, weights_only=False)["history"]]
+        m["epoch_seconds"] for m in torch.load(path, weights_only=True)["history"]]
     if trigger is not None:
         assert straight.opt.averaging and straight.opt.n_averaged > 0
 
@@ -147,7 +147,7 @@ def test_checkpoint_during_averaging_holds_the_running_mean(overfit, tmp_path):
     trainer.fit()
     assert trainer.opt.trigger_epoch == 3 and trainer.opt.n_averaged > 0
     trainer.save(tmp_path / "t.pt")
-    state = torch.load(tmp_path / "t.pt", weights_only=False)
+    state = torch.load(tmp_path / "t.pt", weights_only=True)
     assert state["ntasgd"]["n_averaged"] == trainer.opt.n_averaged
     assert state["epoch"] == 4 and len(state["history"]) == 4
     assert state["vocab"] == trainer.vocab == list(overfit.vocab)
