@@ -74,6 +74,7 @@ class Workdir:
 
     def __init__(self, root: Path, tracking_uri: str | None = None) -> None:
         self.root = root
+        self.extra: list[str] = []  # flags of this fault's search, on every command
         self.uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
         self.exp_dir = root / "rr" / EXPERIMENT
         self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri,
@@ -81,12 +82,12 @@ class Workdir:
 
     def start(self, *extra: str, log: str = "run.log") -> subprocess.Popen:
         out = open(self.root / log, "a")  # noqa: SIM115 (the child keeps it)
-        return subprocess.Popen([sys.executable, "-m", "search.run", *BASE, *extra],
+        return subprocess.Popen([sys.executable, "-m", "search.run", *BASE, *self.extra, *extra],
                                 cwd=self.root, env=self.env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
     def run(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "search.run", *BASE, *extra],
+        return subprocess.run([sys.executable, "-m", "search.run", *BASE, *self.extra, *extra],
                               cwd=self.root, env=self.env, capture_output=True, text=True,
                               timeout=timeout)
 
@@ -192,12 +193,12 @@ def corrupt_checkpoint(work: Workdir) -> Attempt:
     afresh with a warning (documented fallback)."""
     proc = work.start()
     work.wait(lambda: any(work.exp_dir.glob("*/checkpoint_*/trainer.pt")), proc)
-    for f in work.exp_dir.glob("*/checkpoint_*/trainer.pt"):
-        f.write_bytes(b"")
     pids = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "ray::ImplicitFunc"],
                           capture_output=True, text=True).stdout.split()
-    for pid in pids:
+    for pid in pids:  # first the workers (no checkpoint written after this), then the files
         os.kill(int(pid), signal.SIGKILL)
+    for f in work.exp_dir.glob("*/checkpoint_*/trainer.pt"):
+        f.write_bytes(b"")
     began = time.time()
     code = proc.wait(timeout=600)
     afresh = "starts afresh" in (work.root / "run.log").read_text()
@@ -215,7 +216,8 @@ def kills_at_run_creation(work: Workdir) -> Attempt:
         return 0 if exp is None else len(MlflowClient(work.uri).search_runs(
             [exp.experiment_id], filter_string="tags.`awdsearch.role` = 'trial'"))
 
-    seen = 1
+    work.extra = ["--num-samples", "4", "--concurrency", "1", "--max-epochs", "2"]
+    seen = 1  # the first kill waits for the second trial's run: Tune has saved the search
     for attempt in range(2):
         proc = work.start(*(["--resume"] if attempt else []))
         target = seen + 1
@@ -230,6 +232,7 @@ def kills_at_run_creation(work: Workdir) -> Attempt:
 
 def second_driver(work: Workdir) -> Attempt:
     """A second driver on the same search while the first runs: refused in one line."""
+    work.extra = ["--max-epochs", "8"]  # the first is still running when the second starts
     proc = work.start()
     work.wait(lambda: work.epochs_done() >= 1, proc)
     began = time.time()
@@ -250,7 +253,8 @@ def mlflow_outage(work: Workdir, outage_s: float) -> Attempt:
     work.env.update({"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
     try:
-        proc = work.start("--max-epochs", "6")
+        work.extra = ["--max-epochs", "6"]
+        proc = work.start()
         work.wait(lambda: work.epochs_done() >= 1, proc)
         server.stop()
         time.sleep(outage_s)
@@ -314,7 +318,7 @@ def define(trial):
         config["dataset"] = "/nonexistent/corpus"
     if trial.number == 2:
         config["nhid"] = 400_000
-    if trial.number == 3:
+    if trial.number == 0:  # the paper's AWD configuration: NaN within the first epoch
         config["lr"] = 1e8
     return config
 

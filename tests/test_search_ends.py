@@ -89,15 +89,17 @@ def test_sigint_and_sigterm_stop_honestly_and_resume_goes_on(tmp_path):
             "--best-config", "best.json"]
     exp_dir, uri = tmp_path / "rr" / "stops", f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = start(tmp_path, args, "first.log")
-    wait_for(lambda: any(len(r) >= 1 for r in results(exp_dir).values()), first,
-             tmp_path / "first.log")
+    wait_for(lambda: any(exp_dir.glob("experiment_state-*.json")), first, tmp_path / "first.log")
 
     # a second driver on the same search is refused at once, and changes nothing
     second = finish(tmp_path, [*args, "--resume"], timeout=60)
-    assert second.returncode == 2
+    assert first.poll() is None, "the first driver ended before the second one started"
+    assert second.returncode == 2, second.stderr[-2000:]
     assert second.stderr.strip().startswith("error: another driver is running the search")
     assert len(second.stderr.strip().splitlines()) == 1
 
+    wait_for(lambda: any(len(r) >= 1 for r in results(exp_dir).values()), first,
+             tmp_path / "first.log")
     first.send_signal(signal.SIGINT)  # Ctrl-C
     assert first.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
     log = (tmp_path / "first.log").read_text()
@@ -256,13 +258,13 @@ def test_a_trial_whose_checkpoint_is_corrupt_starts_afresh_with_a_warning(tmp_pa
     exp_dir = tmp_path / "rr" / "corrupt"
     proc = start(tmp_path, args, "log.txt")
     wait_for(lambda: list(exp_dir.glob("*/checkpoint_*/trainer.pt")), proc, tmp_path / "log.txt")
-    for f in exp_dir.glob("*/checkpoint_*/trainer.pt"):
-        f.write_bytes(b"")  # a crash during the write
     victims = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "ray::ImplicitFunc"],
                              capture_output=True, text=True).stdout.split()
     assert victims, "no trial process found"
-    for pid in victims:
+    for pid in victims:  # the worker first: it writes no checkpoint after this
         os.kill(int(pid), signal.SIGKILL)
+    for f in exp_dir.glob("*/checkpoint_*/trainer.pt"):
+        f.write_bytes(b"")  # as a crash during the write would leave it
     assert proc.wait(timeout=300) == 0, (tmp_path / "log.txt").read_text()[-3000:]
     log = (tmp_path / "log.txt").read_text()
     assert "the trial starts afresh" in log

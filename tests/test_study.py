@@ -262,9 +262,10 @@ def test_an_unusable_study_storage_writes_nothing_to_mlflow(tmp_path):
     """The study is opened before the parent run is created: no run is left RUNNING."""
     real_data("ptb")
     env = {**os.environ, "AWD_DATA_DIR": str(DATA_DIR)}
+    (tmp_path / "optuna.db").write_text("not a database")  # passes the flag's own checks
     proc = subprocess.run(
         [sys.executable, "-m", "search.run", "--space", "smoke", "--num-samples", "1",
-         "--study-storage", f"sqlite:///{tmp_path}/no/such/folder/optuna.db"],
+         "--study-storage", f"sqlite:///{tmp_path}/optuna.db"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error: cannot open the Optuna study storage" in proc.stderr
