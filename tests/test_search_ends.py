@@ -139,31 +139,6 @@ def test_sigint_and_sigterm_stop_honestly_and_resume_goes_on(tmp_path):
     assert parents[0].info.status == "FINISHED"
 
 
-def test_driver_killed_as_trial_runs_appear_leaves_one_run_per_trial(tmp_path):
-    """SIGKILL the driver (and its Ray) each time a new trial run has just appeared in MLflow,
-    before Tune could save that trial: the resumed search never hears of it again."""
-    args = ["--space", "smoke", "--num-samples", "3", "--max-epochs", "2", "--concurrency", "1",
-            "--scheduler", "none", "--storage", "rr", "--experiment", "kills"]
-    exp_dir, uri = tmp_path / "rr" / "kills", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    seen = 1  # the first kill waits for the second trial's run: Tune has saved the search
-    for attempt in range(2):
-        proc = start(tmp_path, args + (["--resume"] if attempt else []), f"run{attempt}.log")
-
-        def new_run(at_least: int = seen + 1) -> bool:
-            return len(mlflow_runs(uri, "kills")[2]) >= at_least
-
-        wait_for(new_run, proc, tmp_path / f"run{attempt}.log")
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        seen = len(mlflow_runs(uri, "kills")[2])
-    done = finish(tmp_path, [*args, "--resume"])
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    client, parents, children = mlflow_runs(uri, "kills")
-    assert parents[0].info.status == "FINISHED"
-    assert len(children) == 3  # one per trial Ray knows, the phantoms deleted
-    assert_every_epoch_once(client, children, exp_dir)
-
-
 # --- trials that can never succeed ---------------------------------------------------------------
 def doomed_trials(trial):
     config = smoke.define(trial)
@@ -212,24 +187,6 @@ def test_trials_that_cannot_succeed_fail_once_with_their_reason(tmp_path, monkey
     study = optuna.load_study(study_name=parent.data.tags[schema.STUDY_NAME],
                               storage=parent.data.tags[schema.STUDY_STORAGE])
     assert [t.state for t in study.trials].count(optuna.trial.TrialState.FAIL) == 2
-
-
-def test_a_search_in_which_no_trial_produced_a_result_exits_non_zero(tmp_path, monkeypatch,
-                                                                      capsys):
-    monkeypatch.setenv("AWD_DATA_DIR", str(DATA_DIR))
-    monkeypatch.setitem(SPACES, "hopeless", Space(
-        name="hopeless", description="every trial on missing data", model="mixed",
-        dataset="ptb", define=lambda t: {**smoke.define(t), "dataset": "/nonexistent/corpus"},
-        warm_start=smoke.SPACE.warm_start, max_epochs=1, grace_period=1))
-    try:
-        code = main(["--space", "hopeless", "--num-samples", "2", "--storage",
-                     str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
-    finally:
-        ray.shutdown()
-    err = capsys.readouterr().err
-    assert code == 1
-    assert "error: no trial produced a result (2 trials, 2 failed; the first failure: " \
-           "DataError" in err
 
 
 # --- resources that never come, an address nobody answers ---------------------------------------
