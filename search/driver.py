@@ -147,7 +147,8 @@ def check_data(dataset: str) -> None:
     try:
         verify_data(dataset)
     except DataError as e:
-        hint = "" if "fetch" in str(e) else f" (fetch it with `python -m awd.data fetch {dataset}`)"
+        fetch = f"python -m awd.data fetch {dataset}"
+        hint = "" if fetch in str(e) else f" (fetch it with `{fetch}`)"
         raise SearchError(f"{e}{hint}") from None
 
 
