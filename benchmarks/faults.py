@@ -192,7 +192,10 @@ def corrupt_checkpoint(work: Workdir) -> Attempt:
     """Every trial checkpoint is truncated to 0 bytes, then a worker dies: the trial starts
     afresh with a warning (documented fallback)."""
     proc = work.start()
-    work.wait(lambda: any(work.exp_dir.glob("*/checkpoint_*/trainer.pt")), proc)
+    # a checkpoint on disk that Tune has registered (its result is in result.json): else the
+    # restarted trial has no checkpoint to fall back from, and simply starts over
+    work.wait(lambda: work.epochs_done() >= 1
+              and any(work.exp_dir.glob("*/checkpoint_*/trainer.pt")), proc)
     pids = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "ray::ImplicitFunc"],
                           capture_output=True, text=True).stdout.split()
     for pid in pids:  # first the workers (no checkpoint written after this), then the files

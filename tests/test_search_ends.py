@@ -213,7 +213,9 @@ def test_a_trial_whose_checkpoint_is_corrupt_starts_afresh_with_a_warning(tmp_pa
             "--experiment", "corrupt"]
     exp_dir = tmp_path / "rr" / "corrupt"
     proc = start(tmp_path, args, "log.txt")
-    wait_for(lambda: list(exp_dir.glob("*/checkpoint_*/trainer.pt")), proc, tmp_path / "log.txt")
+    # a checkpoint that Tune has registered (its result is in result.json), not one in flight
+    wait_for(lambda: results(exp_dir) and list(exp_dir.glob("*/checkpoint_*/trainer.pt")), proc,
+             tmp_path / "log.txt")
     victims = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "ray::ImplicitFunc"],
                              capture_output=True, text=True).stdout.split()
     assert victims, "no trial process found"
