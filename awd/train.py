@@ -1,7 +1,11 @@
 """Command line: train one model, e.g. ``python -m awd.train --model awd_lstm --data ptb``.
 
 Every field of the model's config and of ``TrainConfig`` is a flag; defaults are the paper
-preset of the chosen model and dataset. Errors in the input print one line, not a traceback.
+preset of the chosen model and dataset. ``--config FILE.json`` reads a flat run config (a
+search's ``best_config_<experiment>.json``, a run's ``config.json`` artifact, or a file written
+by hand with any subset of the fields) and flags override it: re-running a search's winner is
+``python -m awd.train --config best_config_smoke.json``. Errors in the input print one line,
+not a traceback.
 """
 
 from __future__ import annotations
@@ -9,17 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from awd.config import MODELS, AWDLSTMConfig, TrainConfig, ZarembaConfig, from_flat
 from awd.data import load_corpus
-from awd.errors import CheckpointError, UserError, first_line
+from awd.errors import CheckpointError, ConfigError, UserError, first_line
 from awd.files import check_writable_file
-from awd.trainer import EpochMetrics, Trainer, pick_device
+from awd.progress import TokenBars, epoch_line
+from awd.trainer import Trainer, pick_device
 
 
 def _field_flag(group: argparse._ArgumentGroup, name: str, default: object, help: str) -> None:
@@ -53,10 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train AWD-LSTM, AWD-GRU or Zaremba's LSTM with NT-ASGD. Unset fields take "
         "the paper preset of the chosen model and dataset.",
     )
-    parser.add_argument("--model", required=True, help=f"one of: {', '.join(MODELS)}")
-    parser.add_argument("--data", default="ptb",
-                        help="dataset name (ptb, wikitext-2) under $AWD_DATA_DIR, or a folder")
-    parser.add_argument("--preset", default="", help="zaremba size: small, medium (default), large")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE.json",
+                        help="a flat run config (e.g. a search's best_config_*.json); flags "
+                        "override its values")
+    parser.add_argument("--model", default=None,
+                        help=f"one of: {', '.join(MODELS)} (required without --config)")
+    parser.add_argument("--data", default=None,
+                        help="dataset name (ptb, wikitext-2) under $AWD_DATA_DIR, or a folder "
+                        "(default: the config file's dataset, else ptb)")
+    parser.add_argument("--preset", default=None,
+                        help="zaremba size: small, medium (default), large")
     parser.add_argument("--save", type=Path, default=None, help="write the trainer checkpoint here")
     parser.add_argument("--resume", type=Path, default=None, help="resume from a checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -65,8 +76,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    skip = {"model", "data", "preset", "save", "resume", "quiet"}
+    skip = {"config", "model", "data", "preset", "save", "resume", "quiet"}
     return {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A flat run config from a JSON file: one object of field names to values."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e.msg} at line {e.lineno}, "
+                          f"column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold one JSON object of config fields, "
+                          f"not a {type(data).__name__}")
+    return data
+
+
+def run_config_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The flat config to train: the file's fields, then the flags set on the command line.
+    A dataset given as a folder (``--data DIR``) is named by the folder's name."""
+    fields_ = read_config_file(args.config) if args.config is not None else {}
+    for name in ("model", "preset"):
+        if getattr(args, name) is not None:
+            fields_[name] = getattr(args, name)
+    if args.data is not None:
+        fields_["dataset"] = _dataset_name(args.data)
+    if "model" not in fields_:
+        raise ConfigError("no model: pass --model (awd_lstm, awd_gru, zaremba) or --config "
+                          "FILE.json")
+    fields_.setdefault("dataset", "ptb")
+    fields_.setdefault("preset", "")
+    return {**fields_, **_overrides(args)}
+
+
+def _data_location(args: argparse.Namespace, dataset: str) -> str:
+    """Where to load the data from: ``--data`` as given (a name or a folder), else the
+    config's dataset name."""
+    return args.data if args.data is not None else dataset
 
 
 def _dataset_name(data: str) -> str:
@@ -88,60 +139,32 @@ def _check_paths(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run = from_flat({"model": args.model, "dataset": _dataset_name(args.data),
-                         "preset": args.preset, **_overrides(args)})
+        run = from_flat(run_config_fields(args))
         _check_paths(args)
         pick_device(run.train.device)
-        corpus = load_corpus(args.data)
+        corpus = load_corpus(_data_location(args, run.dataset))
         trainer = Trainer(run, corpus)
         if args.resume:
             trainer.load(args.resume)
         print(f"{run.model} on {run.dataset}: {trainer.num_params:,} parameters, "
               f"{trainer.device}", flush=True)
-        for m in _epochs_with_bars(trainer, args.quiet):
-            tqdm.write(_line(m)) if not args.quiet else None
+        bars = TokenBars()
+        if not args.quiet:
+            trainer.on_progress = bars
+        for m in trainer.run():
+            bars.close()
+            if not args.quiet:
+                tqdm.write(epoch_line(m))
             if args.save:
                 trainer.save(args.save)
         final = trainer.final_metrics()
+        bars.close()
         print(f"final | val ppl {final['val_ppl']:.2f} | test ppl {final['test_ppl']:.2f}")
         print(json.dumps({"num_params": trainer.num_params, **final}))
     except UserError as e:
         print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     return 0
-
-
-class _EpochBar:
-    """One tqdm bar per epoch over the training stream's rows."""
-
-    def __init__(self) -> None:
-        self.bar: tqdm | None = None
-
-    def advance(self, done: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = tqdm(total=total, unit="row", leave=False)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _epochs_with_bars(trainer: Trainer, quiet: bool) -> Iterator[EpochMetrics]:
-    """Run the trainer, drawing a progress bar for each epoch unless quiet."""
-    bar = _EpochBar()
-    if not quiet:
-        trainer.on_window = bar.advance
-    for m in trainer.run():
-        bar.close()
-        yield m
-
-
-def _line(m: EpochMetrics) -> str:
-    return (f"epoch {m.epoch:3d} ({m.phase}) | train ppl {m.train_ppl:8.2f} | val ppl "
-            f"{m.val_ppl:8.2f} | lr {m.lr:.3g} | {m.epoch_seconds:.1f}s | "
-            f"{m.tokens_per_s:,.0f} tok/s | averaging {'on' if m.averaging else 'off'}")
 
 
 if __name__ == "__main__":

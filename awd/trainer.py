@@ -144,8 +144,9 @@ class Trainer:
         self.best_val_loss = math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[EpochMetrics] = []
-        # Called after every training window with (rows done, rows in the epoch): progress bars.
-        self.on_window: Callable[[int, int], None] | None = None
+        # Progress bars: called after every window with (stage, tokens done, tokens in the
+        # stage); stage is "train", "valid" or "test" (`awd.progress.TokenBars` draws them).
+        self.on_progress: Callable[[str, int, int], None] | None = None
 
     # --- one epoch -----------------------------------------------------------------------
     def epoch_lr(self) -> float:
@@ -192,8 +193,10 @@ class Trainer:
             n = w.targets.numel()
             total += loss.double() * n
             tokens += n
-            if self.on_window is not None:
-                self.on_window(start + w.seq_len, self.train_data.size(0) - 1)
+            if self.on_progress is not None:
+                rows = self.train_data.size(0) - 1
+                self.on_progress("train", (start + w.seq_len) * cfg.batch_size,
+                                 rows * cfg.batch_size)
         return (total / max(tokens, 1)).item(), tokens
 
     @torch.no_grad()
@@ -204,12 +207,16 @@ class Trainer:
         model.eval()
         hidden = model.init_hidden(data.size(1))
         total = torch.zeros((), device=self.device, dtype=torch.float64)
+        rows, width, done = data.size(0) - 1, data.size(1), 0
         for w in eval_windows(data, self.cfg.bptt):
             out = model(w.inputs, hidden)
             hidden = out.hidden
             loss = F.cross_entropy(out.logits.view(-1, self.ntokens), w.targets.reshape(-1),
                                    reduction="sum")
             total += loss.double()
+            done += w.seq_len
+            if self.on_progress is not None:
+                self.on_progress(split, done * width, rows * width)
         return total.item() / (data.size(0) - 1) / data.size(1)
 
     def step_epoch(self) -> EpochMetrics:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import REPO, pattern_text, write_corpus
 
-from awd.config import AWDLSTMConfig, TrainConfig, ZarembaConfig
+from awd.config import AWDLSTMConfig, TrainConfig, ZarembaConfig, from_flat
 from awd.train import build_parser, main
 
 TINY_FLAGS = ["--emsize", "16", "--nhid", "16", "--nlayers", "2", "--batch-size", "4",
@@ -131,6 +131,82 @@ def test_quiet_zaremba_run_prints_only_summary_lines(tiny_dir, capsys):
     assert lines[0].startswith("zaremba on tiny: ")
     assert FINAL.match(lines[1])
     assert json.loads(lines[2])["num_params"] == 49 * 16 + 2 * (4 * 16 * 32 + 8 * 16) + 16 * 49 + 49
+
+
+def test_progress_is_counted_in_tokens_through_the_final_test(tiny_dir, capsys):
+    """Bars for training, validation and the final test evaluation, all in tokens."""
+    result = cli(capsys, "--model", "awd_lstm", "--data", tiny_dir, "--epochs", "1", *TINY_FLAGS)
+    assert result.returncode == 0, result.stderr
+    bars = result.stderr.replace("\r", "\n")
+    for stage in ("train", "validate", "test"):
+        assert re.search(rf"^{stage}: .*tok/s", bars, re.MULTILINE), (stage, bars[-2000:])
+    assert "row" not in bars
+    assert re.search(r"^epoch +1 \(train\) \| .* \| [\d,]+ tok/s \| averaging off$",
+                     result.stdout, re.MULTILINE)
+
+
+# --- --config FILE.json ------------------------------------------------------------------------
+
+
+def _tiny_config(**changes: object) -> dict:
+    """The full flat config of the tiny run, as a search's best_config file holds it."""
+    flags = dict(zip(TINY_FLAGS[::2], TINY_FLAGS[1::2], strict=True))
+    fields_ = {k[2:].replace("-", "_"): v for k, v in flags.items()}
+    run = from_flat({"model": "awd_lstm", "dataset": "tiny", "epochs": 2, **fields_})
+    return {**run.to_flat(), **changes}
+
+
+def test_config_file_reproduces_the_same_run_as_the_flags(tiny_dir, tmp_path, capsys):
+    by_flags = cli(capsys, "--model", "awd_lstm", "--data", tiny_dir, "--epochs", "2",
+                   *TINY_FLAGS, "--quiet")
+    path = tmp_path / "best_config_x.json"
+    path.write_text(json.dumps(_tiny_config(), indent=2, sort_keys=True))
+    by_file = cli(capsys, "--config", path, "--data", tiny_dir, "--quiet")
+    assert by_flags.returncode == by_file.returncode == 0, by_file.stderr
+    assert by_file.stdout == by_flags.stdout  # same parameters, same final numbers
+
+
+def test_flags_override_the_config_file(tiny_dir, tmp_path, capsys):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(_tiny_config(epochs=5, dropout=0.9)))
+    ckpt = tmp_path / "run.pt"
+    result = cli(capsys, "--config", path, "--data", tiny_dir, "--epochs", "1",
+                 "--dropout", "0.1", "--save", ckpt, "--quiet")
+    assert result.returncode == 0, result.stderr
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["epoch"] == 1
+    assert saved["config"]["epochs"] == 1 and saved["config"]["dropout"] == 0.1
+    assert saved["config"]["emsize"] == 16  # from the file
+
+
+def test_config_file_names_its_dataset_when_data_is_not_given(tiny_dir, tmp_path, capsys,
+                                                             monkeypatch):
+    monkeypatch.chdir(tiny_dir.parent)  # an unregistered dataset name is a folder path
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(_tiny_config(epochs=1)))
+    result = cli(capsys, "--config", path, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("awd_lstm on tiny: ")
+
+
+BAD_CONFIG_FILES = {
+    "missing": (None, "cannot read config file"),
+    "not_json": ("{model: awd_lstm", "not valid JSON"),
+    "a_list": ("[1, 2]", "one JSON object"),
+    "unknown_key": (json.dumps({"model": "awd_lstm", "dropuot": 0.1}), "dropuot"),
+    "bad_value": (json.dumps({"model": "awd_lstm", "dropout": 1.5}), "dropout"),
+    "no_model": (json.dumps({"dropout": 0.1}), "no model"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIG_FILES))
+def test_bad_config_file_exits_2_with_one_error_line(case, tiny_dir, tmp_path, capsys):
+    text, needle = BAD_CONFIG_FILES[case]
+    path = tmp_path / "config.json"
+    if text is not None:
+        path.write_text(text)
+    result = cli(capsys, "--config", path, "--data", tiny_dir, "--epochs", "1", "--quiet")
+    _assert_one_error_line(result, needle)
 
 
 # --- bad input -------------------------------------------------------------------------------
