@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -17,7 +18,7 @@ from awd.errors import UserError, first_line
 from search import storage
 from search.results import parse_param
 from search.tracking import ENV_TRACKING_URI
-from spaces import Space, get_space
+from spaces import SPACES, Space, get_space, load_space_file, spec_digest, spec_of
 
 SCHEDULERS = ("asha", "none")
 SAMPLERS = ("tpe", "random")
@@ -60,6 +61,8 @@ class SearchOptions:
     confirm_top: int = 0  # re-train this many best configurations with new seeds at the end
     seeds: int = 3  # seeds per confirmed configuration
     report_intermediate: bool = True  # every epoch's objective reaches Optuna (off: ablation)
+    space_file: str | None = None  # a YAML space (absolute path); then `space` is its name
+    space_sha256: str | None = None  # the file's space when the search started (`spec_digest`)
 
     @property
     def fixed_values(self) -> dict[str, Any]:
@@ -67,9 +70,25 @@ class SearchOptions:
         that Tune's config and MLflow's params carry the same types as searched values."""
         return {key: parse_param(value) for key, value in (i.split("=", 1) for i in self.fixed)}
 
-    @property
+    @cached_property
     def space_spec(self) -> Space:
-        return get_space(self.space)
+        """The registered space, or the space file's: read once per options, and refused if
+        it is no longer the space the search started with (a resumed search's saved digest)."""
+        if self.space_file is None:
+            return get_space(self.space)
+        spec = load_space_file(self.space_file)
+        if self.space_sha256 is not None and spec_digest(spec) != self.space_sha256:
+            raise OptionError(f"--space-file {self.space_file}: the space changed since the "
+                              "search started; put the file back as it was, or start a new "
+                              "search with --experiment NAME")
+        if spec.name != self.space:
+            raise OptionError(f"--space-file {self.space_file} declares the space "
+                              f"{spec.name!r}, not {self.space!r}")
+        builtin = SPACES.get(spec.name)
+        if builtin is not None and spec_of(builtin) != spec:
+            raise OptionError(f"--space-file {self.space_file}: {spec.name!r} is a built-in "
+                              "space's name; give the changed space a name of its own")
+        return spec.to_space()
 
     @property
     def epochs(self) -> int:
@@ -100,7 +119,7 @@ class SearchOptions:
     def validate(self) -> SearchOptions:
         """Every flag checked, with no Ray, no tracking store and no training: a value that
         cannot work raises `OptionError` (one line, naming the flag) before anything starts."""
-        get_space(self.space)
+        self.space_spec  # noqa: B018 - raises for an unknown space or a bad space file
         for flag, value in self._texts():
             _check_text(flag, value)
         self._check_numbers()
@@ -110,7 +129,8 @@ class SearchOptions:
         return self
 
     def _texts(self) -> list[tuple[str, str | None]]:
-        return [("--space", self.space), ("--address", self.address),
+        return [("--space", self.space), ("--space-file", self.space_file),
+                ("--address", self.address),
                 ("--tracking-uri", self.tracking_uri), ("--experiment", self.experiment),
                 ("--storage", self.storage), ("--scheduler", self.scheduler),
                 ("--best-config", self.best_config), ("--study-storage", self.study_storage),
@@ -346,9 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a distributed hyperparameter search (Ray Tune + Optuna TPE + ASHA) "
         "over one of the spaces; every trial is logged to MLflow.",
     )
-    p.add_argument("--space", default="smoke",
-                   help="search space name (see --list-spaces; default smoke, a CPU demo)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--space", default="smoke",
+                       help="search space name (see --list-spaces; default smoke, a CPU demo)")
+    which.add_argument("--space-file", metavar="FILE",
+                       help="a search space declared in YAML (see --show-space, and "
+                       "spaces/examples/); its name names the experiment")
     p.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
+    p.add_argument("--show-space", metavar="NAME",
+                   help="print a built-in space as a --space-file file and exit")
     p.add_argument("--num-samples", type=int, default=20, help="trials to run (default 20)")
     p.add_argument("--max-epochs", type=int, help="epoch budget per trial (default: the space's)")
     p.add_argument("--grace-period", type=int,
@@ -395,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> SearchOptions:
-    values = {k: v for k, v in vars(args).items() if k != "list_spaces"}
+    values = {k: v for k, v in vars(args).items() if k not in ("list_spaces", "show_space")}
     values["fixed"] = tuple(values.get("fixed") or ())
+    if values.get("space_file") is not None:
+        # Absolute: a resumed search re-reads it from wherever it is started.
+        path = Path(values["space_file"]).expanduser().resolve()
+        spec = load_space_file(values["space_file"])
+        values.update(space=spec.name, space_file=str(path), space_sha256=spec_digest(spec))
     return SearchOptions(**values).validate()

@@ -14,7 +14,7 @@ from search import schema
 from search.confirm import Confirmation
 from search.driver import SearchOutcome, run_search
 from search.options import build_parser, options_from_args
-from spaces import SPACES
+from spaces import SPACES, show_space
 
 SHOWN_PARAMS = ("model", "emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute",
                 "wdrop", "lr")
@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         print(list_spaces())
         return 0
     try:
+        if args.show_space is not None:
+            print(show_space(args.show_space), end="")
+            return 0
         outcome = run_search(options_from_args(args))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -106,14 +106,17 @@ class AWDOptunaSearch(OptunaSearch):
 
 @dataclass(frozen=True)
 class SpaceConfig:
-    """The define-by-run function Tune calls: a space (by name, so that it pickles into Tune's
-    experiment state) with the search's overrides applied."""
+    """The define-by-run function Tune calls: the space itself (it pickles into Tune's
+    experiment state, so that a resumed search needs no space file) with the search's
+    overrides applied. A name (the state of a search started by an older version) is looked up
+    among the built-in spaces."""
 
-    space: str
+    space: Space | str
     overrides: dict[str, Any]
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
-        return get_space(self.space).config(trial, **self.overrides)
+        space = get_space(self.space) if isinstance(self.space, str) else self.space
+        return space.config(trial, **self.overrides)
 
 
 def default_study_storage(tracking_uri: str, workdir: Path | None = None) -> str:
@@ -162,7 +165,7 @@ def make_searcher(space: Space, overrides: dict[str, Any], seed: int, study_name
         for params in warm_starts:
             study.enqueue_trial(params, skip_if_exists=True)
     searcher = AWDOptunaSearch(
-        space=SpaceConfig(space.name, overrides),
+        space=SpaceConfig(space, overrides),
         metric=space.metric,
         mode=space.mode,
         sampler=study.sampler,

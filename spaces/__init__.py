@@ -1,10 +1,13 @@
-"""Optuna search spaces, one module each, and the registry that names them."""
+"""Optuna search spaces, one module each, and the registry that names them; a space can also
+be a YAML file (`spaces.spec_file`), in the form ``show_space`` prints a built-in one."""
 
 from __future__ import annotations
 
 from awd.errors import UserError
 from spaces import awd_ptb, awd_wt2, compare_ptb, gru_ptb, gru_wt2, smoke, zaremba_ptb
 from spaces._space import Space
+from spaces.spec import SpaceFileError, SpaceSpec, spec_of
+from spaces.spec_file import dump_spec, load_space_file, spec_digest
 
 SPACES: dict[str, Space] = {
     m.SPACE.name: m.SPACE
@@ -25,4 +28,14 @@ def get_space(name: str) -> Space:
         ) from None
 
 
-__all__ = ["SPACES", "Space", "UnknownSpaceError", "get_space"]
+def show_space(name: str) -> str:
+    """A registered space as a space file (`load_space_file` reads it back as the same space)."""
+    spec = spec_of(get_space(name))
+    if spec is None:
+        raise UnknownSpaceError(f"space {name!r} has a hand-written define function; only a "
+                                "declared space prints as a file")
+    return dump_spec(spec)
+
+
+__all__ = ["SPACES", "Space", "SpaceFileError", "SpaceSpec", "UnknownSpaceError", "dump_spec",
+           "get_space", "load_space_file", "show_space", "spec_digest", "spec_of"]

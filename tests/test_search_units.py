@@ -161,7 +161,7 @@ def test_searcher_pickles_for_tune_experiment_state(tmp_path):
     sampler = study.sampler
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert (sampler._multivariate, sampler._group, sampler._constant_liar) == (True, True, True)
-    assert restored._space == SpaceConfig("compare_ptb", {"epochs": 5})
+    assert restored._space == SpaceConfig(space, {"epochs": 5})
     assert (restored.metric, restored.mode) == (space.metric, space.mode)
     assert restored.suggest("y") == first  # the paper configuration, with the override
     assert {k: first[k] for k in space.warm_start} == space.warm_start and first["epochs"] == 5
