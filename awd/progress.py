@@ -18,6 +18,11 @@ def epoch_line(m: EpochMetrics) -> str:
             f"averaging {'on' if m.averaging else 'off'}")
 
 
+def final_line(final: dict[str, float]) -> str:
+    """The run's end: validation and test perplexity of its best weights."""
+    return f"final | val ppl {final['val_ppl']:.2f} | test ppl {final['test_ppl']:.2f}"
+
+
 class TokenBars:
     """`Trainer.on_progress` drawn as tqdm bars in tokens: one bar per stage (an epoch's
     training, its validation, the final test), closed when the next stage starts."""

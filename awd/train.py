@@ -23,7 +23,7 @@ from awd.config import MODELS, AWDLSTMConfig, TrainConfig, ZarembaConfig, from_f
 from awd.data import load_corpus
 from awd.errors import CheckpointError, ConfigError, UserError, first_line
 from awd.files import check_writable_file
-from awd.progress import TokenBars, epoch_line
+from awd.progress import TokenBars, epoch_line, final_line
 from awd.trainer import Trainer, pick_device
 
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 trainer.save(args.save)
         final = trainer.final_metrics()
         bars.close()
-        print(f"final | val ppl {final['val_ppl']:.2f} | test ppl {final['test_ppl']:.2f}")
+        print(final_line(final))
         print(json.dumps({"num_params": trainer.num_params, **final}))
     except UserError as e:
         print(f"error: {first_line(e)}", file=sys.stderr)

@@ -386,7 +386,11 @@ def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: 
     from search.callback import MLflowTrialLogger
 
     confirm_dir = experiment_dir(opts)
-    trainable = tune.with_resources(train_confirmation, {"cpu": cpus, "gpu": gpus})
+    from search.console import TRIAL_LOG, SearchConsole, quiet_ray, quiet_trainable
+
+    quiet_ray()
+    trainable = tune.with_resources(quiet_trainable(train_confirmation),
+                                    {"cpu": cpus, "gpu": gpus})
     if tune.Tuner.can_restore(confirm_dir):
         if _owner(confirm_dir) != parent_run_id:
             raise SearchError(f"{confirm_dir} holds the confirmation of another search; move "
@@ -417,8 +421,11 @@ def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: 
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name=opts.experiment_name + SUFFIX, storage_path=opts.storage_path,
-                callbacks=[logger], checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=opts.max_failures), verbose=1))
+                callbacks=[logger, SearchConsole(schema.BEST_VAL_PPL, "min",
+                                                 stopper="the confirmation")],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                log_to_file=TRIAL_LOG, verbose=0))
     summaries, records = _records(tuner.fit(), gpus)
     from search.callback import close_all
 

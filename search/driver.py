@@ -31,6 +31,7 @@ from awd.errors import CheckpointError, DataError
 from search import confirm, schema, storage
 from search.backfill import backfill
 from search.callback import MLflowTrialLogger, close_all
+from search.console import TRIAL_LOG, SearchConsole, quiet_ray, quiet_trainable
 from search.errors import SearchError
 from search.lock import DriverLock
 from search.options import SearchOptions, build_parser
@@ -204,7 +205,17 @@ def _trial_name(trial: tune.experiment.Trial) -> str:
 
 
 def _trainable(cpus: float, gpus: float) -> Any:
-    return tune.with_resources(train_trial, {"cpu": cpus, "gpu": gpus})
+    """The trial function with its resources, for a new Tuner and a restored one alike; Ray's
+    per-epoch checkpoint and snapshot messages off (`search.console`)."""
+    quiet_ray()
+    return tune.with_resources(quiet_trainable(train_trial), {"cpu": cpus, "gpu": gpus})
+
+
+def _console(opts: SearchOptions) -> SearchConsole:
+    """The search's console output; Tune's own reporters are silenced (``verbose=0``)."""
+    space = opts.space_spec
+    return SearchConsole(space.metric, space.mode,
+                         stopper="ASHA" if opts.scheduler == "asha" else "the scheduler")
 
 
 def _searcher(opts: SearchOptions, study_storage: str | None, study_name: str, concurrency: int,
@@ -234,14 +245,16 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
     params = {**asdict(opts), "gpus_per_trial": gpus, "concurrency": concurrency,
               "max_epochs": opts.epochs, "grace_period": opts.grace, "metric": space.metric,
               "study_storage": study_storage}
+    commit = git_commit()
     tags = {schema.SPACE: space.name, schema.MODEL: space.model, schema.DATASET: space.dataset,
-            schema.GIT_COMMIT: git_commit(), schema.SEED: str(opts.seed),
+            schema.GIT_COMMIT: commit, schema.SEED: str(opts.seed),
             schema.RAY_ADDRESS: ray.get_runtime_context().gcs_address,
             schema.STORAGE: opts.experiment_dir, schema.STUDY_STORAGE: study_storage,
             schema.STUDY_NAME: study_name}
     if opts.warm_start_from:
         tags[schema.WARM_START_FROM] = opts.warm_start_from
-    parent = start_parent_run(client, exp_id, f"{space.name}-search", tags, params)
+    parent = start_parent_run(client, exp_id, f"{space.name}-search", tags, params,
+                              dataset=space.dataset, git_commit=commit)
     state = SearchState(parent_run_id=parent, experiment_id=exp_id, tracking_uri=uri,
                         options=asdict(opts), gpus_per_trial=gpus,
                         study_storage=study_storage, study_name=study_name)
@@ -258,10 +271,11 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
                                     trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=opts.experiment_name, storage_path=opts.storage_path,
-            callbacks=[logger],
+            callbacks=[logger, _console(opts)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            verbose=1,
+            log_to_file=TRIAL_LOG,  # epoch lines in each trial's folder, not on the console
+            verbose=0,  # `search.console` prints instead, saved with the Tuner for --resume
         ),
     )
     return tuner, state
@@ -382,6 +396,10 @@ def resume_conflicts(opts: SearchOptions, saved: dict[str, Any]) -> list[str]:
         same = (list(value) == list(saved[name]) if isinstance(value, tuple)
                 else value == saved[name])
         if value != (tuple(default) if isinstance(value, tuple) else default) and not same:
+            if name == "space_sha256":  # not a flag: the file's space, by content
+                conflicts.append("--space-file: the space in the file changed since the "
+                                 "search started")
+                continue
             flag = "--set" if name == "fixed" else "--" + name.replace("_", "-")
             conflicts.append(f"{flag} {_shown(value)} (saved: {_shown(saved[name])})")
     return conflicts
@@ -398,7 +416,8 @@ def _resumed_options(opts: SearchOptions, state: SearchState) -> SearchOptions:
                           f"differ from it: {'; '.join(conflicts)}. Leave them out, or start "
                           "a new search with --experiment NAME")
     saved = state.options  # the space and fixed values it was started with
-    opts = replace(opts, space=saved["space"], fixed=tuple(saved.get("fixed", ())))
+    opts = replace(opts, space=saved["space"], space_file=saved.get("space_file"),
+                   space_sha256=saved.get("space_sha256"), fixed=tuple(saved.get("fixed", ())))
     if not opts.confirm_top:  # the confirmation asked for at the start, if any
         opts = replace(opts, confirm_top=saved.get("confirm_top", 0),
                        seeds=saved.get("seeds", opts.seeds))

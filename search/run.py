@@ -8,11 +8,13 @@ import sys
 from math import isnan, nan
 
 import pandas as pd
+from mlflow.tracking import MlflowClient
 
 from awd.errors import UserError
 from search import schema
 from search.confirm import Confirmation
 from search.driver import SearchOutcome, run_search
+from search.mlflow_conventions import experiment_url
 from search.options import build_parser, options_from_args
 from spaces import SPACES, show_space
 
@@ -65,10 +67,28 @@ def confirmation_table(c: Confirmation) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def ui_hint(uri: str) -> str:
+def ui_hint(outcome: SearchOutcome) -> str:
+    """How to see the search's runs: the link that opens its runs table (MLflow 3 opens an
+    experiment on its GenAI pages otherwise), after starting ``mlflow ui`` for a local store."""
+    uri = outcome.tracking_uri
+    experiment_id = _experiment_id(outcome)
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser (experiment view, select runs, Compare)"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return experiment_url(uri, experiment_id) if experiment_id else f"open {uri}"
+    start = f"mlflow ui --backend-store-uri {uri}"
+    if experiment_id is None:
+        return start
+    return f"{start}\n  then open {experiment_url(LOCAL_UI, experiment_id)}"
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
+
+
+def _experiment_id(outcome: SearchOutcome) -> str | None:
+    try:
+        return str(MlflowClient(outcome.tracking_uri).get_run(outcome.parent_run_id)
+                   .info.experiment_id)
+    except Exception:  # MLflow unreachable: the plain hint will do
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         reason = f"; the first failure: {failed[0].error}" if failed else ""
         print(f"error: no trial produced a result ({len(outcome.trials)} trials, "
               f"{len(failed)} failed{reason})".splitlines()[0], file=sys.stderr)
-        print(f"See the runs: {ui_hint(outcome.tracking_uri)}", file=sys.stderr)
+        print(f"See the runs: {ui_hint(outcome)}", file=sys.stderr)
         return 1
     print("\nBest trials:")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
@@ -103,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             print(confirmation_table(outcome.confirmation).to_string(index=False))
         print(f"Best vs paper: {outcome.confirmation.verdict.text}")
     print(f"\nBest configuration written to {outcome.best_config_path}")
-    print(f"Compare the runs: {ui_hint(outcome.tracking_uri)}")
+    print(f"Compare the runs: {ui_hint(outcome)}")
     return 0
 
 
@@ -117,7 +137,7 @@ def _stopped(outcome: SearchOutcome, argv: list[str]) -> int:
                      + ([] if "--resume" in argv else ["--resume"]))
     print(f"\nSearch stopped by {signal.Signals(signum).name} before its end ({done or 'no trials'}"
           f"); no best configuration written. Continue it with:\n  {again}", file=sys.stderr)
-    print(f"Compare the runs so far: {ui_hint(outcome.tracking_uri)}", file=sys.stderr)
+    print(f"Compare the runs so far: {ui_hint(outcome)}", file=sys.stderr)
     return 128 + int(signum)
 
 

@@ -4,32 +4,56 @@ One experiment per search. One parent run per search, one child run per trial ne
 (tag ``mlflow.parentRunId``). A metric keeps its name from `awd.trainer.EpochMetrics` through
 Tune's results to MLflow and the report.
 
+Experiment
+  tags:    MLflow's experiment kind (EXPERIMENT_KIND_ML, not GenAI), primary metric
+           (best_val_ppl, lower is better) and a saved runs-table view (RUNS_VIEW: the objective
+           and summary columns): `search.mlflow_conventions`; its `experiment_url` opens them
+
 Parent run
-  tags:    awdsearch.role = "search", awdsearch.space, awdsearch.model (or "mixed"),
+  tags:    MLflow's mlflow.source.name (SOURCE_NAME), .type, .git.commit and mlflow.user;
+           awdsearch.role = "search", awdsearch.space, awdsearch.model (or "mixed"),
            awdsearch.dataset, awdsearch.git_commit, awdsearch.ray_address, awdsearch.seed,
            awdsearch.storage (Ray's experiment folder), awdsearch.study_storage and
            awdsearch.study_name (the Optuna study: `optuna.load_study(study_name=...,
            storage=...)`), awdsearch.warm_start_from (an earlier search's experiment, if any),
            awdsearch.best_trial_id (at the end)
   params:  the search config (num_samples, max_epochs, scheduler, concurrency, grace_period,
-           cpus_per_trial, gpus_per_trial, seed, metric, time_budget ...)
+           cpus_per_trial, gpus_per_trial, seed, time_budget ...); ``metric`` names the
+           objective (best_val_ppl, minimised)
+  inputs:  the space's dataset, as on the trial runs
   metrics: best_val_ppl, best_test_ppl (the best trial's, chosen by `search.results.pick_best`),
            trials_total, trials_completed, trials_stopped_early, trials_failed, wall_seconds,
            gpu_hours
-  artifacts: config.json (the best trial's full config), checkpoint/best_model.pt (its best
-           weights, config and vocabulary: `awd.trainer.load_exported` reads it)
+  artifacts: config.json (the best trial's full config: ``python -m awd.train --config``)
+  tags:    awdsearch.model_uri (the best model: its version in the Model Registry, see below)
 
 Child (trial) run, named "<space>-<trial_id>"
   tags:    awdsearch.role = "trial", awdsearch.trial_id, awdsearch.model, awdsearch.dataset,
            awdsearch.status (one of TRIAL_STATUSES), awdsearch.failure (reason, failed only),
            awdsearch.device, awdsearch.node_ip, awdsearch.node_id (Ray node)
-  params:  every field of the flat trial config (awd.config.RunConfig.to_flat), plus
-           gpus_per_trial
-  metrics per epoch (step = epoch): EPOCH_METRICS
+  tags:    also MLflow's source tags, copied from the parent run
+  params:  every field of the full flat trial config with its effective value
+           (``from_flat(config).to_flat()``, not only the searched keys), plus gpus_per_trial
+  inputs:  the dataset (MLflow dataset tracking: name, digest from the registry's sha256s,
+           source URL or folder, context "training"); the parent run's too
+  metrics per epoch (step = epoch): EPOCH_METRICS (MLflow names: Tune's ``lr`` is logged as
+           EPOCH_LR, the ``lr`` param being the initial rate; see TUNE_KEYS), and the trial's
+           own SYSTEM_METRICS measurements, and SYSTEM_GPU_* on CUDA (``system/...``: MLflow's
+           "System metrics" tab)
   metrics once: TRIAL_SUMMARY_METRICS: num_params, ntasgd_trigger_epoch (absent if never
            triggered), epochs_run, train_seconds (sum of epoch_seconds), final_val_ppl,
            final_test_ppl (completed trials)
-  artifacts (best trial only): config.json, checkpoint/best_model.pt
+  artifacts (best trial only): config.json, and the MLflow model "model" (below)
+
+The best model (`search.registry`), stored once: an MLflow PyTorch model named "model" logged on
+the best trial's run (``runs:/<its run id>/model``) holding the exported file
+extra_files/best_model.pt (weights, config, vocabulary; `awd.trainer.load_exported` reads it
+with weights_only, ``python -m awd.evaluate`` evaluates it), registered as one new version per
+search of ``awdsearch-<space>``; version tags: awdsearch.val_ppl, awdsearch.test_ppl (the best
+trial's final perplexities, as the parent's best_val_ppl / best_test_ppl),
+awdsearch.parent_run_id, awdsearch.trial_id, awdsearch.model, awdsearch.dataset,
+awdsearch.space, awdsearch.experiment. The parent's and the best trial's awdsearch.model_uri
+tag names the version (``models:/awdsearch-<space>/<version>``).
 
 Confirmation (child) run, named "<space>-confirm-<trial_id>" (``--confirm-top K --seeds S``,
 `search.confirm`): a re-training of a search trial's config with another seed, full budget
@@ -97,7 +121,7 @@ FINAL_VAL_PPL = "final_val_ppl"  # validation perplexity of the best weights at 
 FINAL_TEST_PPL = "final_test_ppl"  # test perplexity (batch 1) of the same weights
 BEST_TEST_PPL = "best_test_ppl"  # parent run: final_test_ppl of the best trial
 
-EPOCH_METRICS = ("train_loss", "train_ppl", "val_loss", VAL_PPL, BEST_VAL_PPL, "lr",
+EPOCH_METRICS = ("train_loss", "train_ppl", "val_loss", VAL_PPL, BEST_VAL_PPL, "epoch_lr",
                  EPOCH_SECONDS, "tokens_per_s", "averaging")
 TRIAL_SUMMARY_METRICS = (NUM_PARAMS, NTASGD_TRIGGER_EPOCH, EPOCHS_RUN, TRAIN_SECONDS,
                          FINAL_VAL_PPL, FINAL_TEST_PPL)
@@ -132,3 +156,36 @@ OPTUNA_TUNE_TRIAL_ID = "tune_trial_id"  # user attr of each study trial: the Tun
 FINISHED = "finished"  # 1 on the last result of a trial that ran its whole budget
 DIVERGED = "diverged"  # 1 on the result of a trial whose loss became NaN or infinite
 FATAL = "fatal_error"  # the reason, on the last result of a trial that cannot succeed on retry
+
+# --- model registry --------------------------------------------------------------------------
+REGISTERED_MODEL_PREFIX = "awdsearch-"  # one registered model per space: awdsearch-<space>
+LOGGED_MODEL_NAME = "model"  # the MLflow model on the best trial's run: runs:/<run id>/model
+MODEL_URI = "awdsearch.model_uri"  # parent and best trial runs: the registered version's URI
+MODEL_VAL_PPL = "awdsearch.val_ppl"  # version tags: the best trial's final_val_ppl ...
+MODEL_TEST_PPL = "awdsearch.test_ppl"  # ... and final_test_ppl (absent if it did not finish)
+MODEL_PARENT_RUN_ID = "awdsearch.parent_run_id"  # the search's parent run
+EXPERIMENT = "awdsearch.experiment"  # the search's MLflow experiment name
+
+# --- MLflow conventions ----------------------------------------------------------------------
+# Names MLflow itself gives meaning to (its UI's columns and tabs), and how ours map onto them.
+EPOCH_LR = "epoch_lr"  # the learning rate during each epoch; the ``lr`` param is the initial one
+TUNE_KEYS = {EPOCH_LR: "lr"}  # MLflow metric -> its Tune result key, where the two differ
+SYSTEM_PREFIX = "system/"  # MLflow's "System metrics" tab shows the metrics under this prefix
+# Measured by the trial itself each epoch (MLflow's monitor runs in the process that logs, which
+# for us is the driver); the names are MLflow's (mlflow/system_metrics/metrics/*.py) except the
+# process's own RSS. CPU: the trial process's share of the node's CPUs, in % (0-100).
+SYSTEM_CPU = "system/cpu_utilization_percentage"
+SYSTEM_MEMORY_MB = "system/system_memory_usage_megabytes"  # the node's used memory
+SYSTEM_MEMORY_PCT = "system/system_memory_usage_percentage"
+SYSTEM_PROCESS_RSS_MB = "system/process_memory_rss_megabytes"  # the trial process's RSS
+SYSTEM_GPU_MEMORY_MB = "system/gpu_{index}_memory_usage_megabytes"  # the trial's peak allocated
+SYSTEM_GPU_UTILIZATION = "system/gpu_{index}_utilization_percentage"  # NVML, where available
+SYSTEM_METRICS = (SYSTEM_CPU, SYSTEM_MEMORY_MB, SYSTEM_MEMORY_PCT, SYSTEM_PROCESS_RSS_MB)  # + GPU
+SOURCE_NAME = "python -m search.run"  # mlflow.source.name of every run a search writes
+DATASET_CONTEXT = "training"  # mlflow.data.context of the runs' dataset input
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3 UI: no "GenAI or ML?" prompt
+EXPERIMENT_KIND_ML = "custom_model_development"
+WORKFLOW_TYPE_ML = "machine_learning"  # the 3.x UI's ?workflowType= (its sidebar toggle)
+RUNS_VIEW = "awdsearch"  # id of the saved runs-table view (experiment tag mlflow.sharedViewState.*)
+RUNS_VIEW_METRICS = (BEST_VAL_PPL, FINAL_VAL_PPL, FINAL_TEST_PPL, EPOCHS_RUN)
+RUNS_VIEW_TAGS = (MODEL, STATUS)

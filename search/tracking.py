@@ -25,6 +25,8 @@ from mlflow.tracking import MlflowClient
 
 from awd.errors import UserError, first_line
 from search import schema
+from search.mlflow_conventions import dataset_ref, experiment_tags, log_dataset, source_tags
+from search.registry import BestModel, publish_best_model
 from search.results import TrialSummary
 
 log = logging.getLogger(__name__)
@@ -78,24 +80,32 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """The experiment's id, creating it (artifacts next to a SQLite database) if needed."""
+    """The experiment's id, creating it (artifacts next to a SQLite database) if needed, with
+    MLflow's tags for a model-training experiment (`mlflow_conventions.experiment_tags`)."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return str(exp.experiment_id)
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
-    return str(client.create_experiment(name, artifact_location=location))
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
+        exp = client.get_experiment(client.create_experiment(name, artifact_location=location))
+    elif exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    for key, value in experiment_tags(int(exp.creation_time or 0)).items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return str(exp.experiment_id)
 
 
 def start_parent_run(client: MlflowClient, experiment_id: str, run_name: str,
-                     tags: dict[str, str], params: dict[str, Any]) -> str:
-    """The search's parent run, with its tags and the search's options as params."""
+                     tags: dict[str, str], params: dict[str, Any], dataset: str = "",
+                     git_commit: str = "unknown") -> str:
+    """The search's parent run, with its tags and MLflow's source tags (which its trial runs
+    copy), the search's options as params and its ``dataset`` as MLflow's dataset input."""
     run = client.create_run(experiment_id, run_name=run_name,
-                            tags={schema.ROLE: schema.ROLE_SEARCH, **tags})
+                            tags={**source_tags(git_commit), schema.ROLE: schema.ROLE_SEARCH,
+                                  **tags})
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    log_dataset(client, run.info.run_id, dataset_ref(dataset) if dataset else None)
     return str(run.info.run_id)
 
 
@@ -204,28 +214,51 @@ def write_summary(client: MlflowClient, parent_run_id: str, gpus_per_trial: floa
                   runs: Mapping[str, Run], trials: Sequence[TrialSummary],
                   best: TrialSummary | None, best_model: Path | None,
                   stopped: bool = False) -> None:
-    """The parent run's summary metrics and the best trial's artifacts; closes the parent:
-    FINISHED, or KILLED and tagged partial when a signal ``stopped`` the search early."""
+    """The parent run's summary metrics and the best trial's config; closes the parent:
+    FINISHED, or KILLED and tagged partial when a signal ``stopped`` the search early. Then
+    the best trial's exported model (``best_model``) goes to the Model Registry: last, so that
+    a registry that fails costs only the model, with a warning."""
     started = client.get_run(parent_run_id).info.start_time / 1000
     now = int(time.time() * 1000)
     summary = search_summary_metrics(trials, best, time.time() - started, gpus_per_trial)
     client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in summary.items()])
+    best_run = runs.get(best.trial_id) if best is not None else None
     if best is not None:
-        best_run = runs.get(best.trial_id)
         targets = [parent_run_id] + ([best_run.info.run_id] if best_run is not None else [])
         with tempfile.TemporaryDirectory() as d:
-            log_best_artifacts(client, targets, best.full_config, best_model, Path(d))
+            log_best_artifacts(client, targets, best.full_config, Path(d))
         client.set_tag(parent_run_id, schema.BEST_TRIAL_ID, best.trial_id)
     client.set_tag(parent_run_id, schema.PARTIAL, str(stopped).lower())
     client.set_terminated(parent_run_id, "KILLED" if stopped else "FINISHED")
+    if best is None or best_model is None:
+        return
+    try:
+        model = BestModel(
+            export_file=best_model,
+            run_id=best_run.info.run_id if best_run is not None else parent_run_id,
+            parent_run_id=parent_run_id, experiment_name=_experiment_name(client, parent_run_id),
+            space=_space(client, parent_run_id), trial_id=best.trial_id,
+            val_ppl=summary[schema.BEST_VAL_PPL], test_ppl=summary.get(schema.BEST_TEST_PPL))
+    except Exception as e:  # the store failed now: the summary is written, the model is not
+        log.warning("the best model is not logged to MLflow (%s)", first_line(e))
+        return
+    publish_best_model(client, model)
+
+
+def _experiment_name(client: MlflowClient, run_id: str) -> str:
+    return str(client.get_experiment(client.get_run(run_id).info.experiment_id).name)
+
+
+def _space(client: MlflowClient, parent_run_id: str) -> str:
+    tags = client.get_run(parent_run_id).data.tags
+    return str(tags.get(schema.SPACE) or _experiment_name(client, parent_run_id))
 
 
 def log_best_artifacts(client: MlflowClient, run_ids: Sequence[str], config: dict[str, Any],
-                       model_file: Path | None, workdir: Path) -> None:
-    """The best trial's config (JSON) and exported model, on its own run and the parent."""
+                       workdir: Path) -> None:
+    """The best trial's config (JSON: ``python -m awd.train --config`` reads it), on its own
+    run and the parent. (Its model is stored once, by `search.registry`.)"""
     cfg = workdir / "config.json"
     cfg.write_text(json.dumps(config, indent=2, sort_keys=True))
     for run_id in run_ids:
         client.log_artifact(run_id, str(cfg))
-        if model_file is not None:
-            client.log_artifact(run_id, str(model_file), artifact_path="checkpoint")

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]
 import ray
 import torch
 from ray import tune
@@ -26,6 +27,7 @@ from ray import tune
 from awd.config import from_flat
 from awd.data import load_corpus
 from awd.errors import CheckpointError, ConfigError, DataError, TrainingDiverged, first_line
+from awd.progress import epoch_line, final_line
 from awd.trainer import EpochMetrics, Trainer
 from search import schema
 
@@ -34,6 +36,11 @@ DIVERGED_FILE = "diverged.json"
 DIVERGED_PPL = 1e12
 
 log = logging.getLogger(__name__)
+
+# This process, for its CPU use between two epochs: psutil measures since its previous call, so
+# the first call (here, as the worker imports the trainable) starts the first epoch's count.
+_PROCESS = psutil.Process()
+_PROCESS.cpu_percent(None)
 
 
 def _limit_threads() -> None:
@@ -68,7 +75,29 @@ def epoch_result(m: EpochMetrics, trainer: Trainer) -> dict[str, Any]:
                    schema.NUM_PARAMS: trainer.num_params, schema.FINISHED: False,
                    "device": str(trainer.device), "device_name": _device_name(trainer.device),
                    "node_id": _node_id(), "node_ip": ray.util.get_node_ip_address()})
+    result.update(system_metrics(trainer.device))
     return result
+
+
+def system_metrics(device: torch.device) -> dict[str, float]:
+    """What the trial used during the epoch now ending, under MLflow's system-metric names
+    (`schema.SYSTEM_METRICS`): MLflow's own monitor would measure the driver, which logs."""
+    memory = psutil.virtual_memory()
+    metrics = {schema.SYSTEM_CPU: _PROCESS.cpu_percent(None) / (psutil.cpu_count() or 1),
+               schema.SYSTEM_MEMORY_MB: memory.used / 1e6,
+               schema.SYSTEM_MEMORY_PCT: float(memory.percent),
+               schema.SYSTEM_PROCESS_RSS_MB: _PROCESS.memory_info().rss / 1e6}
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        metrics[schema.SYSTEM_GPU_MEMORY_MB.format(index=index)] = (
+            torch.cuda.max_memory_allocated(device) / 1e6)
+        torch.cuda.reset_peak_memory_stats(device)  # the next epoch's peak is its own
+        try:
+            metrics[schema.SYSTEM_GPU_UTILIZATION.format(index=index)] = float(
+                torch.cuda.utilization(device))
+        except Exception as e:  # no NVML (pynvml missing, a driver without it): not measured
+            log.debug("GPU utilisation not measured: %s", e)
+    return metrics
 
 
 def _device_name(device: torch.device) -> str:
@@ -119,9 +148,13 @@ def _end_fatally(reason: str, trainer: Trainer | None) -> None:
 def _train(trainer: Trainer) -> None:
     try:
         for m in trainer.run():
+            print(epoch_line(m), flush=True)  # the trial's log (`search.console.TRIAL_LOG`)
             result = epoch_result(m, trainer)
             if trainer.finished:
+                print("final evaluation of the best weights (test at batch size "
+                      f"{trainer.cfg.test_batch_size})", flush=True)
                 final = trainer.final_metrics()
+                print(final_line(final), flush=True)
                 result.update({schema.FINAL_VAL_PPL: final["val_ppl"],
                                schema.FINAL_TEST_PPL: final["test_ppl"], schema.FINISHED: True})
             with tempfile.TemporaryDirectory() as d:

@@ -8,6 +8,9 @@ that timed out after the server applied it, a spool replayed after a crash), and
 ``log_batch`` of a metric at a step it already has adds a second history entry: an epoch is
 written only if the run's ``val_ppl`` history lacks that step, a child run is created only if
 none has the trial's id under the parent, a trial's end only changes what differs.
+
+What a run gets follows MLflow's conventions (`search.mlflow_conventions`): the full config as
+params, the dataset as an input, the parent's source tags, system metrics under ``system/``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from awd.config import from_flat
+from awd.errors import ConfigError
 from search import schema, storage
+from search.mlflow_conventions import DatasetRef, dataset_ref, inherited_tags, log_dataset
 from search.outbox import Outbox, Record
 from search.tracking import trial_summary_metrics
 
@@ -41,6 +47,16 @@ Unwrap = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, str]]]
 def plain_trial(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """A search trial: its Tune config is the run config, with no tags of its own."""
     return config, {}
+
+
+def full_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Every field of the run config with its effective value (a space's trial config holds
+    only the searched keys and the preset); a config `awd` cannot read, as it is."""
+    try:
+        return from_flat(dict(config)).to_flat()
+    except ConfigError as e:
+        log.debug("MLflow: logging a trial config as given (%s)", e)
+        return dict(config)
 
 
 def spool_path(experiment_dir: str | None, parent_run_id: str,
@@ -75,7 +91,10 @@ class RunSpec:
 
     def start(self, trial_id: str, config: Mapping[str, Any],
               own_tags: Mapping[str, str]) -> Record:
-        """Create (or find again) the trial's child run, with its params."""
+        """Create (or find again) the trial's child run, with its params (the full config) and
+        its dataset input."""
+        config = full_config(config)
+        dataset = dataset_ref(str(config.get("dataset", "")))
         tags = {schema.PARENT_RUN_ID: self.parent_run_id, schema.ROLE: self.role,
                 schema.TRIAL_ID: trial_id, schema.SPACE: self.space,
                 schema.MODEL: str(config.get("model", "")),
@@ -84,7 +103,18 @@ class RunSpec:
         kind = "" if self.role == schema.ROLE_TRIAL else f"{self.role}-"
         params = {k: str(v) for k, v in {**config, **self.extra_params}.items()}
         return self.record(KIND_START, trial_id, run_name=f"{self.space}-{kind}{trial_id}",
-                           tags=tags, params=params)
+                           tags=tags, params=params,
+                           dataset=dataset.as_record() if dataset is not None else None)
+
+
+def epoch_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """An epoch's MLflow metrics from its Tune result: `schema.EPOCH_METRICS` (read from
+    `schema.TUNE_KEYS` where Tune's name differs) and the trial's system measurements."""
+    metrics = {name: float(result[schema.TUNE_KEYS.get(name, name)])
+               for name in schema.EPOCH_METRICS if schema.TUNE_KEYS.get(name, name) in result}
+    metrics.update({k: float(v) for k, v in result.items()
+                    if k.startswith(schema.SYSTEM_PREFIX)})
+    return metrics
 
 
 def epoch_record(spec: RunSpec, trial_id: str, result: Mapping[str, Any],
@@ -99,7 +129,7 @@ def epoch_record(spec: RunSpec, trial_id: str, result: Mapping[str, Any],
     return spec.record(
         KIND_EPOCH, trial_id, epoch=int(result[schema.EPOCH]),
         timestamp=timestamp_ms if timestamp_ms is not None else int(time.time() * 1000),
-        metrics={k: float(result[k]) for k in schema.EPOCH_METRICS if k in result}, once=once,
+        metrics=epoch_metrics(result), once=once,
         tags={schema.DEVICE: str(result.get("device_name", "")),
               schema.NODE_IP: str(result.get("node_ip", "")),
               schema.NODE_ID: str(result.get("node_id", ""))})
@@ -175,12 +205,16 @@ class RunWriter:
     def _start(self, record: Record) -> None:
         if self.find_run(record) is not None:
             return
-        run = self.client.create_run(record["experiment_id"], run_name=record["run_name"],
-                                     tags=record["tags"])
+        parent = self.client.get_run(record["parent_run_id"])
+        run = self.client.create_run(
+            record["experiment_id"], run_name=record["run_name"],
+            tags={**inherited_tags(parent.data.tags), **record["tags"]})
         run_id = str(run.info.run_id)
         self._run_ids[(record["parent_run_id"], record["trial_id"])] = run_id
         self._steps[run_id] = set()
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in record["params"].items()])
+        dataset = record.get("dataset")  # absent from records spooled by earlier versions
+        log_dataset(self.client, run_id, DatasetRef(**dataset) if dataset else None)
 
     def logged_epochs(self, run_id: str) -> set[int]:
         """The epochs the run has (its STEP_MARKER history), from MLflow on first ask."""

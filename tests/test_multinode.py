@@ -30,6 +30,7 @@ import pytest
 from conftest import DATA_DIR, real_data
 from mlflow.tracking import MlflowClient
 
+from awd.evaluate import download_export
 from awd.trainer import load_exported
 from search import schema
 
@@ -270,19 +271,17 @@ def test_every_trial_logged_val_ppl_for_each_epoch_it_ran(search):
     assert completed >= 1
 
 
-def test_parent_holds_the_best_config_and_checkpoint(search):
+def test_parent_holds_the_best_config_and_names_the_registered_model(search):
     _, client, parents, children, work = search
     parent = parents[0]
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"config.json", "checkpoint"} <= names
-    assert [a.path for a in client.list_artifacts(parent.info.run_id, "checkpoint")] == \
-        ["checkpoint/best_model.pt"]
+    assert "config.json" in names and "checkpoint" not in names
     local = Path(client.download_artifacts(parent.info.run_id, "config.json", str(work)))
     assert json.loads(local.read_text()) == \
         json.loads((work / f"best_config_{EXPERIMENT}.json").read_text())
     best = parent.data.tags[schema.BEST_TRIAL_ID]
     assert best in {c.data.tags[schema.TRIAL_ID] for c in children}
-    model = client.download_artifacts(parent.info.run_id, "checkpoint/best_model.pt", str(work))
+    model = download_export(parent.data.tags[schema.MODEL_URI], client.tracking_uri, work)
     exported = load_exported(model)  # weights_only: the file runs no code
     assert exported.run.to_flat() == json.loads(local.read_text())
     exported.build()

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ray.tune import ExperimentAnalysis
 
 from awd.config import from_flat
 from awd.data import load_corpus
+from awd.evaluate import download_export
 from awd.trainer import Trainer, load_exported, perplexity
 from search import schema
 from search.results import best_index, status_of
@@ -187,12 +189,12 @@ def test_best_trial_has_config_and_an_exported_model(smoke, tmp_path):
     parent = parents[0]
     best = next(c for c in children
                 if c.data.tags[schema.TRIAL_ID] == parent.data.tags[schema.BEST_TRIAL_ID])
-    for run in (parent, best):
-        names = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.json", "checkpoint"} <= names
-    path = client.download_artifacts(parent.info.run_id, "checkpoint/best_model.pt",
-                                     str(tmp_path))
-    exported = load_exported(path)  # weights_only: a plain data file
+    for run in (parent, best):  # the config on both; the weights only in the registered model
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.json"]
+        assert run.data.tags[schema.MODEL_URI] == parent.data.tags[schema.MODEL_URI]
+    with tempfile.TemporaryDirectory() as d:  # awd.evaluate's download: the export alone
+        exported = load_exported(download_export(parent.data.tags[schema.MODEL_URI], uri,
+                                                 Path(d)))
     config = json.loads((cwd / "best_config_smoke.json").read_text())
     assert exported.run.to_flat() == config
     logged = {k: v for k, v in best.data.params.items() if k != "gpus_per_trial"}
@@ -205,10 +207,10 @@ def test_best_trial_has_config_and_an_exported_model(smoke, tmp_path):
     final = best.data.metrics.get(schema.FINAL_VAL_PPL, best.data.metrics[schema.BEST_VAL_PPL])
     assert perplexity(trainer.evaluate("valid")) == pytest.approx(final, rel=1e-5)
     assert math.isfinite(final)
-    # the same file on the best trial's own run
-    again = client.download_artifacts(best.info.run_id, "checkpoint/best_model.pt",
-                                      str(tmp_path / "child"))
-    for k, v in load_exported(again).state_dict.items():
+    # the same model on the best trial's own run
+    with tempfile.TemporaryDirectory() as d:
+        again = load_exported(download_export(f"runs:/{best.info.run_id}/model", uri, Path(d)))
+    for k, v in again.state_dict.items():
         assert torch.equal(v, exported.state_dict[k]), k
 
 

@@ -1,0 +1,309 @@
+"""Command line: evaluate a trained model and sample text from it, e.g. a search's best model:
+``python -m awd.evaluate --model-uri models:/awdsearch-awd_ptb/latest --data ptb --generate 50``.
+
+The model is an export (`awd.trainer.Trainer.export_best`: weights, config, vocabulary) named by
+a local path (the .pt file, or a folder holding one such as a downloaded MLflow model) or by an
+MLflow model URI: ``models:/NAME/latest``, ``models:/NAME/<version>``, ``models:/NAME@alias`` or
+``runs:/<run id>/model``. Only the export inside the MLflow model is downloaded, and it is read
+with ``torch.load(weights_only=True)`` (`awd.trainer.load_exported`), never with MLflow's
+loader: nothing from the store can run code here. `download_export` is the one function that
+touches MLflow, imported there: importing ``awd`` needs neither MLflow nor Ray.
+
+The perplexities are the trainer's own (`Trainer.final_metrics` with the split slices, bptt and
+batch sizes of the model's config: test at ``test_batch_size``, 1 unless the config says
+otherwise), so a search's best model gives its trial's final_val_ppl and final_test_ppl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+from awd.data import Corpus, load_corpus
+from awd.data.corpus import EOS
+from awd.errors import CheckpointError, ConfigError, DataError, UserError, first_line
+from awd.models import LanguageModel
+from awd.progress import TokenBars
+from awd.trainer import ExportedModel, Trainer, load_exported, pick_device
+
+EXPORT_FILE = "best_model.pt"
+EXPORT_IN_MODEL = f"extra_files/{EXPORT_FILE}"  # where MLflow's extra_files puts the export
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+UNK = "<unk>"
+
+
+class ModelNotFoundError(UserError):
+    """The model URI names no model: unknown registered model or version, run, or path."""
+
+
+class VocabularyMismatchError(DataError):
+    """The dataset's vocabulary is not the one the model was trained with."""
+
+
+# --- finding the export ----------------------------------------------------------------------
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else ``mlflow.db`` here: the store a search writes by default."""
+    return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or \
+        f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def local_export(path: Path) -> Path:
+    """The export file at ``path``: the file itself, or the export inside a model folder."""
+    if path.is_file():
+        return path
+    for candidate in (path / EXPORT_IN_MODEL, path / EXPORT_FILE):
+        if candidate.is_file():
+            return candidate
+    raise ModelNotFoundError(f"{path} holds no exported model (looked for {EXPORT_IN_MODEL} "
+                             f"and {EXPORT_FILE})")
+
+
+def download_export(uri: str, tracking_uri: str, dest: Path) -> Path:
+    """Download the export inside the MLflow model ``uri`` into ``dest``. The only place where
+    awd uses MLflow (imported here, not at module level)."""
+    import mlflow.artifacts
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        if not db.is_file():  # MLflow would create an empty store and find nothing in it
+            raise ModelNotFoundError(f"no MLflow store at {db} (pass --tracking-uri, or set "
+                                     "$MLFLOW_TRACKING_URI)")
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    try:
+        root = _model_location(client, uri)
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{root.rstrip('/')}/{EXPORT_IN_MODEL}", dst_path=str(dest),
+            tracking_uri=tracking_uri)
+    except MlflowException as e:
+        raise ModelNotFoundError(f"{uri}: {first_line(e)}") from None
+    return Path(path)
+
+
+def _model_location(client: Any, uri: str) -> str:
+    """The artifact location of the MLflow model ``uri`` names (``client``: an MlflowClient)."""
+    kind, _, rest = uri.partition(":/")
+    rest = rest.strip("/")
+    if kind == "runs":
+        run_id, _, name = rest.partition("/")
+        run = client.get_run(run_id)
+        name = name or "model"
+        models = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
+        if not models:
+            raise ModelNotFoundError(f"{uri}: run {run_id} has no MLflow model named {name!r}")
+        return str(models[0].artifact_location)
+    name, _, version = rest.partition("/")
+    if name.startswith("m-") and not version:  # a logged model's own id
+        return str(client.get_logged_model(name).artifact_location)
+    name, _, alias = name.partition("@")
+    if alias:
+        found = client.get_model_version_by_alias(name, alias)
+    elif version == "latest":
+        client.get_registered_model(name)  # an unknown name says so
+        versions = client.search_model_versions(
+            f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
+        if not versions:
+            raise ModelNotFoundError(f"{uri}: registered model {name!r} has no versions")
+        found = versions[0]
+    elif version.isdigit():
+        found = client.get_model_version(name, version)
+    else:
+        raise ModelNotFoundError(f"{uri}: expected models:/NAME/latest, models:/NAME/<version> "
+                                 "or models:/NAME@alias")
+    source = str(found.source)
+    if source.startswith("models:/m-"):  # MLflow 3: the version points at a logged model
+        model_id = source[len("models:/"):].strip("/")
+        return str(client.get_logged_model(model_id).artifact_location)
+    return source
+
+
+def load_model(uri: str, tracking_uri: str | None = None) -> ExportedModel:
+    """The exported model ``uri`` names (see the module docstring for the forms it takes)."""
+    if uri.startswith(MLFLOW_SCHEMES):
+        with tempfile.TemporaryDirectory() as d:
+            path = download_export(uri, tracking_uri or default_tracking_uri(), Path(d))
+            try:
+                return load_exported(path)
+            except CheckpointError as e:  # its message names a temporary file
+                raise CheckpointError(f"{uri}: {first_line(e).split(': ', 1)[-1]}") from None
+    path = Path(uri).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"{uri}: no such file, and not an MLflow model URI (models:/NAME/"
+                                 "latest, models:/NAME/<version>, runs:/<run id>/model)")
+    return load_exported(local_export(path))
+
+
+# --- evaluation and sampling -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Validation and test loss and perplexity, and how many tokens each split scored."""
+
+    num_params: int
+    val_loss: float
+    val_ppl: float
+    test_loss: float
+    test_ppl: float
+    val_tokens: int
+    test_tokens: int
+
+
+def check_vocabulary(exported: ExportedModel, corpus: Corpus, data: str) -> None:
+    """Token ids mean nothing under another vocabulary: refuse instead of printing nonsense."""
+    if corpus.vocab != exported.vocab:
+        raise VocabularyMismatchError(
+            f"the model's vocabulary ({len(exported.vocab):,} words) is not that of {data} "
+            f"({corpus.ntokens:,} words): the model was trained on {exported.run.dataset}")
+
+
+def evaluate(exported: ExportedModel, corpus: Corpus, device: str = "auto",
+             progress: TokenBars | None = None) -> tuple[Evaluation, LanguageModel]:
+    """The trainer's final evaluation of the exported weights on ``corpus`` (checked to have
+    the model's vocabulary), and the model it evaluated (on ``device``)."""
+    trainer = Trainer(exported.run, corpus, device=device)
+    trainer.model.load_state_dict(exported.state_dict)
+    trainer.on_progress = progress
+    final = trainer.final_metrics()  # no best weights in this trainer: evaluates both splits
+    tokens = {s: (d.size(0) - 1) * d.size(1) for s, d in
+              (("valid", trainer.val_data), ("test", trainer.test_data))}
+    result = Evaluation(num_params=trainer.num_params, val_loss=final["val_loss"],
+                        val_ppl=final["val_ppl"], test_loss=final["test_loss"],
+                        test_ppl=final["test_ppl"], val_tokens=tokens["valid"],
+                        test_tokens=tokens["test"])
+    return result, trainer.model
+
+
+def prompt_ids(prompt: str, vocab: list[str]) -> list[int]:
+    """The prompt's words as token ids (unknown words as <unk> when the vocabulary has it); an
+    empty prompt starts a sentence (<eos>)."""
+    index = {w: i for i, w in enumerate(vocab)}
+    words = prompt.split() or [EOS]
+    unknown = [w for w in words if w not in index]
+    if unknown and UNK not in index:
+        raise ConfigError(f"--prompt: {', '.join(repr(w) for w in unknown[:5])} not in the "
+                          "model's vocabulary")
+    return [index.get(w, index.get(UNK, 0)) for w in words]
+
+
+@torch.no_grad()
+def generate(model: LanguageModel, vocab: list[str], words: int, prompt: str = "",
+             seed: int = 0, temperature: float = 1.0) -> list[str]:
+    """``words`` words sampled one at a time after ``prompt``, each from the model's next-word
+    distribution at ``temperature`` (below 1: more likely words; above: more varied), with a
+    generator of its own seeded by ``seed``: the same arguments give the same text."""
+    if not temperature > 0:  # NaN too
+        raise ConfigError(f"--temperature must be positive, got {temperature}")
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    inputs = torch.tensor(prompt_ids(prompt, vocab), device=device).view(-1, 1)
+    hidden = model.init_hidden(1)
+    sampled: list[str] = []
+    for _ in range(words):
+        out = model(inputs, hidden)
+        hidden = out.hidden
+        probs = torch.softmax(out.logits[-1, 0].double() / temperature, dim=-1)
+        token = int(torch.multinomial(probs, 1, generator=generator))
+        sampled.append(vocab[token])
+        inputs = torch.tensor([[token]], device=device)
+    return sampled
+
+
+def as_text(words: list[str]) -> str:
+    """Words joined by spaces, a line per sentence (<eos>)."""
+    return "\n".join(line.strip() for line in " ".join(words).split(EOS))
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m awd.evaluate",
+        description="Validation and test perplexity of a trained model, and text sampled from it.")
+    parser.add_argument("--model-uri", required=True,
+                        help="models:/NAME/latest, models:/NAME/<version>, models:/NAME@alias, "
+                        "runs:/<run id>/model, an exported .pt file or a model folder")
+    parser.add_argument("--data", default=None,
+                        help="dataset name (ptb, wikitext-2) or folder (default: the model's)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store of models:/ and runs:/ URIs (default: "
+                        "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    parser.add_argument("--generate", type=int, default=0, metavar="N",
+                        help="also sample N words of text")
+    parser.add_argument("--prompt", default="", help="text the sample continues")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature (default 1: the model's distribution)")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="only sample text (no dataset needed)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Bad flags are refused before any model is downloaded."""
+    if args.generate < 0:
+        raise ConfigError(f"--generate must be 0 or more words, got {args.generate}")
+    if not args.temperature > 0:
+        raise ConfigError(f"--temperature must be positive, got {args.temperature}")
+    if args.no_eval and not args.generate:
+        raise ConfigError("--no-eval without --generate N leaves nothing to do")
+    pick_device(args.device)
+
+
+def run(args: argparse.Namespace) -> None:
+    _check(args)
+    exported = load_model(args.model_uri, args.tracking_uri)
+    model: LanguageModel | None = None
+    if not args.no_eval:
+        data = args.data or exported.run.dataset
+        corpus = load_corpus(data)
+        check_vocabulary(exported, corpus, data)
+        bars = None if args.quiet else TokenBars()
+        try:
+            result, model = evaluate(exported, corpus, args.device, bars)
+        finally:
+            if bars is not None:
+                bars.close()
+        train = exported.run.train
+        print(f"{exported.run.model} on {data}: {result.num_params:,} parameters | valid "
+              f"{result.val_tokens:,} tokens (batch {train.eval_batch_size}) | test "
+              f"{result.test_tokens:,} tokens (batch {train.test_batch_size})")
+        print(f"val ppl {result.val_ppl:.2f} | test ppl {result.test_ppl:.2f}")
+        print(json.dumps(asdict(result)), flush=True)
+    if args.generate:
+        if model is None:
+            model = cast(LanguageModel, exported.build(pick_device(args.device)))
+        words = generate(model, exported.vocab, args.generate, args.prompt, args.seed,
+                         args.temperature)
+        print(as_text([*args.prompt.split(), *words]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except UserError as e:
+        print(f"error: {first_line(e)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The best model of a search as an MLflow model, registered in the Model Registry.
+
+Stored once: the best trial's export (`awd.trainer.Trainer.export_checkpoint`: weights, config
+and vocabulary in a file read with ``weights_only``) is logged with MLflow's PyTorch flavour on
+the best trial's run, as the model `schema.LOGGED_MODEL_NAME` (``runs:/<run id>/model``), the
+export inside it as ``extra_files/best_model.pt``: what ``python -m awd.evaluate`` reads, never
+MLflow's loader. The flavour's own copy is a ``torch.export`` program (pt2: no pickle) of
+`NextWordLogProbs`, so that ``mlflow.pytorch.load_model`` and pyfunc serving work too. Each
+search then adds one version to ``awdsearch-<space>``, tagged with its numbers and origin.
+
+Offline by construction: explicit pip requirements (MLflow infers none, so no pip runs) and
+no network but the tracking store. Ray-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+from torch import nn
+
+from awd.errors import first_line
+from awd.evaluate import EXPORT_FILE
+from awd.trainer import ExportedModel, load_exported
+from search import schema
+
+log = logging.getLogger(__name__)
+
+CONTEXT = 35  # tokens per sequence in the pt2 program's signature (torch.export fixes it)
+REGISTRATION_WAIT_S = 60  # how long a registry may take to make a version READY
+
+
+class NextWordLogProbs(nn.Module):
+    """A language model as one tensor in, one out: token ids (batch, time) -> log-probabilities
+    of the next word (batch, time, vocabulary), from the zero state. Causal, so a sequence
+    shorter than `CONTEXT` right-padded with any ids has the same values at its positions."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        init_hidden: Any = self.model.init_hidden
+        out = self.model(token_ids.t(), init_hidden(token_ids.size(0)))
+        return torch.log_softmax(out.logits, dim=-1).transpose(0, 1)
+
+
+def registered_model_name(space: str) -> str:
+    """One registered model per space: each search of it adds a version."""
+    return f"{schema.REGISTERED_MODEL_PREFIX}{space}"
+
+
+@dataclass(frozen=True)
+class BestModel:
+    """A search's best trial and what its registered version says about it."""
+
+    export_file: Path  # `Trainer.export_checkpoint`'s file
+    run_id: str  # the run that owns the model: the best trial's
+    parent_run_id: str
+    experiment_name: str
+    space: str
+    trial_id: str
+    val_ppl: float
+    test_ppl: float | None  # None: the trial did not finish (no test evaluation)
+
+    def tags(self, exported: ExportedModel) -> dict[str, str]:
+        tags = {schema.MODEL_VAL_PPL: repr(self.val_ppl),
+                schema.MODEL_PARENT_RUN_ID: self.parent_run_id, schema.TRIAL_ID: self.trial_id,
+                schema.MODEL: exported.run.model, schema.DATASET: exported.run.dataset,
+                schema.SPACE: self.space, schema.EXPERIMENT: self.experiment_name}
+        if self.test_ppl is not None:
+            tags[schema.MODEL_TEST_PPL] = repr(self.test_ppl)
+        return tags
+
+    def description(self) -> str:
+        test = "n/a" if self.test_ppl is None else f"{self.test_ppl:.2f}"
+        return (f"best trial {self.trial_id} of search {self.experiment_name} (parent run "
+                f"{self.parent_run_id}): val ppl {self.val_ppl:.2f}, test ppl {test}")
+
+
+def signature(vocab_size: int) -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.int64), (-1, CONTEXT))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, CONTEXT, vocab_size))]))
+
+
+def input_example(vocab_size: int) -> np.ndarray:
+    """Two sequences of token ids (two: torch.export keeps a batch of 1 static)."""
+    return np.arange(2 * CONTEXT, dtype=np.int64).reshape(2, CONTEXT) % vocab_size
+
+
+def pip_requirements() -> list[str]:
+    """What loading the pt2 program needs (MLflow adds itself); the release, not a local build
+    tag such as +cpu that no index serves."""
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
+@contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """``mlflow.pytorch.log_model`` writes to MLflow's global tracking URI, and so does the
+    registry when it looks up a ``models:/<model id>`` source (else it opens ./mlflow.db);
+    setting that URI also sets ``$MLFLOW_TRACKING_URI``: both are put back as they were."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # unset: resolved from env again
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def log_model(client: MlflowClient, best: BestModel, exported: ExportedModel) -> str:
+    """Log the export as an MLflow PyTorch model on ``best.run_id``; returns its model id."""
+    run = client.get_run(best.run_id)
+    model = client.create_logged_model(  # in the run's experiment (log_model's own would not)
+        run.info.experiment_id, name=schema.LOGGED_MODEL_NAME, source_run_id=best.run_id,
+        tags=best.tags(exported), params=dict(run.data.params))
+    with tempfile.TemporaryDirectory() as d:
+        export = best.export_file
+        if export.name != EXPORT_FILE:  # the name `awd.evaluate` looks for
+            export = Path(shutil.copyfile(export, Path(d) / EXPORT_FILE))
+        vocab = len(exported.vocab)
+        with _fluent_tracking_uri(client.tracking_uri), warnings.catch_warnings():
+            # torch.export notes that nn.LSTM caches its weight list: harmless, not ours
+            warnings.filterwarnings("ignore", message="The tensor attributes", category=UserWarning)
+            mlflow.pytorch.log_model(
+                NextWordLogProbs(exported.build()).eval(), name=schema.LOGGED_MODEL_NAME,
+                run_id=best.run_id, model_id=model.model_id, serialization_format="pt2",
+                signature=signature(vocab), input_example=input_example(vocab),
+                extra_files=[str(export)], pip_requirements=pip_requirements())
+    return str(model.model_id)
+
+
+def register(client: MlflowClient, best: BestModel, exported: ExportedModel,
+             model_id: str) -> Any:
+    """A new version of the space's registered model (created on first use); returns it."""
+    name = registered_model_name(best.space)
+    try:
+        client.create_registered_model(
+            name, description=f"the best model of each awdsearch search of space {best.space}")
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    with _fluent_tracking_uri(client.tracking_uri):
+        return client.create_model_version(
+            name, source=f"models:/{model_id}", run_id=best.run_id, tags=best.tags(exported),
+            description=best.description(), await_creation_for=REGISTRATION_WAIT_S,
+            model_id=model_id)
+
+
+def publish_best_model(client: MlflowClient, best: BestModel) -> str | None:
+    """Log and register the best model; returns its URI (the registered version's, or the
+    logged model's if only registration failed) and tags the best trial's and the parent's runs
+    with it. Never raises: the search's results are written already, and a store that refuses
+    the model costs only the model (a warning says why)."""
+    try:
+        exported = load_exported(best.export_file)
+        model_id = log_model(client, best, exported)
+    except Exception as e:  # any failure, MLflow's or torch.export's: the summary stands
+        log.warning("the best model is not logged to MLflow (%s: %s)", type(e).__name__,
+                    first_line(e))
+        return None
+    uri = f"models:/{model_id}"
+    try:
+        version = register(client, best, exported, model_id)
+        uri = f"models:/{version.name}/{version.version}"
+    except Exception as e:
+        log.warning("the best model is logged (%s) but not registered (%s: %s)", uri,
+                    type(e).__name__, first_line(e))
+    try:
+        for run_id in (best.run_id, best.parent_run_id):
+            client.set_tag(run_id, schema.MODEL_URI, uri)
+    except Exception as e:
+        log.warning("the runs are not tagged with the best model %s (%s)", uri, first_line(e))
+    return uri
