@@ -20,9 +20,10 @@ def parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m reports",
         description="Report on one or more awdsearch searches from MLflow: best trials against "
-        "published perplexities, learning curves, search progress, hyperparameter importance, "
-        "ablations. Writes report.html (self-contained), report.md, summary.csv and PNGs, and "
-        "logs them on each search's parent run under report/.",
+        "published perplexities, each search's best configuration and every trial ranked, "
+        "learning curves, search progress, hyperparameter importance, ablations. Writes "
+        "report.html (self-contained), report.md, summary.csv, trials.csv and PNGs, and logs "
+        "them on each search's parent run under report/.",
         epilog="Exit status: 0 ok; 2 bad input (unknown experiment, no finished runs, missing "
         "metrics: a partial report is still written where there is something to show); "
         "1 with a traceback: a bug.")

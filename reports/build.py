@@ -11,12 +11,14 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from awd.errors import first_line
-from reports import ablation, importance, plots, references, tables
+from reports import ablation, importance, plots, references, tables, trials
 from reports.confirmation import section as confirmation_section
 from reports.load import ReportData, load
 from reports.render import (
     Block,
+    Cell,
     Document,
+    Link,
     Section,
     Table,
     fmt_gap,
@@ -42,7 +44,7 @@ class Result:
     warnings: list[str] = field(default_factory=list)
 
 
-def _searches_table(data: ReportData) -> Table:
+def searches_table(data: ReportData) -> Table:
     frame = tables.searches(data)
     cols = ["Search", "Space", "Dataset", "Models", "Started (UTC)", "Wall h", "Trials",
             "Completed", "Stopped early", "Failed", "Running", "GPU-h", "Best val", "Best test",
@@ -52,9 +54,18 @@ def _searches_table(data: ReportData) -> Table:
              fmt_int(r["trials"]), fmt_int(r["completed"]), fmt_int(r["stopped_early"]),
              fmt_int(r["failed"]), fmt_int(r["running"]), fmt_num(r["gpu_hours"], 3),
              fmt_num(r["best_val_ppl"]), fmt_num(r["best_test_ppl"]), r["best_model"] or "—",
-             r["parent_run_id"][:12] or "—"] for _, r in frame.iterrows()]
+             _run_cell(data, r["experiment_id"], r["parent_run_id"])]
+            for _, r in frame.iterrows()]
     return Table(cols, rows, {"Search", "Space", "Dataset", "Models", "Started (UTC)",
                               "Best model", "Parent run"})
+
+
+def _run_cell(data: ReportData, experiment_id: str, run_id: str) -> Cell:
+    """A run id, short, linked to its page where the store is an MLflow server."""
+    if not run_id:
+        return "—"
+    url = trials.run_url(data.tracking_uri, experiment_id, run_id)
+    return Link(run_id[:12], url) if url else run_id[:12]
 
 
 def _best_tables(summary: pd.DataFrame) -> tuple[Table, Table, list[str]]:
@@ -165,20 +176,22 @@ def document(data: ReportData, out: Path) -> tuple[Document, pd.DataFrame]:
     sections.extend(s for s in [data_quality_section(data)] if s is not None)
     if data.notes:
         sections.append(Section("Notes", [data.notes], "notes"))
-    sections.append(Section("Searches", [_searches_table(data)]))
+    sections.append(Section("Searches", [searches_table(data)]))
     best, cost, citations = _best_tables(summary)
     no_refs = sorted({m for m in summary["model"]} & set(references.load()[1]))
     sections.append(Section("Best trial per model vs published", [
         "Best trial = the completed trial with the lowest final validation perplexity; its "
-        "final_val_ppl / final_test_ppl. Gap = ours minus published (negative is better).",
+        "final_val_ppl / final_test_ppl. Gap = ours minus published (negative is better); "
+        "— where the two numbers do not measure the same thing (the note says why).",
         best, *([citations] if citations else []),
         *[f"{m}: {references.load()[1][m]}." for m in no_refs]]))
+    sections.append(trials.winners_section(data))
     sections.append(Section("Trials and cost", [
         "GPU-h = sum over trials of train_seconds × gpus_per_trial / 3600; Train h = sum of "
         "train_seconds / 3600.", cost]))
     sections.extend(s for s in [confirmation_section(data)] if s is not None)
-    curves = plots.learning_curves(data, out)
-    sections.append(Section("Learning curves", [curves] if curves else
+    curves: list[Block] = [*plots.learning_curves(data, out)]
+    sections.append(Section("Learning curves", curves or
                             ["No validation perplexity was recorded per epoch."]))
     prog = plots.progress(data, out)
     sections.append(Section("Search progress", [prog] if prog else ["No trials."]))
@@ -190,6 +203,7 @@ def document(data: ReportData, out: Path) -> tuple[Document, pd.DataFrame]:
     parallel: list[Block] = [*plots.parallel_coordinates(analyses, out)]
     sections.append(Section("Parallel coordinates", parallel or [
         "No model has two finished trials at a common budget."]))
+    sections.extend(trials.trials_sections(data))
     for extra in (_ablation_section(data), _failures_section(data)):
         if extra is not None:
             sections.append(extra)
@@ -216,7 +230,7 @@ def log_report(data: ReportData, files: list[Path]) -> tuple[list[str], list[str
 
 def build(tracking_uri: str, experiments: list[str], out_dir: Path,
           log_artifacts: bool = True) -> Result:
-    """Write report.html, report.md, summary.csv and the PNGs into ``out_dir``."""
+    """Write report.html, report.md, summary.csv, trials.csv and the PNGs into ``out_dir``."""
     data = load(tracking_uri, experiments)
     out_dir.mkdir(parents=True, exist_ok=True)
     doc, summary = document(data, out_dir)
@@ -225,8 +239,10 @@ def build(tracking_uri: str, experiments: list[str], out_dir: Path,
     page.write_text(to_html(doc))
     csv = out_dir / SUMMARY_CSV
     summary.to_csv(csv, index=False)
+    every_trial = out_dir / trials.TRIALS_CSV
+    trials.all_trials(data).to_csv(every_trial, index=False)
     figures = [b.path for s in doc.sections for b in s.blocks if isinstance(b, plots.Plot)]
-    files = [page, md, csv, *figures]
+    files = [page, md, csv, every_trial, *figures]
     result = Result(out_dir, files, problems=list(data.problems),
                     warnings=[f"data quality: {gap}" for gap in data.data_quality])
     if log_artifacts:

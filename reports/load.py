@@ -37,15 +37,17 @@ REQUIRED = {  # metrics a trial of each status must have (schema: "metrics once"
 RUN_COLUMNS = ("run_id", "run_name", "experiment", "search_key", "role", "trial_id", "model",
                "dataset", "preset", "status", "failure", "ablation", "start_time", "end_time",
                *schema.TRIAL_SUMMARY_METRICS, "gpus_per_trial", "finetuned", "train_tokens",
-               schema.BEST_VAL_PPL, "params")
+               "eval_tokens", schema.BEST_VAL_PPL, "params", "experiment_id")
 # A search's row: its parent run's tags and params, and its summary metrics (NaN where the
 # parent has none: a search still running or killed before its summary). study_storage and
 # study_name are "" for a search without an Optuna study; fixed: the config keys --set fixed.
 SEARCH_COLUMNS = ("search_key", "label", "experiment", "run_id", "run_name", "space", "model",
                   "dataset", "start_time", "end_time", "gpus_per_trial", "best_trial_id",
                   "study_storage", "study_name", "max_epochs", "fixed",
-                  *schema.SEARCH_SUMMARY_METRICS)
-HISTORY_COLUMNS = ("run_id", "epoch", "val_ppl", "timestamp")
+                  *schema.SEARCH_SUMMARY_METRICS, "experiment_id")
+# train perplexity per epoch: one of schema.EPOCH_METRICS that schema names no constant for
+TRAIN_PPL = schema.TRAIN_PPL
+HISTORY_COLUMNS = ("run_id", "epoch", schema.VAL_PPL, "timestamp", TRAIN_PPL)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class ReportData:
 
     searches: one row per search (parent run; trials without one are grouped per experiment).
     runs: one row per non-search run (trials, ablations), params kept as a dict of strings.
-    history: val_ppl per epoch (step) of every run, with the wall-clock timestamp (ms).
+    history: val_ppl per epoch (step) of every run, with the wall-clock timestamp (ms) and the
+    train_ppl of the same epoch (NaN where the run logged none).
     studies: the Optuna study of each search whose parent run names one, by search key.
     problems: what makes the input bad (the CLI exits 2); notes: gaps worth a line in the report.
     data_quality: runs whose per-epoch metrics miss epochs (or repeat one): numbers from a
@@ -155,6 +158,7 @@ def _search_row(run: Run, experiment: str, label: str) -> dict[str, Any]:
         "study_name": tags.get(schema.STUDY_NAME, ""),
         "max_epochs": _number(params.get("max_epochs")), "fixed": _fixed_keys(params.get("fixed")),
         **{name: _metric(run, name) for name in schema.SEARCH_SUMMARY_METRICS},
+        "experiment_id": run.info.experiment_id,
     }
 
 
@@ -182,7 +186,8 @@ def _run_row(run: Run, experiment: str, search_key: str, search_gpus: float) -> 
         "gpus_per_trial": gpus if not math.isnan(gpus) else search_gpus,
         "finetuned": _number(params.get("finetune_epochs")) > 0,
         "train_tokens": _number(params.get("train_tokens")),
-        "params": dict(params),
+        "eval_tokens": _number(params.get("eval_tokens")),
+        "params": dict(params), "experiment_id": run.info.experiment_id,
     }
     row.update({name: _metric(run, name) for name in schema.TRIAL_SUMMARY_METRICS})
     row[schema.BEST_VAL_PPL] = _metric(run, schema.BEST_VAL_PPL)  # its latest value: the lowest
@@ -190,7 +195,10 @@ def _run_row(run: Run, experiment: str, search_key: str, search_gpus: float) -> 
 
 
 def _history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
-    return [{"run_id": run_id, "epoch": m.step, "val_ppl": m.value, "timestamp": m.timestamp}
+    """One row per val_ppl record, with the train_ppl logged at the same step."""
+    train = {m.step: m.value for m in client.get_metric_history(run_id, TRAIN_PPL)}
+    return [{"run_id": run_id, "epoch": m.step, schema.VAL_PPL: m.value,
+             "timestamp": m.timestamp, TRAIN_PPL: train.get(m.step, math.nan)}
             for m in client.get_metric_history(run_id, schema.VAL_PPL)]
 
 
@@ -264,7 +272,8 @@ def _load_experiment(client: MlflowClient, name: str,
             "run_id": None, "run_name": "", "space": "", "model": "", "dataset": "",
             "start_time": start, "end_time": None, "gpus_per_trial": math.nan,
             "best_trial_id": "", "study_storage": "", "study_name": "", "max_epochs": math.nan,
-            "fixed": (), **{name: math.nan for name in schema.SEARCH_SUMMARY_METRICS}}
+            "fixed": (), **{name: math.nan for name in schema.SEARCH_SUMMARY_METRICS},
+            "experiment_id": exp.experiment_id}
     _check(name, rows, data)
     return list(searches.values()), rows, history
 

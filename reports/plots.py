@@ -29,11 +29,12 @@ from optuna.distributions import (
 )
 
 from reports.importance import EVALUATOR, OBJECTIVE, SOURCE_MLFLOW, Analysis
-from reports.load import ReportData
+from reports.load import TRAIN_PPL, ReportData
+from reports.tables import ranked, search_best
 from search import schema
 
 DPI = 110
-TOP_CURVES = 3
+TOP_CURVES = 8  # trials per model in a learning-curve panel: one colour each
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
           "#17becf", "#7f7f7f", "#bcbd22")
 
@@ -99,54 +100,65 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _ranked(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials best first: by final val ppl where there is one, else lowest val ppl reached."""
-    key = trials["final_val_ppl"].fillna(trials["best_val_ppl"])
-    return trials.assign(_rank=key).dropna(subset=["_rank"]).sort_values("_rank")
+def learning_curves(data: ReportData, out: Path, top: int = TOP_CURVES) -> list[Plot]:
+    """Per search, one panel per model: train (dashed) and validation (solid) perplexity per
+    epoch of the model's best ``top`` trials, one colour per trial; its best trial drawn thick,
+    the NT-ASGD trigger epoch marked."""
+    plots = []
+    for _, search in data.searches.iterrows():
+        trials = data.trials(search["search_key"])
+        trials = ranked(trials[trials["run_id"].isin(data.history["run_id"])])
+        if trials.empty:
+            continue
+        best = search_best(data, search)
+        models = sorted(trials["model"].unique())
+        fig = _figure(6.0 * len(models), 4.6)
+        axes = fig.subplots(1, len(models), squeeze=False)[0]
+        for ax, model in zip(axes, models, strict=True):
+            mine = trials[trials["model"] == model]
+            for i, (c, (_, trial)) in enumerate(zip(COLORS, mine.head(top).iterrows(),
+                                                    strict=False)):
+                star = best is not None and trial["run_id"] == best["run_id"]
+                _trial_curves(ax, data, trial, c, thick=i == 0 and trial["rank"] > 0,
+                              star=star)
+            _log_ppl(ax, "perplexity")
+            shown = min(top, len(mine))
+            ax.set_title(f"{model}: best {shown} of {len(mine)} trials", fontsize=10)
+            ax.set_xlabel("epoch")
+            last = data.history[data.history["run_id"].isin(mine["run_id"])]["epoch"].max()
+            ax.set_xlim(0.5, max(float(last), 1.0) + 0.5)  # whole epochs even when only one
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+            handles, labels = ax.get_legend_handles_labels()
+            handles += [Line2D([], [], color="gray", lw=1.6, marker="."),
+                        Line2D([], [], color="gray", ls="--", lw=1.2, marker="x", ms=4),
+                        Line2D([], [], color="gray", ls="", marker="v", mec="black")]
+            labels += ["validation", "train", "NT-ASGD trigger epoch"]
+            ax.legend(handles, labels, fontsize=7)
+        fig.suptitle(f"Learning curves: {search['label']}")
+        plots.append(Plot(_save(fig, out / f"learning_curves_{slug(search['label'])}.png"),
+                          f"Learning curves: {search['label']}",
+                          f"Train (dashed) and validation (solid) perplexity per epoch of the "
+                          f"best {top} trials of each model (log scale), one colour per trial; "
+                          "thick: the model's best trial (★: the search's best). Triangle: the "
+                          "epoch NT-ASGD switched to averaging."))
+    return plots
 
 
-def learning_curves(data: ReportData, out: Path, top: int = TOP_CURVES) -> Plot | None:
-    """val_ppl per epoch of the best ``top`` trials of each model (per search), with the
-    NT-ASGD trigger epoch marked."""
-    trials = data.trials()
-    trials = trials[trials["run_id"].isin(data.history["run_id"])]
-    if trials.empty:
-        return None
-    models = sorted(trials["model"].unique())
-    fig = _figure(6.0 * len(models), 4.4)
-    axes = fig.subplots(1, len(models), squeeze=False)[0]
-    several = data.searches["search_key"].nunique() > 1
-    for ax, model in zip(axes, models, strict=True):
-        color = iter(COLORS * 4)
-        for key, group in trials[trials["model"] == model].groupby("search_key", sort=False):
-            label = data.searches.loc[data.searches["search_key"] == key, "label"]
-            for _, trial in _ranked(group).head(top).iterrows():
-                c = next(color)
-                curve = data.history[data.history["run_id"] == trial["run_id"]]
-                curve = curve.sort_values("epoch")
-                name = f"{trial['trial_id'] or trial['run_name']} ({trial['status']})"
-                if several and not label.empty:
-                    name = f"{label.iloc[0]}: {name}"
-                ax.plot(curve["epoch"], curve["val_ppl"], color=c, lw=1.6, marker=".",
-                        label=name)
-                trigger = trial["ntasgd_trigger_epoch"]
-                if not math.isnan(trigger):
-                    ax.axvline(trigger, color=c, ls="--", lw=1, alpha=0.8)
-                    at = curve[curve["epoch"] == trigger]["val_ppl"]
-                    if not at.empty:
-                        ax.plot([trigger], [at.iloc[0]], marker="v", ms=10, color=c, mec="black")
-        _log_ppl(ax, "validation perplexity")
-        ax.set_title(model)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        handles, labels = ax.get_legend_handles_labels()
-        handles.append(Line2D([], [], color="gray", ls="--", marker="v", mec="black"))
-        labels.append("NT-ASGD trigger epoch")
-        ax.legend(handles, labels, fontsize=8)
-    fig.suptitle(f"Learning curves: best {top} trials per model")
-    return Plot(_save(fig, out / "learning_curves.png"), "Learning curves",
-                f"Validation perplexity per epoch of the best {top} trials of each model "
-                "(log scale). Dashed line and triangle: the epoch NT-ASGD switched to averaging.")
+def _trial_curves(ax: Axes, data: ReportData, trial: pd.Series, color: str, thick: bool,
+                  star: bool) -> None:
+    """One trial's validation and train perplexity per epoch, in one colour."""
+    curve = data.history[data.history["run_id"] == trial["run_id"]].sort_values("epoch")
+    name = f"{'★ ' if star else ''}{trial['trial_id'] or trial['run_name']} ({trial['status']})"
+    width = 2.8 if thick else 1.3
+    ax.plot(curve["epoch"], curve[schema.VAL_PPL], color=color, lw=width, marker=".",
+            label=name, zorder=3 if thick else 2)
+    train = curve[curve[TRAIN_PPL].notna()]
+    ax.plot(train["epoch"], train[TRAIN_PPL], color=color, lw=width * 0.7, ls="--", marker="x",
+            ms=4, zorder=3 if thick else 2)
+    trigger = trial[schema.NTASGD_TRIGGER_EPOCH]
+    at = curve[curve["epoch"] == trigger][schema.VAL_PPL]
+    if not math.isnan(trigger) and not at.empty:
+        ax.plot([trigger], [at.iloc[0]], marker="v", ms=9, color=color, mec="black", zorder=4)
 
 
 def _time_axis(hours: float) -> tuple[float, str]:

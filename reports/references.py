@@ -27,10 +27,16 @@ class Reference:
 
 @dataclass(frozen=True)
 class Match:
-    """The reference for a (model, dataset, preset), or why there is none."""
+    """The reference for a (model, dataset, preset), or why there is none; ``not_comparable``:
+    why a run cannot be set against it at all (no gap is shown), "" when it can."""
 
     reference: Reference | None
     note: str = ""
+    not_comparable: str = ""
+
+    @property
+    def comparable(self) -> bool:
+        return self.reference is not None and not self.not_comparable
 
 
 def normalize_dataset(name: str) -> str:
@@ -52,9 +58,29 @@ def load(path: Path = REFERENCES_FILE) -> tuple[tuple[Reference, ...], dict[str,
     return refs, dict(data.get("none", {}))
 
 
+def slice_reason(train_tokens: float = 0, eval_tokens: float = 0) -> str:
+    """Why a run on a prefix of the splits is not comparable with a published number (which is
+    on the whole splits), "" for a run on the whole splits."""
+    parts = [f"trained on a {int(train_tokens):,}-token slice" if train_tokens > 0 else "",
+             f"evaluated on {int(eval_tokens):,}-token slices" if eval_tokens > 0 else ""]
+    what = " and ".join(p for p in parts if p)
+    return f"{what}: not comparable with the published number" if what else ""
+
+
 def match(model: str, dataset: str, preset: str = "", finetuned: bool = False,
+          train_tokens: float = 0, eval_tokens: float = 0,
           path: Path = REFERENCES_FILE) -> Match:
-    """The published number a run of ``model`` on ``dataset`` is compared with."""
+    """The published number a run of ``model`` on ``dataset`` is compared with, and whether it
+    can be: only a run on the whole splits of the same dataset can (``train_tokens`` and
+    ``eval_tokens`` are the run's slice sizes, 0 or NaN for the whole split)."""
+    found = _match(model, dataset, preset, finetuned, path)
+    why = slice_reason(train_tokens, eval_tokens)
+    if found.reference is None or not why:
+        return found
+    return Match(found.reference, found.note, why)
+
+
+def _match(model: str, dataset: str, preset: str, finetuned: bool, path: Path) -> Match:
     refs, none = load(path)
     if model in none:
         return Match(None, "no published number (see below)")

@@ -1,11 +1,13 @@
 """A report document (sections of text, tables and figures) written as Markdown and as one
-self-contained HTML file (inline CSS, PNGs as base64 data URIs, no scripts)."""
+self-contained HTML file (inline CSS, PNGs as base64 data URIs, no scripts). The only URLs in it
+are links out to MLflow run pages, never a resource the page loads."""
 
 from __future__ import annotations
 
 import base64
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,26 @@ code { background: #f3f3f3; padding: 0 3px; }
 """
 
 
+@dataclass(frozen=True)
+class Link:
+    """A table cell that links to ``url`` (a run's page on the MLflow server)."""
+
+    text: str
+    url: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+Cell = str | Link
+
+
 @dataclass
 class Table:
     """Display-ready cells; ``text_columns`` are left-aligned in HTML."""
 
     columns: list[str]
-    rows: list[list[str]]
+    rows: Sequence[Sequence[Cell]]
     text_columns: set[str] = field(default_factory=set)
 
 
@@ -82,6 +98,16 @@ def fmt_gap(value: Any, base: Any) -> str:
     return f"{float(value):+.2f} ({100 * float(value) / float(base):+.1f}%)"
 
 
+def fmt_value(value: Any) -> str:
+    """A hyperparameter as read back (`search.results.parse_param`): ints as ints, floats to 3
+    significant digits, anything else as it is."""
+    if _missing(value):
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return str(value) if isinstance(value, int) else f"{value:.3g}"
+
+
 def fmt_params(value: Any) -> str:
     if _missing(value):
         return "—"
@@ -90,8 +116,13 @@ def fmt_params(value: Any) -> str:
 
 
 # --- Markdown -------------------------------------------------------------------------------
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _md_cell(cell: Cell) -> str:
+    text = str(cell).replace("|", "\\|").replace("\n", " ")
+    if isinstance(cell, Link):
+        text = text.replace("[", "\\[").replace("]", "\\]")
+        url = cell.url.replace(" ", "%20").replace(")", "%29").replace("|", "%7C")
+        return f"[{text}]({url})"
+    return text
 
 
 def _md_table(table: Table) -> str:
@@ -124,9 +155,14 @@ def _html_table(table: Table) -> str:
     def cls(col: str) -> str:
         return ' class="text"' if col in table.text_columns else ""
 
+    def content(cell: Cell) -> str:
+        if isinstance(cell, Link):
+            return f'<a href="{html.escape(cell.url)}">{html.escape(cell.text)}</a>'
+        return html.escape(str(cell))
+
     head = "".join(f"<th{cls(c)}>{html.escape(c)}</th>" for c in table.columns)
     body = "".join(
-        "<tr>" + "".join(f"<td{cls(c)}>{html.escape(str(v))}</td>"
+        "<tr>" + "".join(f"<td{cls(c)}>{content(v)}</td>"
                          for c, v in zip(table.columns, row, strict=True)) + "</tr>"
         for row in table.rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -9,7 +9,7 @@ import pandas as pd
 from reports import references
 from reports.load import ReportData
 from search import schema
-from search.results import best_index
+from search.results import best_index, ranking
 
 GROUP = ["search_key", "model", "dataset", "preset"]
 
@@ -63,27 +63,42 @@ def summary(data: ReportData) -> pd.DataFrame:
         row["best_run_id"] = row["best_run_id"] if best is not None else ""
         row["best_trial_id"] = row["best_trial_id"] if best is not None else ""
         finetuned = bool(best["finetuned"]) if best is not None else False
-        found = references.match(model, dataset, preset, finetuned)
+        found = references.match(model, dataset, preset, finetuned,
+                                 best["train_tokens"] if best is not None else 0,
+                                 best["eval_tokens"] if best is not None else 0)
         ref = found.reference
         row["ref_val_ppl"] = ref.val_ppl if ref else math.nan
         row["ref_test_ppl"] = ref.test_ppl if ref else math.nan
-        row["gap_val_ppl"] = row["best_final_val_ppl"] - row["ref_val_ppl"]
-        row["gap_test_ppl"] = row["best_final_test_ppl"] - row["ref_test_ppl"]
+        # a gap only where the two numbers measure the same thing: never a slice's
+        row["comparable"] = found.comparable
+        row["gap_val_ppl"] = (row["best_final_val_ppl"] - row["ref_val_ppl"]
+                              if found.comparable else math.nan)
+        row["gap_test_ppl"] = (row["best_final_test_ppl"] - row["ref_test_ppl"]
+                               if found.comparable else math.nan)
         row["reference"] = ref.citation if ref else ""
-        notes = [found.note] if found.note else []
+        notes = [n for n in (found.note, found.not_comparable) if n]
         if best is None:
             notes.append("no trial with a result")
         elif best["status"] != schema.STATUS_COMPLETED:
             notes.append(f"no completed trial; the best stopped early at val ppl "
                          f"{best[schema.BEST_VAL_PPL]:.2f}")
-        elif row["best_train_tokens"] > 0:
-            notes.append(f"trained on a {int(row['best_train_tokens']):,}-token slice: "
-                         "not comparable with the published number")
         row["note"] = "; ".join(notes)
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.sort_values(["model", "dataset", "preset", "search"], kind="stable",
                              ignore_index=True) if not frame.empty else frame
+
+
+def search_best(data: ReportData, search: pd.Series) -> pd.Series | None:
+    """The trial a search names as its best (its parent's tag), else, for a search without a
+    summary, the best of its trial runs by the same rule; None for a summarized search that
+    named none (no trial with a result)."""
+    trials = data.trials(search["search_key"])
+    if search["best_trial_id"]:
+        chosen = trials[trials["trial_id"] == search["best_trial_id"]]
+        if not chosen.empty:
+            return chosen.iloc[0]
+    return best_trial(trials) if math.isnan(search["trials_total"]) else None
 
 
 def wall_seconds(data: ReportData, search: pd.Series) -> float:
@@ -110,12 +125,7 @@ def searches(data: ReportData) -> pd.DataFrame:
     for _, search in data.searches.iterrows():
         trials = data.trials(search["search_key"])
         summarized = not math.isnan(search["trials_total"])
-        best = None
-        if search["best_trial_id"]:
-            chosen = trials[trials["trial_id"] == search["best_trial_id"]]
-            best = chosen.iloc[0] if not chosen.empty else None
-        if best is None and not summarized:
-            best = best_trial(trials)
+        best = search_best(data, search)
         counts = _counts(trials)
         if summarized:
             counts.update(trials=int(search["trials_total"]),
@@ -128,10 +138,11 @@ def searches(data: ReportData) -> pd.DataFrame:
             "space": search["space"], "dataset": search["dataset"] or ", ".join(
                 sorted(trials["dataset"].unique())),
             "models": ", ".join(models), "parent_run_id": search["run_id"] or "",
+            "experiment_id": search["experiment_id"],
             "started": pd.to_datetime(search["start_time"], unit="ms", utc=True),
             "wall_hours": wall_seconds(data, search) / 3600, **counts,
             "gpu_hours": _summary_or(search["gpu_hours"], gpu_hours(trials)),
-            "best_val_ppl": _summary_or(search[schema.BEST_VAL_PPL], _best_value(best)),
+            "best_val_ppl": _summary_or(search[schema.BEST_VAL_PPL], objective(best)),
             "best_test_ppl": _summary_or(search[schema.BEST_TEST_PPL],
                                          best[schema.FINAL_TEST_PPL] if best is not None
                                          else math.nan),
@@ -141,12 +152,22 @@ def searches(data: ReportData) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _best_value(best: pd.Series | None) -> float:
-    """The best trial's validation perplexity: final if it completed, else the lowest seen."""
-    if best is None:
+def objective(trial: pd.Series | None) -> float:
+    """A trial's validation perplexity as the search ranks it: final if it completed, else the
+    lowest seen."""
+    if trial is None:
         return math.nan
-    final = best[schema.FINAL_VAL_PPL]
-    return float(best[schema.BEST_VAL_PPL] if math.isnan(final) else final)
+    final = trial[schema.FINAL_VAL_PPL]
+    return float(trial[schema.BEST_VAL_PPL] if math.isnan(final) else final)
+
+
+def ranked(trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` best first by the search's own rule (`search.results.ranking`), with a
+    ``rank`` column (1 = best); trials it leaves out (failed, unscored) last, rank 0."""
+    order = ranking(trials.to_dict("records"))
+    rest = [i for i in range(len(trials)) if i not in set(order)]
+    ranks = [*range(1, len(order) + 1), *[0] * len(rest)]
+    return trials.iloc[order + rest].assign(rank=ranks)
 
 
 def failures(data: ReportData) -> pd.DataFrame:

@@ -386,7 +386,7 @@ def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: 
     from search.callback import MLflowTrialLogger
 
     confirm_dir = experiment_dir(opts)
-    from search.console import TRIAL_LOG, SearchConsole, quiet_ray, quiet_trainable
+    from search.console import SearchConsole, quiet_ray, quiet_trainable
 
     quiet_ray()
     trainable = tune.with_resources(quiet_trainable(train_confirmation),
@@ -425,7 +425,8 @@ def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: 
                                                  stopper="the confirmation")],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                log_to_file=TRIAL_LOG, verbose=0))
+                sync_config=tune.SyncConfig(sync_artifacts=True),  # the trials' logs
+                verbose=0))
     summaries, records = _records(tuner.fit(), gpus)
     from search.callback import close_all
 

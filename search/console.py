@@ -40,9 +40,8 @@ EXCESSIVE_SNAPSHOT_WARNING = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THR
 # epoch and trial; it logs nothing else at INFO or above.
 CHECKPOINT_LOGGER = "ray.train._internal.storage"
 
-# Each trial's stdout and stderr (its epoch lines, its warnings), in the trial's own folder:
-# `RunConfig(log_to_file=...)` keeps them off the driver's console, where the events and the
-# status table are.
+# Each trial's epoch lines (`awd.progress.epoch_line`, as `awd.train` prints them) and final
+# evaluation, in the trial's own folder: the driver's console keeps the events and the table.
 TRIAL_LOG = "trial.log"
 
 TABLE_INTERVAL_S = 60.0  # at most one status table a minute while the search runs

@@ -31,7 +31,7 @@ from awd.errors import CheckpointError, DataError
 from search import confirm, schema, storage
 from search.backfill import backfill
 from search.callback import MLflowTrialLogger, close_all
-from search.console import TRIAL_LOG, SearchConsole, quiet_ray, quiet_trainable
+from search.console import SearchConsole, quiet_ray, quiet_trainable
 from search.errors import SearchError
 from search.lock import DriverLock
 from search.options import SearchOptions, build_parser
@@ -274,7 +274,9 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
             callbacks=[logger, _console(opts)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            log_to_file=TRIAL_LOG,  # epoch lines in each trial's folder, not on the console
+            # each trial's log (`search.console.TRIAL_LOG`), from the node that ran it into
+            # the trial's folder
+            sync_config=tune.SyncConfig(sync_artifacts=True),
             verbose=0,  # `search.console` prints instead, saved with the Tuner for --resume
         ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_spaces:
         print(list_spaces())
         return 0
+    # MLflow's per-download progress bar (the best model at the end) is noise in a search's log
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         if args.show_space is not None:
             print(show_space(args.show_space), end="")

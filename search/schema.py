@@ -111,6 +111,7 @@ PARTIAL = "awdsearch.partial"  # "true" on the parent run of a search stopped be
 # --- metrics: one name per concept --------------------------------------------------------
 EPOCH = "epoch"  # epochs done: ASHA's time attribute, the step of every per-epoch metric
 VAL_PPL = "val_ppl"  # validation perplexity of this epoch
+TRAIN_PPL = "train_ppl"  # training perplexity of this epoch (dropout on)
 BEST_VAL_PPL = "best_val_ppl"  # lowest validation perplexity so far: the search's objective
 EPOCH_SECONDS = "epoch_seconds"  # one epoch's training + validation time
 NTASGD_TRIGGER_EPOCH = "ntasgd_trigger_epoch"  # the epoch NT-ASGD switched to averaging
@@ -121,7 +122,7 @@ FINAL_VAL_PPL = "final_val_ppl"  # validation perplexity of the best weights at 
 FINAL_TEST_PPL = "final_test_ppl"  # test perplexity (batch 1) of the same weights
 BEST_TEST_PPL = "best_test_ppl"  # parent run: final_test_ppl of the best trial
 
-EPOCH_METRICS = ("train_loss", "train_ppl", "val_loss", VAL_PPL, BEST_VAL_PPL, "epoch_lr",
+EPOCH_METRICS = ("train_loss", TRAIN_PPL, "val_loss", VAL_PPL, BEST_VAL_PPL, "epoch_lr",
                  EPOCH_SECONDS, "tokens_per_s", "averaging")
 TRIAL_SUMMARY_METRICS = (NUM_PARAMS, NTASGD_TRIGGER_EPOCH, EPOCHS_RUN, TRAIN_SECONDS,
                          FINAL_VAL_PPL, FINAL_TEST_PPL)

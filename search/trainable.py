@@ -30,6 +30,7 @@ from awd.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from awd.progress import epoch_line, final_line
 from awd.trainer import EpochMetrics, Trainer
 from search import schema
+from search.console import TRIAL_LOG
 
 CHECKPOINT_FILE = "trainer.pt"
 DIVERGED_FILE = "diverged.json"
@@ -108,6 +109,16 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def log_line(line: str) -> None:
+    """A line of the trial's log (`search.console.TRIAL_LOG`) in its working folder, which
+    Ray copies into the trial's folder of the search (``SyncConfig(sync_artifacts=True)``)."""
+    try:
+        with open(Path(tune.get_context().get_trial_dir()) / TRIAL_LOG, "a") as f:
+            f.write(line + "\n")
+    except OSError as e:  # a log line never fails a trial
+        log.warning("cannot write the trial log: %s", e)
+
+
 def fatal_reason(error: BaseException) -> str | None:
     """Why retrying the trial cannot help, or None for a failure worth a retry (a lost node,
     a bug): bad data, an invalid config, a tensor that cannot be allocated."""
@@ -148,13 +159,13 @@ def _end_fatally(reason: str, trainer: Trainer | None) -> None:
 def _train(trainer: Trainer) -> None:
     try:
         for m in trainer.run():
-            print(epoch_line(m), flush=True)  # the trial's log (`search.console.TRIAL_LOG`)
+            log_line(epoch_line(m))
             result = epoch_result(m, trainer)
             if trainer.finished:
-                print("final evaluation of the best weights (test at batch size "
-                      f"{trainer.cfg.test_batch_size})", flush=True)
+                log_line("final evaluation of the best weights (test at batch size "
+                         f"{trainer.cfg.test_batch_size})")
                 final = trainer.final_metrics()
-                print(final_line(final), flush=True)
+                log_line(final_line(final))
                 result.update({schema.FINAL_VAL_PPL: final["val_ppl"],
                                schema.FINAL_TEST_PPL: final["test_ppl"], schema.FINISHED: True})
             with tempfile.TemporaryDirectory() as d:

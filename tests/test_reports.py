@@ -25,10 +25,12 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from awd.config import preset
-from reports import importance, tables
+from reports import importance, references, tables, trials
 from reports.__main__ import main
-from reports.build import ARTIFACT_PATH, SUMMARY_CSV, build
-from reports.load import load
+from reports.build import ARTIFACT_PATH, SUMMARY_CSV, build, searches_table
+from reports.load import TRAIN_PPL, load
+from reports.plots import slug
+from reports.render import Document, Section, fmt_value, to_html, to_markdown
 from search import schema
 from search.results import best_index
 
@@ -427,13 +429,15 @@ def test_ablation_table_lists_runs_without_one_regulariser(fake_report):
     assert "| awd_gru" not in section  # no ablation runs of the GRU: no rows
 
 
-def test_every_figure_is_a_real_png(report):
+def test_every_figure_is_a_real_png(reported, report):
     from PIL import Image
 
     out = report
     pngs = sorted(out.glob("*.png"))
     names = {p.name for p in pngs}
-    assert {"learning_curves.png", "progress.png"} <= names
+    assert "progress.png" in names
+    for label in reported.names:  # one learning-curve figure per search (label: experiment)
+        assert f"learning_curves_{slug(label)}.png" in names
     assert any(n.startswith("slice_") for n in names)
     for png in pngs:
         assert png.read_bytes()[:8] == PNG_MAGIC, png
@@ -455,9 +459,10 @@ def test_html_is_self_contained(report):
     page = (out / "report.html").read_text()
     lowered = page.lower()
     assert "<script" not in lowered
-    for attr in ("src=", "href="):
-        for chunk in lowered.split(attr)[1:]:
-            assert not chunk.lstrip("\"' ").startswith(("http:", "https:", "//")), chunk[:80]
+    for chunk in lowered.split("src=")[1:]:
+        assert not chunk.lstrip("\"' ").startswith(("http:", "https:", "//")), chunk[:80]
+    # the only hrefs: links out to run pages, and none for a store with no web pages (SQLite)
+    assert lowered.count("href=") == lowered.count("<a href=") == 0
     assert "<link" not in lowered
     n_png = len(list(out.glob("*.png")))
     assert page.count('src="data:image/png;base64,') == n_png
@@ -550,6 +555,216 @@ def test_run_best_val_ppl_is_its_metric_else_the_lowest_val_ppl_logged(fake_stor
     assert "best_val" not in data.runs.columns  # the one name
 
 
+# --- deciding: winners and their params, every trial, comparable gaps only ------------------
+def _section(md: str, title: str) -> str:
+    return md.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _md_tables(section: str) -> list[list[dict[str, str]]]:
+    """Every Markdown table of a section as rows of {header: cell}."""
+    tables_, lines = [], section.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("| ") and (i == 0 or not lines[i - 1].startswith("|")):
+            head = [c.strip() for c in line.strip("|").split(" | ")]
+            body = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                body.append(dict(zip(head, [c.strip() for c in row.strip("|").split(" | ")],
+                                     strict=True)))
+            tables_.append(body)
+    return tables_
+
+
+def _independent_trials(uri: str, name: str) -> tuple[list, dict[str, str]]:
+    """A search's trial runs and its parent's tags, read back without the reports code."""
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id],
+                              max_results=5000)
+    (parent,) = [r for r in runs if r.data.tags.get(schema.ROLE) == schema.ROLE_SEARCH]
+    return ([r for r in runs if r.data.tags.get(schema.PARENT_RUN_ID) == parent.info.run_id
+             and r.data.tags.get(schema.ROLE) == schema.ROLE_TRIAL
+             and not r.data.tags.get(schema.ABLATION)], parent.data.tags)
+
+
+def _varying(runs: list) -> dict[str, set[str]]:
+    """Per model, the params whose value differs between its runs."""
+    out: dict[str, set[str]] = {}
+    for model in {r.data.tags[schema.MODEL] for r in runs}:
+        mine = [r.data.params for r in runs if r.data.tags[schema.MODEL] == model]
+        out[model] = {name for name in set().union(*mine) - {"model", "gpus_per_trial"}
+                      if len({str(float(p[name])) if _is_number(p.get(name)) else p.get(name)
+                              for p in mine}) > 1}
+    return out
+
+
+def _is_number(text: str | None) -> bool:
+    try:
+        return text is not None and math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _shown(text: str) -> str:
+    """A param as the report must show it: ints as ints, floats to 3 significant digits."""
+    if text.lstrip("-").isdigit():
+        return text
+    return f"{float(text):.3g}" if _is_number(text) else text
+
+
+def test_hyperparameter_values_are_formatted_for_reading():
+    assert [fmt_value(v) for v in (1150, 0.004978, 17.81, 30.0, 1.2e-6, "ntasgd", True,
+                                   math.nan)] == ["1150", "0.00498", "17.8", "30", "1.2e-06",
+                                                  "ntasgd", "True", "—"]
+
+
+def test_winners_show_every_searched_param_of_the_best_trial(reported, report):
+    md = (report / "report.md").read_text()
+    section = _section(md, "Best configuration per search")
+    tables_ = _md_tables(section)
+    assert len(tables_) == len(reported.names)
+    for name, rows in zip(reported.names, tables_, strict=True):
+        runs, parent_tags = _independent_trials(reported.uri, name)
+        varying = _varying(runs)
+        assert set().union(*varying.values()), name  # every search varies something
+        columns = list(rows[0])[9:]
+        assert set().union(*varying.values()) <= set(columns), (varying, columns)
+        assert f"{name}: searched {', '.join(columns)}." in section
+        assert rows[0]["Pick"] == "search best"
+        assert rows[0]["Trial"] == parent_tags[schema.BEST_TRIAL_ID]
+        for row in rows:  # the search's best, then the best of each other model, once each
+            run = next(r for r in runs if r.data.tags[schema.TRIAL_ID] == row["Trial"])
+            params = run.data.params
+            for column in columns:
+                shown = _shown(params[column]) if column in params else "—"
+                if column in varying[row["Model"]]:
+                    assert row[column] == shown, column
+                else:  # blank: fixed for this model (unless its study sampled it)
+                    assert row[column] in ("", shown), column
+        assert len(rows) == len({r["Model"] for r in rows}) <= len(varying)
+
+
+def test_fake_winners_are_the_params_that_vary_within_a_model(fake_report):
+    section = _section((fake_report / "report.md").read_text(), "Best configuration per search")
+    # within a model (never across the models' presets), sorted by name without a study
+    assert "awd-mixed: searched dropout, dropoute, dropouth, dropouti, emsize, nhid, wdrop." \
+        in section
+    assert "zaremba-medium: searched dropout, lr." in section
+    # blank: not searched for that model (the GRU runs vary no dropouti, the LSTM's no dropouth)
+    assert ("| search best | t0000 | awd_lstm | completed | 14 | 61.93 | 60.08 | 61.93 | 59.41 "
+            "| 0.4 | 0.1 |  | 0.4 | 400 | 1150 | 0.5 |") in section
+    assert ("| best awd_gru | t0002 | awd_gru | stopped_early | 11 | 72.77 | 72.77 | — | — "
+            "| 0.4 |  | 0.2 |  |  |  | 0.5 |") in section
+
+
+def test_trials_table_lists_every_trial_in_the_searchs_order(reported, report):
+    md = (report / "report.md").read_text()
+    for name in reported.names:
+        (rows,) = _md_tables(_section(md, f"Trials: {name}"))
+        runs, _ = _independent_trials(reported.uri, name)
+        by_id = {r.data.tags[schema.TRIAL_ID]: r for r in runs}
+        assert sorted(r["Trial"] for r in rows) == sorted(by_id)
+        done = sorted((r for r in runs if r.data.tags[schema.STATUS] == "completed"),
+                      key=lambda r: r.data.metrics["final_val_ppl"])
+        others = sorted((r for r in runs if r.data.tags[schema.STATUS] not in ("completed",
+                                                                                "failed")),
+                        key=lambda r: r.data.metrics["best_val_ppl"])
+        ranked = [r.data.tags[schema.TRIAL_ID] for r in done + others]
+        assert [r["Trial"] for r in rows][:len(ranked)] == ranked
+        assert [r["#"] for r in rows] == [str(i) for i in range(1, len(ranked) + 1)] + \
+            ["—"] * (len(rows) - len(ranked))
+        for row in rows:
+            run = by_id[row["Trial"]]
+            assert row["Status"] == run.data.tags[schema.STATUS]
+            assert row["Epochs"] == f"{int(run.data.metrics['epochs_run']):,}"
+            assert row["Best val"] == f"{run.data.metrics['best_val_ppl']:,.2f}"
+            test = run.data.metrics.get("final_test_ppl")
+            assert row["Test"] == (f"{test:,.2f}" if test is not None else "—")
+    assert "mlflow ui --backend-store-uri sqlite:///" in md  # how to open a SQLite store's runs
+    assert "](http" not in md  # no links without an MLflow server
+
+
+def test_trial_ids_link_to_their_run_pages_on_an_mlflow_server(fake_store):
+    uri, names = fake_store
+    data = load(uri, names)
+    server = "https://mlflow.example.org:5000/"
+    data.tracking_uri = server  # the same runs, as an MLflow server would serve them
+    doc = Document("t", [], [Section("Searches", [searches_table(data)]),
+                             trials.winners_section(data), *trials.trials_sections(data)])
+    md, page = to_markdown(doc), to_html(doc)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("zaremba-medium").experiment_id
+    (run,) = client.search_runs([exp], f"tags.`{schema.TRIAL_ID}` = 't0004'")
+    url = f"https://mlflow.example.org:5000/#/experiments/{exp}/runs/{run.info.run_id}"
+    assert f"| [t0004]({url}) |" in md
+    assert f'<a href="{url}">t0004</a>' in page
+    assert md.count("](https://mlflow.example.org:5000/#/experiments/") == \
+        len(data.trials()) + 3 + 2  # every trial, the three winners, the two parent runs
+    parent = data.searches.set_index("label").loc["zaremba-medium", "run_id"]
+    assert f"| [{parent[:12]}](https://mlflow.example.org:5000/#/experiments/{exp}/runs/" \
+        f"{parent}) |" in md
+    assert "links to its run page on the MLflow server" in md and "mlflow ui" not in md
+
+
+def test_no_gap_where_the_numbers_are_not_comparable(tmp_path, new_mlflow_store):
+    """A search on a slice of PTB: its best is shown with the published number beside it, but
+    no gap: "—" and the reason once."""
+    uri = new_mlflow_store(tmp_path / "store")
+    sliced = [dict(t, params={"train_tokens": 20_000, "eval_tokens": 3_000})
+              for t in LOST_RUN_TRIALS[:2]]
+    write_search(MlflowClient(uri), "slice", tmp_path / "arts", sliced, "smoke", LSTM)
+    build(uri, ["slice"], tmp_path / "r", log_artifacts=False)
+    (row,) = pd.read_csv(tmp_path / "r" / SUMMARY_CSV).to_dict("records")
+    assert row["ref_val_ppl"] == 61.2 and not row["comparable"]
+    assert math.isnan(row["gap_val_ppl"]) and math.isnan(row["gap_test_ppl"])
+    reason = ("trained on a 20,000-token slice and evaluated on 3,000-token slices: not "
+              "comparable with the published number")
+    assert row["note"] == reason
+    md = (tmp_path / "r" / "report.md").read_text()
+    best = _section(md, "Best trial per model vs published")
+    (line,) = [ln for ln in best.splitlines() if ln.startswith("| awd_lstm | ptb | slice |")]
+    assert "| 70.00 | 68.00 | 61.2 | 58.8 | — | — |" in line and line.count("comparable") == 1
+    assert "%)" not in best
+    # the rule itself: a whole-split run of the same dataset is compared, a slice never
+    assert references.match(LSTM, "ptb").comparable
+    assert not references.match(LSTM, "ptb", train_tokens=20_000).comparable
+    assert not references.match(LSTM, "ptb", eval_tokens=3_000).comparable
+    assert not references.match(GRU, "ptb").comparable  # nothing published
+
+
+def test_no_gap_beside_a_slice_in_any_report(reported, report):
+    csv = pd.read_csv(report / SUMMARY_CSV)
+    client = MlflowClient(reported.uri)
+    sliced_and_published = 0
+    for _, row in csv.iterrows():
+        params = client.get_run(row["best_run_id"]).data.params if isinstance(
+            row["best_run_id"], str) else {}
+        sliced = any(float(params.get(k, 0)) > 0 for k in ("train_tokens", "eval_tokens"))
+        if sliced:  # no gap; the reason once, where there is a published number at all
+            assert math.isnan(row["gap_val_ppl"]) and math.isnan(row["gap_test_ppl"])
+            published = not math.isnan(row["ref_val_ppl"])
+            assert row["note"].count("not comparable") == int(published), row["note"]
+            sliced_and_published += published
+    if reported.names == ["smoke"]:  # the smoke space trains on a PTB slice
+        assert sliced_and_published >= 1
+    md = (report / "report.md").read_text()
+    lines = [ln for ln in _section(md, "Best trial per model vs published").splitlines()
+             if "not comparable" in ln]
+    assert all("%)" not in ln for ln in lines)
+
+
+def test_history_holds_train_and_val_ppl_per_epoch(fake_store):
+    assert TRAIN_PPL in schema.EPOCH_METRICS
+    uri = fake_store[0]
+    data = load(uri, ["zaremba-medium"])
+    client = MlflowClient(uri)
+    for run_id in data.trials()["run_id"]:
+        curve = data.history[data.history["run_id"] == run_id].sort_values("epoch")
+        for metric in (schema.VAL_PPL, TRAIN_PPL):
+            logged = sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
+            assert list(zip(curve["epoch"], curve[metric], strict=True)) == logged
+
+
 # --- the CLI and bad input -------------------------------------------------------------------
 def test_cli_writes_report(reported):
     run = reported.cli
@@ -621,7 +836,7 @@ def _chromium(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedPro
 
 @pytest.mark.slow
 @needs_chromium
-def test_html_renders_in_headless_chromium(report, tmp_path):
+def test_html_renders_in_headless_chromium(reported, report, tmp_path):
     from PIL import Image
 
     out = report
@@ -637,3 +852,18 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     assert console == []
     dom = _chromium(out / "report.html", tmp_path, "--dump-dom").stdout
     assert dom.count("<table>") >= 3 and dom.count("data:image/png;base64,") >= 3
+    data = load(reported.uri, reported.names)
+    for name in reported.names:  # every trial a row of its search's table, as plain text
+        section = dom.split(f"<h2>Trials: {name}</h2>", 1)[1].split("</section>", 1)[0]
+        assert section.count("<tr>") == len(data.trials(data.searches.loc[
+            data.searches["label"] == name, "search_key"].iloc[0])) + 1
+        assert "<a " not in section
+    # the same trials as an MLflow server would serve them: every trial id a link
+    data.tracking_uri = "http://mlflow.example:5000"
+    linked = tmp_path / "linked.html"
+    linked.write_text(to_html(Document("linked", [], trials.trials_sections(data))))
+    dom = _chromium(linked, tmp_path, "--dump-dom").stdout
+    anchors = dom.split('<a href="http://mlflow.example:5000/#/experiments/')[1:]
+    assert len(anchors) == len(data.trials())
+    shown = {a.split(">", 1)[1].split("</a>", 1)[0] for a in anchors}
+    assert shown == set(data.trials()["trial_id"])
