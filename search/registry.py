@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.pytorch
 import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
@@ -126,6 +125,20 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = env
 
 
+@contextmanager
+def _root_logging_kept() -> Iterator[None]:
+    """Importing ``mlflow.pytorch`` runs ``logging.basicConfig(level=ERROR)`` (its Lightning
+    autolog module): in a process without logging set up, that would silence every warning of
+    the search from then on. The root logger's level and handlers are put back."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
+
+
 def log_model(client: MlflowClient, best: BestModel, exported: ExportedModel) -> str:
     """Log the export as an MLflow PyTorch model on ``best.run_id``; returns its model id."""
     run = client.get_run(best.run_id)
@@ -137,7 +150,10 @@ def log_model(client: MlflowClient, best: BestModel, exported: ExportedModel) ->
         if export.name != EXPORT_FILE:  # the name `awd.evaluate` looks for
             export = Path(shutil.copyfile(export, Path(d) / EXPORT_FILE))
         vocab = len(exported.vocab)
-        with _fluent_tracking_uri(client.tracking_uri), warnings.catch_warnings():
+        with _fluent_tracking_uri(client.tracking_uri), warnings.catch_warnings(), \
+                _root_logging_kept():
+            import mlflow.pytorch  # here, not at import: see `_root_logging_kept`
+
             # torch.export notes that nn.LSTM caches its weight list: harmless, not ours
             warnings.filterwarnings("ignore", message="The tensor attributes", category=UserWarning)
             mlflow.pytorch.log_model(

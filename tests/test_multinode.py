@@ -234,7 +234,7 @@ def search(mlflow_server, cluster):
 def test_search_on_a_two_node_cluster_finishes_and_reports(search, mlflow_server):
     proc, *_ = search
     assert "Best trials:" in proc.stdout
-    assert f"open {mlflow_server.uri} in a browser" in proc.stdout
+    assert f"Compare the runs: {mlflow_server.uri}/#/experiments/" in proc.stdout
 
 
 def test_one_parent_run_with_every_trial_nested_under_it(search, cluster):

@@ -242,3 +242,17 @@ def test_the_smoke_search_registers_its_best_model_once(smoke_search, capsys):
     assert printed["val_ppl"] == pytest.approx(parent.data.metrics[schema.BEST_VAL_PPL], rel=1e-6)
     assert printed["test_ppl"] == pytest.approx(parent.data.metrics[schema.BEST_TEST_PPL],
                                                 rel=1e-6)
+
+
+def test_a_search_keeps_its_warnings_after_mlflow_pytorch_is_imported():
+    """Importing mlflow.pytorch runs logging.basicConfig(level=ERROR): without the registry's
+    guard, a search's warnings (an MLflow outage among them) would vanish after the first
+    model was logged."""
+    code = ("import logging, search.run\n"
+            "from search import registry\n"
+            "with registry._root_logging_kept():\n"
+            "    import mlflow.pytorch\n"
+            "logging.getLogger('search.outbox').warning('MLflow at x unreachable since y')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert "MLflow at x unreachable since y" in proc.stderr
