@@ -118,9 +118,23 @@ def test_token_auth_is_on_everywhere_with_the_users_token(config):
     assert "export RAY_AUTH_MODE=token" in commands(config, "setup_commands")
 
 
+def test_web_servers_listen_on_the_heads_loopback_and_no_secret_is_in_the_file(config):
+    """MLflow (no authentication of its own) and Ray's dashboard are reached through SSH
+    tunnels only; the Ray token is copied from the user's machine, never written here."""
+    every = "\n".join(commands(config, key) for key in (
+        "setup_commands", "head_setup_commands", "worker_setup_commands",
+        "head_start_ray_commands", "worker_start_ray_commands"))
+    assert "0.0.0.0" not in every
+    assert "--dashboard-host=127.0.0.1" in commands(config, "head_start_ray_commands")
+    assert config["file_mounts"] == {"/home/ubuntu/.ray/auth_token": "~/.ray/auth_token"}
+    text = CLUSTER_YAML.read_text().lower()
+    assert not re.search(r"(password|secret|token)\s*[:=]\s*['\"]?[a-z0-9]{16,}", text)
+
+
 def test_mlflow_server_runs_in_the_background_on_the_head(config):
     head = commands(config, "head_start_ray_commands")
-    assert re.search(r"nohup mlflow server --host 0\.0\.0\.0 .*&", head, re.S)
+    # loopback only: reached through `ray attach -p 5000`, never from the VPC, no password
+    assert re.search(r"nohup mlflow server --host 127\.0\.0\.1 .*&", head, re.S)
     assert "--backend-store-uri sqlite:////home/ubuntu/mlflow/mlflow.db" in head
     assert "--artifacts-destination s3://" in head
     assert "mlflow server" not in commands(config, "worker_start_ray_commands")
