@@ -102,9 +102,10 @@ def _model_location(client: Any, uri: str) -> str:
         models = client.search_logged_models(
             experiment_ids=[run.info.experiment_id],
             filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
-        if not models:
+        ready = [m for m in models if str(m.status) == "READY"]
+        if not ready:  # (a model whose logging failed is FAILED, one being logged PENDING)
             raise ModelNotFoundError(f"{uri}: run {run_id} has no MLflow model named {name!r}")
-        return str(models[0].artifact_location)
+        return str(ready[0].artifact_location)
     name, _, version = rest.partition("/")
     if name.startswith("m-") and not version:  # a logged model's own id
         return str(client.get_logged_model(name).artifact_location)

@@ -208,7 +208,8 @@ def document(data: ReportData, out: Path) -> tuple[Document, pd.DataFrame]:
         if extra is not None:
             sections.append(extra)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = [f"Experiments: {', '.join(data.experiments)}", f"Tracking URI: {data.tracking_uri}",
+    meta = [f"Experiments: {', '.join(data.experiments)}",
+            f"Tracking URI: {trials.without_credentials(data.tracking_uri)}",
             f"Generated: {now}"]
     return Document("Hyperparameter search report", meta, sections), summary
 

@@ -21,6 +21,7 @@ from reports.load import ReportData
 from reports.render import Cell, Link, Section, Table, fmt_int, fmt_num, fmt_value
 from reports.tables import best_trial, objective, ranked, search_best
 from search import schema
+from search.mlflow_conventions import without_credentials
 from search.results import parse_param
 
 NOT_HYPERPARAMETERS = ("model", "gpus_per_trial")  # model has its own column
@@ -34,7 +35,8 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     """The run's page on an MLflow server; None for a store with no web page (SQLite, files)."""
     if not tracking_uri.startswith(("http://", "https://")):
         return None
-    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    server = without_credentials(tracking_uri).rstrip("/")
+    return f"{server}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 @dataclass(frozen=True)

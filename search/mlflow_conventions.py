@@ -18,6 +18,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -132,9 +133,21 @@ def experiment_tags(created_ms: int) -> dict[str, str]:
             RUNS_VIEW_TAG: runs_view(created_ms)}
 
 
+def without_credentials(uri: str) -> str:
+    """``uri`` without a user name or password (``https://user:token@host`` -> ``https://host``):
+    what may be printed, put in a report or logged as a link."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.username and not parts.password:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def experiment_url(server: str, experiment_id: str) -> str:
     """The link that opens the experiment's runs table with our view, whatever the browser's
     GenAI / Model training toggle says (``server``: the UI's address, http://host:port)."""
+    server = without_credentials(server)
     return (f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs"
             f"?workflowType={schema.WORKFLOW_TYPE_ML}&viewStateShareKey={schema.RUNS_VIEW}")
 

@@ -28,6 +28,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
+from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -115,14 +116,19 @@ def _fluent_tracking_uri(uri: str) -> Iterator[None]:
     """``mlflow.pytorch.log_model`` writes to MLflow's global tracking URI, and so does the
     registry when it looks up a ``models:/<model id>`` source (else it opens ./mlflow.db);
     setting that URI also sets ``$MLFLOW_TRACKING_URI``: both are put back as they were."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
     env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = getattr(tracking_utils, "_tracking_uri", None)  # what a caller set, if anything
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # unset: resolved from env again
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None: from env again
         if env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = env
+        else:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @contextmanager
@@ -140,11 +146,29 @@ def _root_logging_kept() -> Iterator[None]:
 
 
 def log_model(client: MlflowClient, best: BestModel, exported: ExportedModel) -> str:
-    """Log the export as an MLflow PyTorch model on ``best.run_id``; returns its model id."""
+    """Log the export as an MLflow PyTorch model on ``best.run_id``; returns its model id. A
+    model that an earlier driver logged there already (killed before it registered it) is
+    reused; one whose logging fails is marked FAILED, so that ``runs:/`` URIs skip it."""
     run = client.get_run(best.run_id)
+    for logged in client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{best.run_id}' AND name = "
+                          f"'{schema.LOGGED_MODEL_NAME}'"):
+        if logged.status == LoggedModelStatus.READY:
+            return str(logged.model_id)
     model = client.create_logged_model(  # in the run's experiment (log_model's own would not)
         run.info.experiment_id, name=schema.LOGGED_MODEL_NAME, source_run_id=best.run_id,
         tags=best.tags(exported), params=dict(run.data.params))
+    try:
+        _log_pytorch_model(client, best, exported, str(model.model_id))
+    except Exception:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    return str(model.model_id)
+
+
+def _log_pytorch_model(client: MlflowClient, best: BestModel, exported: ExportedModel,
+                       model_id: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         export = best.export_file
         if export.name != EXPORT_FILE:  # the name `awd.evaluate` looks for
@@ -158,10 +182,9 @@ def log_model(client: MlflowClient, best: BestModel, exported: ExportedModel) ->
             warnings.filterwarnings("ignore", message="The tensor attributes", category=UserWarning)
             mlflow.pytorch.log_model(
                 NextWordLogProbs(exported.build()).eval(), name=schema.LOGGED_MODEL_NAME,
-                run_id=best.run_id, model_id=model.model_id, serialization_format="pt2",
+                run_id=best.run_id, model_id=model_id, serialization_format="pt2",
                 signature=signature(vocab), input_example=input_example(vocab),
                 extra_files=[str(export)], pip_requirements=pip_requirements())
-    return str(model.model_id)
 
 
 def register(client: MlflowClient, best: BestModel, exported: ExportedModel,
@@ -185,7 +208,18 @@ def publish_best_model(client: MlflowClient, best: BestModel) -> str | None:
     """Log and register the best model; returns its URI (the registered version's, or the
     logged model's if only registration failed) and tags the best trial's and the parent's runs
     with it. Never raises: the search's results are written already, and a store that refuses
-    the model costs only the model (a warning says why)."""
+    the model costs only the model (a warning says why). Once per search: a search closed
+    again (``--resume`` of a finished search, a driver killed after registering) finds its
+    version instead of adding another."""
+    try:
+        published = _published_uri(client, best)
+    except Exception as e:
+        log.warning("cannot tell whether the best model is registered already (%s)",
+                    first_line(e))
+        return None
+    if published is not None:
+        _tag_runs(client, best, published)
+        return published
     try:
         exported = load_exported(best.export_file)
         model_id = log_model(client, best, exported)
@@ -200,9 +234,26 @@ def publish_best_model(client: MlflowClient, best: BestModel) -> str | None:
     except Exception as e:
         log.warning("the best model is logged (%s) but not registered (%s: %s)", uri,
                     type(e).__name__, first_line(e))
+    _tag_runs(client, best, uri)
+    return uri
+
+
+def _published_uri(client: MlflowClient, best: BestModel) -> str | None:
+    """The URI of the model this search registered already: the parent's tag, or a version
+    of the space's registered model that names this parent run."""
+    tags = client.get_run(best.parent_run_id).data.tags
+    if schema.MODEL_URI in tags:
+        return str(tags[schema.MODEL_URI])
+    name = registered_model_name(best.space)
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get(schema.MODEL_PARENT_RUN_ID) == best.parent_run_id:
+            return f"models:/{name}/{version.version}"
+    return None
+
+
+def _tag_runs(client: MlflowClient, best: BestModel, uri: str) -> None:
     try:
         for run_id in (best.run_id, best.parent_run_id):
             client.set_tag(run_id, schema.MODEL_URI, uri)
     except Exception as e:
         log.warning("the runs are not tagged with the best model %s (%s)", uri, first_line(e))
-    return uri

@@ -15,7 +15,7 @@ from awd.errors import UserError
 from search import schema
 from search.confirm import Confirmation
 from search.driver import SearchOutcome, run_search
-from search.mlflow_conventions import experiment_url
+from search.mlflow_conventions import experiment_url, without_credentials
 from search.options import build_parser, options_from_args
 from spaces import SPACES, show_space
 
@@ -74,7 +74,8 @@ def ui_hint(outcome: SearchOutcome) -> str:
     uri = outcome.tracking_uri
     experiment_id = _experiment_id(outcome)
     if uri.startswith(("http://", "https://")):
-        return experiment_url(uri, experiment_id) if experiment_id else f"open {uri}"
+        return (experiment_url(uri, experiment_id) if experiment_id
+                else f"open {without_credentials(uri)}")
     start = f"mlflow ui --backend-store-uri {uri}"
     if experiment_id is None:
         return start

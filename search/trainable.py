@@ -110,10 +110,11 @@ def _node_id() -> str:
 
 
 def log_line(line: str) -> None:
-    """A line of the trial's log (`search.console.TRIAL_LOG`) in its working folder, which
-    Ray copies into the trial's folder of the search (``SyncConfig(sync_artifacts=True)``)."""
+    """A line of the trial's log (`search.console.TRIAL_LOG`) in its working folder (Tune runs
+    each trial in it: the current folder), which Ray copies from the node that runs the trial
+    into the trial's folder of the search (``SyncConfig(sync_artifacts=True)``)."""
     try:
-        with open(Path(tune.get_context().get_trial_dir()) / TRIAL_LOG, "a") as f:
+        with open(Path.cwd() / TRIAL_LOG, "a") as f:
             f.write(line + "\n")
     except OSError as e:  # a log line never fails a trial
         log.warning("cannot write the trial log: %s", e)

@@ -13,7 +13,11 @@ from functools import cache
 from typing import Any
 
 import optuna
-from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.distributions import (
+    FloatDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
 
 from awd.config import MODELS, from_flat
 from awd.data.registry import find_dataset
@@ -185,14 +189,14 @@ def _check_condition(spec: SpaceSpec, i: int, c: Condition, models: tuple[str, .
         if any(p.name == name for p in spec.parameters):
             raise fail(f"{path}.fixed.{name}", "also a parameter: a field is fixed or searched")
     for k, other in enumerate(spec.conditions[:i]):
-        if not _overlap(c, other):
-            continue
-        declared = {*other.fixed, *(p.name for p in other.parameters)}
-        for name in [*c.fixed, *(p.name for p in c.parameters)]:
-            if name in declared:
-                section = "fixed" if name in c.fixed else "parameters"
-                raise fail(f"{path}.{section}.{name}",
-                           f"also set by conditions[{k}], which can apply to the same trial")
+        if _overlap(c, other):
+            declared = {*other.fixed, *(p.name for p in other.parameters)}
+            for name in [*c.fixed, *(p.name for p in c.parameters)]:
+                if name in declared:
+                    section = "fixed" if name in c.fixed else "parameters"
+                    raise fail(f"{path}.{section}.{name}",
+                               f"also set by conditions[{k}], which can apply to the same trial")
+        _check_same_distributions(path, c, f"conditions[{k}]", other)
 
 
 def warm_start_params(spec: SpaceSpec) -> dict[str, ParamSpec]:
@@ -253,3 +257,18 @@ def _check_configs(spec: SpaceSpec) -> None:
                 end = "high" if high else "low"
                 raise fail(f"config ({shown}parameters at their {end} ends)",
                            first_line(e)) from None
+
+
+def _check_same_distributions(path: str, c: Condition, other_path: str, other: Condition) -> None:
+    """A parameter named under two conditions may take other ranges there, but not another
+    kind of distribution, log scale or set of choices: one Optuna study refuses such a
+    parameter in its second trial."""
+    theirs = {p.name: p for p in other.parameters}
+    for p in c.parameters:
+        if p.name in theirs:
+            try:
+                check_distribution_compatibility(theirs[p.name].distribution(), p.distribution())
+            except ValueError as e:
+                raise fail(f"{path}.parameters.{p.name}",
+                           f"must have the same type, log scale and choices as in "
+                           f"{other_path} (Optuna: {e})") from None

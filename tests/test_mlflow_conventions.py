@@ -250,3 +250,15 @@ def test_mlflow_ui_opens_the_experiment_on_its_runs_table(search_store, tmp_path
     digest = dataset_ref("ptb").digest  # type: ignore[union-attr]
     assert f"ptb ({digest}) training" in text  # the Dataset column
     assert " python -m search.run " in text  # the Source column
+
+
+def test_links_never_carry_the_tracking_uris_credentials():
+    from reports.trials import run_url
+    from search.mlflow_conventions import experiment_url, without_credentials
+
+    secret = "https://alice:s3cr3t-token@mlflow.example.org:8443"
+    for link in (without_credentials(secret), experiment_url(secret, "4"),
+                 run_url(secret, "4", "abc")):
+        assert link is not None and "s3cr3t" not in link and "alice" not in link
+        assert link.startswith("https://mlflow.example.org:8443")
+    assert without_credentials("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"

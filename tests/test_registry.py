@@ -15,6 +15,7 @@ from conftest import pattern_text, reversed_text, write_corpus
 from mlflow.tracking import MlflowClient
 
 from awd import evaluate
+from awd.config import from_flat
 from awd.data import load_corpus
 from awd.trainer import Trainer, load_exported
 from search import schema
@@ -162,6 +163,39 @@ def test_each_search_adds_a_version_with_its_own_tags(registered):
     assert tags[schema.MODEL_PARENT_RUN_ID] == "another-parent" and tags[schema.TRIAL_ID] == "t9"
     assert tags[schema.MODEL_VAL_PPL] == "12.5" and schema.MODEL_TEST_PPL not in tags
     assert client.get_model_version(NAME, "1").tags[schema.MODEL_PARENT_RUN_ID] == parent
+
+
+def test_closing_a_search_again_registers_nothing_more(registered, caplog):
+    """--resume of a finished search closes it again; a driver killed after logging the model
+    left it unregistered: neither adds a second model or version."""
+    work, _, client, final, parent, child = registered
+    trial_run = client.get_run(child)
+    exp = trial_run.info.experiment_id
+
+    def counts() -> tuple[int, set[str]]:
+        models = client.search_logged_models(experiment_ids=[exp],
+                                             filter_string=f"source_run_id = '{child}'")
+        versions = {v.version for v in client.search_model_versions(f"name = '{NAME}'")
+                    if v.tags.get(schema.MODEL_PARENT_RUN_ID) == parent}
+        return len(models), versions
+
+    before = counts()
+    assert before[0] == 1 and len(before[1]) == 1
+    config = from_flat(TINY).to_flat()
+    trial = TrialSummary("t1", schema.STATUS_COMPLETED, config, {
+        schema.FINISHED: True, schema.BEST_VAL_PPL: final["val_ppl"],
+        schema.FINAL_VAL_PPL: final["val_ppl"], schema.FINAL_TEST_PPL: final["test_ppl"]},
+        None, None)
+    write_summary(client, parent, 0.0, {"t1": trial_run}, [trial], pick_best([trial]),
+                  work / "best_model.pt")
+    assert counts() == before
+    # killed between logging and registering: no tags, the version not there, the model is
+    client.delete_tag(parent, schema.MODEL_URI)
+    best = BestModel(work / "best_model.pt", child, parent, "tiny-search", "tiny-killed", "t1",
+                     final["val_ppl"], final["test_ppl"])
+    uri = publish_best_model(client, best)
+    assert uri == "models:/awdsearch-tiny-killed/1"
+    assert counts()[0] == 1  # the logged model was reused
 
 
 def test_a_model_that_cannot_be_logged_costs_only_the_model(registered, tmp_path, caplog):

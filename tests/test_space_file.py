@@ -186,10 +186,27 @@ def test_smoke_from_its_file_samples_the_same_trials(tmp_path):
             _sampled(builtin.define, sampler(), enqueue=builtin.warm_start)
 
 
-def test_example_file_is_a_valid_space():
-    for path in sorted(EXAMPLES.glob("*.yaml")):
+def _readme_space(tmp_path: Path) -> Path:
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "readme_space.yaml").write_text(block)
+    return tmp_path / "readme_space.yaml"
+
+
+def test_example_files_are_valid_spaces_that_a_study_can_sample(tmp_path):
+    """Every example (the folder's and the README's) through a real study: Optuna refuses a
+    parameter whose distribution changes between trials, which a file check must catch."""
+    paths = [*sorted(EXAMPLES.glob("*.yaml")), _readme_space(tmp_path)]
+    assert len(paths) >= 2
+    for path in paths:
         space = load_space_file(path).to_space()
         assert space.paper_config()["model"] in MODELS
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        study.enqueue_trial(space.warm_start)
+        for _ in range(12):
+            trial = study.ask()
+            space.define(trial)
+            study.tell(trial, 1.0)
 
 
 # --- bad files ------------------------------------------------------------------------------------
@@ -259,6 +276,10 @@ BAD = {  # label: (text replaced -> by, the field named, words of the message)
                        "when: {model: [awd_lstm, zaremba]}\n    parameters: {lr: {type: float, "
                        "low: 0.1, high: 0.2}}",
                        "conditions[1].parameters.lr: also set by conditions[0], which can apply"),
+    "two kinds of one parameter": ("fixed: {preset: small}", "fixed: {preset: small}\n"
+                                   "    parameters: {lr: {type: float, low: 0.5, high: 2.0}}",
+                                   "conditions[1].parameters.lr: must have the same type, log "
+                                   "scale and choices as in conditions[0]"),
     "warm start incomplete": ("dropout: 0.3, lr", "lr", "warm_start: missing dropout"),
     "invalid config": ("high: 0.5}", "high: 1.0}", "config (model=awd_lstm, parameters at "
                        "their high ends): dropout must be in [0, 1), got 1.0"),
