@@ -98,6 +98,7 @@ class SearchOutcome:
     best_config_path: Path | None
     confirmation: confirm.Confirmation | None = None  # with --confirm-top
     stopped_by: int | None = None  # the signal (SIGINT, SIGTERM) that stopped it before its end
+    experiment_id: str | None = None  # the MLflow experiment (for the link to its runs)
 
     @property
     def produced_results(self) -> bool:
@@ -497,7 +498,8 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
         best = None if stopped else pick_best(trials)
         best_path = _write_best_config(opts, best) if best is not None else None
         return SearchOutcome(trials, best, state.parent_run_id, state.tracking_uri,
-                             opts.experiment_dir, best_path, None, stopped_by)
+                             opts.experiment_dir, best_path, None, stopped_by,
+                             state.experiment_id)
     backfill(state.tracking_uri, opts.experiment_dir, state.experiment_id, state.parent_run_id,
              opts.space, {"gpus_per_trial": state.gpus_per_trial})
     runs = prune_child_runs(client, state.experiment_id, state.parent_run_id,
@@ -516,4 +518,5 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
                       model, stopped=stopped)
     best_path = _write_best_config(opts, best) if best is not None else None
     return SearchOutcome(trials, best, state.parent_run_id, state.tracking_uri,
-                         opts.experiment_dir, best_path, confirmation, stopped_by)
+                         opts.experiment_dir, best_path, confirmation, stopped_by,
+                         state.experiment_id)

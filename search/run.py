@@ -9,7 +9,6 @@ import sys
 from math import isnan, nan
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
 from awd.errors import UserError
 from search import schema
@@ -72,7 +71,7 @@ def ui_hint(outcome: SearchOutcome) -> str:
     """How to see the search's runs: the link that opens its runs table (MLflow 3 opens an
     experiment on its GenAI pages otherwise), after starting ``mlflow ui`` for a local store."""
     uri = outcome.tracking_uri
-    experiment_id = _experiment_id(outcome)
+    experiment_id = outcome.experiment_id
     if uri.startswith(("http://", "https://")):
         return (experiment_url(uri, experiment_id) if experiment_id
                 else f"open {without_credentials(uri)}")
@@ -84,13 +83,6 @@ def ui_hint(outcome: SearchOutcome) -> str:
 
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 
-
-def _experiment_id(outcome: SearchOutcome) -> str | None:
-    try:
-        return str(MlflowClient(outcome.tracking_uri).get_run(outcome.parent_run_id)
-                   .info.experiment_id)
-    except Exception:  # MLflow unreachable: the plain hint will do
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
