@@ -126,9 +126,19 @@ def test_web_servers_listen_on_the_heads_loopback_and_no_secret_is_in_the_file(c
         "head_start_ray_commands", "worker_start_ray_commands"))
     assert "0.0.0.0" not in every
     assert "--dashboard-host=127.0.0.1" in commands(config, "head_start_ray_commands")
-    assert config["file_mounts"] == {"/home/ubuntu/.ray/auth_token": "~/.ray/auth_token"}
+    assert config["file_mounts"] == {"/home/ubuntu/.ray/auth_token": "~/.ray/auth_token",
+                                     "/home/ubuntu/awdsearch": "."}
     text = CLUSTER_YAML.read_text().lower()
     assert not re.search(r"(password|secret|token)\s*[:=]\s*['\"]?[a-z0-9]{16,}", text)
+
+
+def test_every_node_gets_this_checkout_without_what_git_ignores(config):
+    """The cluster runs the code of the checkout `ray up` runs from, not a fork to name; the
+    virtual environments, results and caches that .gitignore names stay behind."""
+    assert config["file_mounts"]["/home/ubuntu/awdsearch"] == "."
+    assert config["rsync_filter"] == [".gitignore"]
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert {".venv/", ".venv-ci/", "ray_results/", "mlruns/"} <= set(ignored)
 
 
 def test_mlflow_server_runs_in_the_background_on_the_head(config):
@@ -145,7 +155,7 @@ def test_setup_installs_torch_ray_and_the_project(config):
     setup = commands(config, "setup_commands")
     assert "pip install torch" in setup
     assert re.search(r"pip install \"ray\[default\]==" + re.escape(ray.__version__), setup)
-    assert "git clone" in setup and "pip install -e ~/awdsearch" in setup
+    assert "pip install -e ~/awdsearch" in setup
     # torch first: the project's own torch requirement must not pull another build.
     assert setup.index("pip install torch") < setup.index("pip install -e ~/awdsearch")
 

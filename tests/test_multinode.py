@@ -2,6 +2,10 @@
 `ray start` (head + worker, one CPU each, token authentication on), a real `mlflow server`, and
 `python -m search.run --address ...` run against both, as on the cluster of cluster.yaml.
 
+Midway, the worker node is lost as a spot instance is: once one of its trials has finished an
+epoch, every process of the node is SIGKILLed at once. Its trials resume from their last
+checkpoint on the head and finish; MLflow holds every epoch exactly once.
+
 Every process is started here in its own session and stopped by its id: never `ray stop`,
 which would also kill any other Ray cluster on the machine. Each Ray node keeps its files (and
 its `ray_current_cluster` address file) in a private temporary folder, so a plain `ray.init()`
@@ -10,18 +14,14 @@ elsewhere on the machine never finds this cluster.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,19 @@ from pathlib import Path
 import pytest
 from conftest import DATA_DIR, real_data
 from mlflow.tracking import MlflowClient
+from processes import (
+    MlflowServer,
+    alive_nodes,
+    executable,
+    free_port,
+    kill_leftovers,
+    kill_tree,
+    start,
+    start_mlflow_server,
+    stop,
+    tail,
+    wait_for,
+)
 
 from awd.evaluate import download_export
 from awd.trainer import load_exported
@@ -36,90 +49,22 @@ from search import schema
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 EXPERIMENT = "multinode"
-NUM_SAMPLES, EPOCHS = 4, 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def executable(name: str) -> str:
-    path = BIN / name
-    return str(path) if path.exists() else (shutil.which(name) or name)
+NUM_SAMPLES, EPOCHS = 4, 3
 
 
 @dataclass
 class Cluster:
     address: str
-    node_ids: list[str]
+    head_id: str
+    worker_id: str
+    worker: subprocess.Popen  # the worker node's `ray start --block`: its processes below it
     env: dict[str, str]  # what a driver needs: the data folder and the cluster's token
     root: Path
 
-
-def _start(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen, grace: float = 45.0) -> None:
-    """SIGTERM to our process (a blocking `ray start` drains and stops its node), then SIGKILL
-    to its process group if it is still there."""
-    if proc.poll() is None:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # the group we created with start_new_session
-    proc.wait(10)
-
-
-def _kill_leftovers(root: Path) -> None:
-    """Ray processes that outlived their node: those whose command line names our folder."""
-    mine = str(root).encode()
-    for entry in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            if int(entry.name) != os.getpid() and mine in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-
-
-def _tail(path: Path, n: int = 3000) -> str:
-    return path.read_text(errors="replace")[-n:] if path.exists() else f"({path} missing)"
-
-
-def _wait_for(what: str, ok, timeout: float, procs: list[subprocess.Popen], log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ok():
-            return
-        dead = [p.args[:3] for p in procs if p.poll() is not None]
-        if dead:
-            pytest.fail(f"{dead} exited while waiting for {what}:\n{_tail(log)}")
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{_tail(log)}")
-
-
-def alive_node_ids(address: str, env: dict[str, str], expected: int, timeout: float) -> list[str]:
-    """The ids of the cluster's live nodes, once `expected` of them have joined."""
-    code = (
-        "import json, time, ray\n"
-        f"ray.init(address={address!r}, include_dashboard=False, log_to_driver=False)\n"
-        f"deadline = time.monotonic() + {timeout}\n"
-        "while True:\n"
-        "    ids = sorted(n['NodeID'] for n in ray.nodes() if n['Alive'])\n"
-        f"    if len(ids) >= {expected} or time.monotonic() > deadline:\n"
-        "        break\n"
-        "    time.sleep(0.5)\n"
-        "print(json.dumps(ids))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=timeout + 60)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    @property
+    def node_ids(self) -> set[str]:
+        return {self.head_id, self.worker_id}
 
 
 @pytest.fixture(scope="module")
@@ -132,43 +77,18 @@ def root() -> Iterator[Path]:
     try:
         yield folder
     finally:
-        _kill_leftovers(folder)
+        kill_leftovers(folder)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@dataclass
-class MlflowServer:
-    uri: str
-    proc: subprocess.Popen
-    log: Path
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def wait(self, timeout: float = 120) -> str:
-        _wait_for("the MLflow server", self.healthy, timeout, [self.proc], self.log)
-        return self.uri
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(root) -> Iterator[MlflowServer]:
     """Started before the cluster and waited for only when needed: both start in parallel."""
-    port = free_port()
-    folder = root / "mlflow"
-    folder.mkdir()
-    log = folder / "server.log"
-    proc = _start([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                   "--port", str(port), "--workers", "1",
-                   "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                   "--artifacts-destination", str(folder / "artifacts")], log, dict(os.environ))
+    server = start_mlflow_server(root / "mlflow")
     try:
-        yield MlflowServer(f"http://127.0.0.1:{port}", proc, log)
+        yield server
     finally:
-        _stop(proc, grace=15)
+        stop(server.proc, grace=15)
 
 
 @pytest.fixture(scope="module")
@@ -188,99 +108,175 @@ def cluster(root) -> Iterator[Cluster]:
     head_log, worker_log = root / "head.log", root / "worker.log"
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(_start(
+        procs.append(start(
             [executable("ray"), "start", "--head", f"--port={port}", "--include-dashboard=false",
              f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={root / 'head'}",
              *common], head_log, env))
-        _wait_for("the Ray head", lambda: "Ray runtime started" in _tail(head_log), 120, procs,
-                  head_log)
-        procs.append(_start(
+        wait_for("the Ray head", lambda: "Ray runtime started" in tail(head_log), 120, procs,
+                 head_log)
+        (head,) = alive_nodes(address, env, expected=1, timeout=60)
+        procs.append(start(
             [executable("ray"), "start", f"--address={address}",
              f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={root / 'worker'}",
              *common], worker_log, env))
-        _wait_for("the Ray worker node", lambda: "Ray runtime started" in _tail(worker_log), 120,
-                  procs, worker_log)
-        node_ids = alive_node_ids(address, env, expected=2, timeout=60)
-        assert len(node_ids) == 2, f"nodes alive: {node_ids}\n{_tail(worker_log)}"
-        yield Cluster(address, node_ids, env, root)
+        wait_for("the Ray worker node", lambda: "Ray runtime started" in tail(worker_log), 120,
+                 procs, worker_log)
+        nodes = alive_nodes(address, env, expected=2, timeout=60)
+        assert len(nodes) == 2, f"nodes alive: {nodes}\n{tail(worker_log)}"
+        (worker,) = [n["id"] for n in nodes if n["id"] != head["id"]]
+        yield Cluster(address, head["id"], worker, procs[1], env, root)
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop(proc)
+
+
+def trial_rows(exp_dir: Path) -> dict[str, list[dict]]:
+    """Tune's rows (one per reported epoch) of every trial, by trial id."""
+    out = {}
+    for f in exp_dir.glob("*/result.json"):
+        rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        if rows:
+            out[rows[-1]["trial_id"]] = rows
+    return out
+
+
+@dataclass
+class Search:
+    proc: subprocess.CompletedProcess
+    client: MlflowClient
+    parents: list
+    children: list
+    work: Path
+    rows: dict[str, list[dict]]  # Tune's rows by trial id
+    victim: str  # the trial that was running on the worker node when it was lost
+    killed: list[int]
+
+
+def _lose_the_worker_node_mid_trial(cluster: Cluster, exp_dir: Path, driver: subprocess.Popen,
+                                    log: Path) -> tuple[str, list[int]]:
+    """Wait until a trial on the worker node has reported (and checkpointed) an epoch but not
+    its last, then SIGKILL every process of that node at once."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert driver.poll() is None, f"the search ended before the node loss:\n{tail(log)}"
+        for trial, rows in trial_rows(exp_dir).items():
+            last = rows[-1]
+            if last.get("node_id") == cluster.worker_id and 1 <= last["epoch"] < EPOCHS:
+                killed = kill_tree(cluster.worker.pid)
+                return trial, killed
+        time.sleep(0.1)
+    pytest.fail(f"no trial reached the worker node:\n{tail(log)}")
 
 
 @pytest.fixture(scope="module")
-def search(mlflow_server, cluster):
+def search(mlflow_server, cluster) -> Search:
     uri = mlflow_server.wait()
     work = cluster.root / "work"
     work.mkdir()
+    storage = cluster.root / "ray_results"
+    # FIFO: every trial runs all its epochs, so the one on the worker is still running when
+    # the node goes (ASHA's early stops are tested elsewhere).
     cmd = [sys.executable, "-m", "search.run", "--space", "smoke",
            "--num-samples", str(NUM_SAMPLES), "--max-epochs", str(EPOCHS), "--concurrency", "2",
-           "--cpus-per-trial", "1", "--address", cluster.address,
-           "--tracking-uri", uri, "--storage", str(cluster.root / "ray_results"),
-           "--experiment", EXPERIMENT]
+           "--cpus-per-trial", "1", "--scheduler", "none", "--address", cluster.address,
+           "--tracking-uri", uri, "--storage", str(storage), "--experiment", EXPERIMENT]
+    log = work / "search.log"
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=work, env=cluster.env, capture_output=True, text=True,
-                          timeout=300)
-    print(f"two-node search: {time.monotonic() - started:.0f} s")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    with log.open("w") as out:
+        driver = subprocess.Popen(cmd, cwd=work, env=cluster.env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        victim, killed = _lose_the_worker_node_mid_trial(cluster, storage / EXPERIMENT, driver,
+                                                         log)
+        driver.wait(timeout=600)
+    finally:
+        if driver.poll() is None:
+            kill_tree(driver.pid)
+    print(f"two-node search with a node lost: {time.monotonic() - started:.0f} s")
+    output = log.read_text()
+    proc = subprocess.CompletedProcess(cmd, driver.returncode, output, "")
+    assert driver.returncode == 0, output[-5000:]
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get(schema.ROLE) == schema.ROLE_SEARCH]
     children = [r for r in runs if r.data.tags.get(schema.ROLE) == schema.ROLE_TRIAL]
-    return proc, client, parents, children, work
+    return Search(proc, client, parents, children, work, trial_rows(storage / EXPERIMENT),
+                  victim, killed)
 
 
 def test_search_on_a_two_node_cluster_finishes_and_reports(search, mlflow_server):
-    proc, *_ = search
-    assert "Best trials:" in proc.stdout
-    assert f"Compare the runs: {mlflow_server.uri}/#/experiments/" in proc.stdout
+    assert "Best trials:" in search.proc.stdout
+    assert f"Compare the runs: {mlflow_server.uri}/#/experiments/" in search.proc.stdout
 
 
 def test_one_parent_run_with_every_trial_nested_under_it(search, cluster):
-    _, _, parents, children, _ = search
-    assert len(parents) == 1
-    parent = parents[0]
+    assert len(search.parents) == 1
+    parent = search.parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags[schema.RAY_ADDRESS].endswith(f":{cluster.address.rsplit(':')[1]}")
     assert parent.data.metrics["trials_total"] == NUM_SAMPLES
-    assert len(children) == NUM_SAMPLES
-    assert {c.data.tags[schema.PARENT_RUN_ID] for c in children} == {parent.info.run_id}
-    assert len({c.data.tags[schema.TRIAL_ID] for c in children}) == NUM_SAMPLES
+    assert len(search.children) == NUM_SAMPLES
+    assert {c.data.tags[schema.PARENT_RUN_ID] for c in search.children} == \
+        {parent.info.run_id}
+    assert len({c.data.tags[schema.TRIAL_ID] for c in search.children}) == NUM_SAMPLES
+
+
+def test_the_lost_node_took_every_process_of_it(search, cluster):
+    assert len(search.killed) >= 3  # ray start, its raylet, the trial's worker process at least
+    alive = [pid for pid in search.killed if Path(f"/proc/{pid}").exists()
+             and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+    assert alive == []
+
+
+def test_trials_of_the_lost_node_resume_from_their_checkpoint_on_the_head(search, cluster):
+    rows = search.rows[search.victim]
+    before = [r["epoch"] for r in rows if r["node_id"] == cluster.worker_id]
+    after = [r["epoch"] for r in rows if r["node_id"] == cluster.head_id]
+    assert before and after, rows
+    # From the epoch after its last checkpoint, not from scratch, and then to the end.
+    assert 2 <= min(after) <= max(before) + 1, (before, after)
+    assert max(after) == EPOCHS
+    assert sorted(set(before) | set(after)) == list(range(1, EPOCHS + 1))
+    victim = next(c for c in search.children
+                  if c.data.tags[schema.TRIAL_ID] == search.victim)
+    assert victim.data.tags[schema.STATUS] == schema.STATUS_COMPLETED
+    assert victim.data.tags[schema.NODE_ID] == cluster.head_id  # where its last epoch ran
 
 
 def test_trials_ran_on_both_nodes_and_say_which(search, cluster):
-    _, _, _, children, _ = search
-    node_ids = [c.data.tags.get(schema.NODE_ID) for c in children]
-    assert all(node_ids), node_ids
-    assert set(node_ids) == set(cluster.node_ids)
-    assert all(c.data.tags.get(schema.NODE_IP) for c in children)
+    ran_on = {r["node_id"] for rows in search.rows.values() for r in rows}
+    assert ran_on == cluster.node_ids
+    for child in search.children:  # the node tag is where the trial's last epoch ran
+        rows = search.rows[child.data.tags[schema.TRIAL_ID]]
+        assert child.data.tags[schema.NODE_ID] == rows[-1]["node_id"]
+        assert child.data.tags.get(schema.NODE_IP)
 
 
-def test_every_trial_logged_val_ppl_for_each_epoch_it_ran(search):
-    """ASHA may stop a trial after its first epoch; a completed one has both epochs."""
-    _, client, _, children, _ = search
-    completed = 0
-    for child in children:
-        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_ppl"))
-        assert steps == list(range(1, int(child.data.metrics["epochs_run"]) + 1))
-        if child.data.tags[schema.STATUS] == schema.STATUS_COMPLETED:
-            completed += 1
-            assert steps == list(range(1, EPOCHS + 1))
-            assert "final_test_ppl" in child.data.metrics
-    assert completed >= 1
+def test_every_epoch_is_in_mlflow_exactly_once(search):
+    for child in search.children:
+        history = search.client.get_metric_history(child.info.run_id, "val_ppl")
+        steps = sorted(m.step for m in history)
+        assert steps == list(range(1, EPOCHS + 1)), (child.data.tags[schema.TRIAL_ID], steps)
+        assert child.data.tags[schema.STATUS] == schema.STATUS_COMPLETED
+        assert "final_test_ppl" in child.data.metrics
+    # the values are the ones Tune kept, epoch by epoch (the victim's first from the lost node)
+    victim = next(c for c in search.children if c.data.tags[schema.TRIAL_ID] == search.victim)
+    logged = {m.step: m.value for m in search.client.get_metric_history(victim.info.run_id,
+                                                                         "val_ppl")}
+    kept = {r["epoch"]: r["val_ppl"] for r in search.rows[search.victim]}
+    assert logged == pytest.approx(kept)
 
 
 def test_parent_holds_the_best_config_and_names_the_registered_model(search):
-    _, client, parents, children, work = search
-    parent = parents[0]
+    client, parent, work = search.client, search.parents[0], search.work
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "config.json" in names and "checkpoint" not in names
     local = Path(client.download_artifacts(parent.info.run_id, "config.json", str(work)))
     assert json.loads(local.read_text()) == \
         json.loads((work / f"best_config_{EXPERIMENT}.json").read_text())
     best = parent.data.tags[schema.BEST_TRIAL_ID]
-    assert best in {c.data.tags[schema.TRIAL_ID] for c in children}
+    assert best in {c.data.tags[schema.TRIAL_ID] for c in search.children}
     model = download_export(parent.data.tags[schema.MODEL_URI], client.tracking_uri, work)
     exported = load_exported(model)  # weights_only: the file runs no code
     assert exported.run.to_flat() == json.loads(local.read_text())
