@@ -165,6 +165,7 @@ class RunWriter:
         self._run_ids: dict[tuple[str, str], str] = {}  # (parent run, trial id) -> run id
         self._steps: dict[str, set[int]] = {}  # run id -> epochs in its STEP_MARKER history
         self._once: set[str] = set()  # runs that have their once-only metrics
+        self._tags: dict[str, dict[str, str]] = {}  # run id -> its tags as last written
 
     def __call__(self, record: Record) -> None:
         try:
@@ -179,6 +180,7 @@ class RunWriter:
         if run_id is not None:
             self._steps.pop(run_id, None)
             self._once.discard(run_id)
+            self._tags.pop(run_id, None)
 
     def find_run(self, record: Record) -> str | None:
         """The trial's child run: by the trial id tag under the parent (also after a restore
@@ -220,6 +222,7 @@ class RunWriter:
         """The epochs the run has (its STEP_MARKER history), from MLflow on first ask."""
         if run_id not in self._steps:
             run = self.client.get_run(run_id)
+            self._tags[run_id] = dict(run.data.tags)
             if schema.NUM_PARAMS in run.data.metrics:
                 self._once.add(run_id)
             self._steps[run_id] = ({m.step for m in self.client.get_metric_history(
@@ -233,13 +236,16 @@ class RunWriter:
         if step in steps:
             return
         metrics = [Metric(k, float(v), now, step) for k, v in record["metrics"].items()]
-        tags: list[RunTag] = []
         if run_id not in self._once:
             metrics += [Metric(k, float(v), now, 0) for k, v in record["once"].items()]
-            tags = [RunTag(k, v) for k, v in record["tags"].items()]
+        # The node and device tags say where the latest epoch ran: they change when a trial
+        # resumes on another node after losing its own.
+        written = self._tags.setdefault(run_id, {})
+        tags = [RunTag(k, v) for k, v in record["tags"].items() if written.get(k) != v]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         steps.add(step)
         self._once.add(run_id)
+        written.update(record["tags"])
 
     def _finish(self, record: Record) -> None:
         run_id = self._run(record)

@@ -241,3 +241,21 @@ def test_report_names_runs_that_miss_epochs(store, tmp_path):
     assert section is not None and section.css_class == "problems"
     md = to_markdown(Document("report", [], [section]))
     assert "Data quality" in md and "smoke-gappy" in md and "smoke-whole" not in md
+
+
+def test_a_trial_resumed_on_another_node_names_that_node(store):
+    """Node tags follow the latest epoch: after a node loss the run names where the trial went
+    on, also through a writer that knows nothing of the run (a restarted driver)."""
+    uri, client, exp, parent = store
+    spec = RunSpec(exp, parent, "smoke")
+    writer = RunWriter(uri)
+    writer(spec.start("t1", {"model": "awd_lstm"}, {}))
+    writer(epoch_record(spec, "t1", {**result(1), "node_id": "lost", "node_ip": "10.0.0.2"}))
+    run = child(client, exp, "t1")
+    assert run.data.tags[schema.NODE_ID] == "lost"
+    fresh = RunWriter(uri)
+    for e in (1, 2):  # epoch 1 again (replayed) changes nothing; epoch 2 ran elsewhere
+        fresh(epoch_record(spec, "t1", {**result(e), "node_id": "head", "node_ip": "10.0.0.1"}))
+    run = child(client, exp, "t1")
+    assert (run.data.tags[schema.NODE_ID], run.data.tags[schema.NODE_IP]) == ("head", "10.0.0.1")
+    assert steps(client, run.info.run_id) == [1, 2]
