@@ -437,11 +437,11 @@ def test_ray_down_stops_ray_and_terminates_both_nodes(launched, searched):
     down = launched.ray("down", "-y", str(launched.config_file))
     assert down.returncode == 0, down.stdout[-3000:] + down.stderr[-3000:]
     assert m.head.ray_processes() == {}
-    (state_file,) = (m.root / "launcher").glob("cluster-*.state")
+    (state_file,) = (m.root / "launcher").rglob("cluster-*.state")
     states = {ip: node["state"] for ip, node in json.loads(state_file.read_text()).items()}
     assert states == {m.head.ip: "terminated", m.worker.ip: "terminated"}
-    left = {h.name: sorted(cmd.split()[0] for cmd in h.processes().values()
-                           if not cmd.startswith("sshd")) for h in (m.head, m.worker)}
+    left = {h.name: sorted({_program(cmd) for cmd in h.processes().values()
+                            if not cmd.startswith("sshd")}) for h in (m.head, m.worker)}
     print(f"left after ray down, until the nodes are powered off: {left}")
     for host in (m.head, m.worker):
         host.power_off()
@@ -449,6 +449,18 @@ def test_ray_down_stops_ray_and_terminates_both_nodes(launched, searched):
     while time.monotonic() < deadline and (leftover := _cluster_processes(m)):
         time.sleep(1)
     assert not _cluster_processes(m), leftover
+
+
+def _program(cmd: str) -> str:
+    """What a process runs: a Python module or script by its name, else the executable's."""
+    words = cmd.split()
+    if words and "python" in Path(words[0]).name:
+        rest = [w for w in words[1:] if w not in ("-u", "-Wignore")]
+        if rest[:1] == ["-m"] and len(rest) > 1:
+            return rest[1]
+        if rest and not rest[0].startswith("-"):
+            return Path(rest[0]).name
+    return Path(words[0]).name if words else cmd
 
 
 def _cluster_processes(m: Machines) -> list[str]:

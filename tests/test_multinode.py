@@ -234,6 +234,7 @@ def test_trials_of_the_lost_node_resume_from_their_checkpoint_on_the_head(search
     before = [r["epoch"] for r in rows if r["node_id"] == cluster.worker_id]
     after = [r["epoch"] for r in rows if r["node_id"] == cluster.head_id]
     assert before and after, rows
+    print(f"trial {search.victim}: epochs {before} on the lost node, {after} on the head")
     # From the epoch after its last checkpoint, not from scratch, and then to the end.
     assert 2 <= min(after) <= max(before) + 1, (before, after)
     assert max(after) == EPOCHS
