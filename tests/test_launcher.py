@@ -49,7 +49,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import DATA_DIR, REPO, real_data
-from processes import descendants, executable, tail
+from mlflow.tracking import MlflowClient
+from processes import descendants, executable, kill_tree, tail
 
 pytestmark = pytest.mark.slow
 
@@ -425,6 +426,36 @@ def test_a_search_by_ray_exec_lands_in_the_heads_mlflow(launched, searched):
     assert all(r["status"] == "FINISHED" and r["val_ppl"] for r in trials), trials
     m = launched.machines
     assert {r["node_ip"] for r in trials} <= {m.head.ip, m.worker.ip}
+
+
+def test_mlflow_is_reached_from_here_through_the_documented_tunnel(launched, searched,
+                                                                   monkeypatch):
+    """`ray attach cluster.yaml -p 5000` (interactive) and `ray exec --port-forward=5000` open
+    the same SSH tunnel: this machine's localhost:5000 is the head's MLflow."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 5000)) == 0:
+            pytest.skip("port 5000 is taken on this machine (an MLflow UI?)")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # until the tunnel is up
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    tunnel = subprocess.Popen(
+        [executable("ray"), "exec", str(launched.config_file), "--port-forward=5000",
+         "sleep 120"], env=launched.env, cwd=launched.machines.root,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        client = MlflowClient("http://127.0.0.1:5000")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                exp = client.get_experiment_by_name(EXPERIMENT)
+                break
+            except Exception:
+                assert time.monotonic() < deadline and tunnel.poll() is None, "no tunnel"
+                time.sleep(1)
+        assert exp is not None
+        assert len(client.search_runs([exp.experiment_id])) == 3  # the parent, two trials
+    finally:
+        kill_tree(tunnel.pid)
+        tunnel.wait(10)
 
 
 def test_ray_down_stops_ray_and_terminates_both_nodes(launched, searched):

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import torch
 from mlflow.system_metrics.metrics import cpu_monitor, gpu_monitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME
+from processes import free_port
 
 from awd.config import from_flat
 from awd.data.registry import DATASETS
@@ -195,11 +195,6 @@ def test_smoke_search_runs_follow_mlflows_conventions(smoke_search):
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def page_text(dom: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,18 +18,13 @@ from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
+from processes import free_port
 
 from search import schema
 from search.backfill import backfill
 from search.callback import MLflowTrialLogger
 from search.outbox import Outbox, Spool
 from search.trial_records import RunSpec, RunWriter, epoch_record, replay
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

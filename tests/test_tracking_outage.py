@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,17 +22,13 @@ from pathlib import Path
 import pytest
 from conftest import DATA_DIR, real_data
 from mlflow.tracking import MlflowClient
+from processes import free_port
 
 from search import schema
 from search.trial_records import SPOOL_FILE, replay
 
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
