@@ -135,6 +135,19 @@ def pytest_collection_modifyitems(config, items):
     if unmarked:
         raise pytest.UsageError("not marked slow but using a slow-only fixture "
                                 f"({', '.join(SLOW_ONLY_FIXTURES)}): {', '.join(unmarked)}")
+    _group_for_xdist(items)
+
+
+def _group_for_xdist(items) -> None:
+    """Work units for `pytest -n 2 --dist loadgroup`: one per test file, so that a file's
+    module fixtures (a cluster, a search) run once, and one for every file that uses the shared
+    smoke search, so that it runs once rather than once per worker. Without xdist the marks do
+    nothing."""
+    smoke_files = {item.path for item in items
+                   if set(SLOW_ONLY_FIXTURES) & set(getattr(item, "fixturenames", ()))}
+    for item in items:
+        group = "smoke_search" if item.path in smoke_files else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
