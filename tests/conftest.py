@@ -7,6 +7,7 @@ session, so no test writes into the user's cache.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -135,19 +136,29 @@ def pytest_collection_modifyitems(config, items):
     if unmarked:
         raise pytest.UsageError("not marked slow but using a slow-only fixture "
                                 f"({', '.join(SLOW_ONLY_FIXTURES)}): {', '.join(unmarked)}")
-    _group_for_xdist(items)
 
 
-def _group_for_xdist(items) -> None:
-    """Work units for `pytest -n 2 --dist loadgroup`: one per test file, so that a file's
-    module fixtures (a cluster, a search) run once, and one for every file that uses the shared
-    smoke search, so that it runs once rather than once per worker. Without xdist the marks do
-    nothing."""
-    smoke_files = {item.path for item in items
-                   if set(SLOW_ONLY_FIXTURES) & set(getattr(item, "fixturenames", ()))}
-    for item in items:
-        group = "smoke_search" if item.path in smoke_files else item.path.stem
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config, log):
+    """`pytest -n 2 --dist loadfile`, except that the test files sharing the session's smoke
+    search are one unit, so that search runs once rather than once per worker. Every other file
+    is a unit of its own, so its module fixtures (a cluster, a search) run once. (xdist's
+    loadgroup does not group under pytest 9: it renames a private attribute that pytest 9 no
+    longer reads.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedSearchScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "smoke_search" if _uses_smoke_search(config.rootpath / path) else path
+
+    return SharedSearchScheduling(config, log)
+
+
+@functools.cache
+def _uses_smoke_search(path: Path) -> bool:
+    return path.is_file() and "smoke_search" in path.read_text()
 
 
 @pytest.fixture(scope="session")

@@ -149,6 +149,10 @@ def test_mlflow_server_runs_in_the_background_on_the_head(config):
     assert "--artifacts-destination s3://" in head
     assert "mlflow server" not in commands(config, "worker_start_ray_commands")
     assert "mkdir -p /home/ubuntu/mlflow" in commands(config, "head_setup_commands")
+    # and `ray up` waits until it answers, on the port the driver uses
+    starts = config["head_start_ray_commands"]
+    server = next(i for i, c in enumerate(starts) if "mlflow server" in c)
+    assert "http://127.0.0.1:5000/health" in starts[server + 1]
 
 
 def test_setup_installs_torch_ray_and_the_project(config):

@@ -90,8 +90,7 @@ def derive_launcher_config(shipped: dict, *, name: str, head_ip: str, worker_ip:
     config["cluster_name"] = name
     config["provider"] = {"type": "local", "head_ip": head_ip, "worker_ips": [worker_ip]}
     config["auth"] = {"ssh_user": getpass.getuser(), "ssh_private_key": str(key)}
-    del config["available_node_types"], config["head_node_type"]
-    config["max_workers"] = 1
+    del config["available_node_types"], config["head_node_type"]  # max_workers: Ray caps it
     sources = {"~/.ray/auth_token": str(token), ".": str(repo)}
     config["file_mounts"] = {target: sources[source]
                              for target, source in config["file_mounts"].items()}
@@ -318,26 +317,30 @@ def launched(machines) -> Iterator[Launched]:
     yield Launched(machines, config_file, config, left_out, env, up)
 
 
-def test_the_tested_config_is_cluster_yaml_less_provider_paths_and_installs(launched):
+def test_the_tested_config_is_cluster_yaml_less_provider_paths_and_installs():
     shipped = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    config = launched.config
-    assert sorted(launched.left_out) == sorted(
-        c.replace(SHIPPED_HOME, str(launched.machines.home))
-        for key in shipped if key.endswith("_commands") for c in shipped[key]
+    home, shared = Path("/h"), Path("/shared")
+    config, left_out = derive_launcher_config(
+        shipped, name="t", head_ip="10.0.0.1", worker_ip="10.0.0.2", key=Path("/k"),
+        token=Path("/tok"), home=home, shared=shared, repo=Path("/repo"))
+    commands = [k for k in shipped if k.endswith("_commands")]
+    assert left_out and sorted(left_out) == sorted(
+        c.replace(SHIPPED_HOME, str(home)) for key in commands for c in shipped[key]
         if PROVISIONING.search(c))
-    assert launched.left_out, "cluster.yaml installs nothing?"
-    for key in (k for k in shipped if k.endswith("_commands")):
-        kept = [c for c in shipped[key] if not PROVISIONING.search(c)]
-        assert len(config[key]) == len(kept), key
-        for mine, theirs in zip(config[key], kept, strict=True):
-            theirs = theirs.replace(SHIPPED_HOME, str(launched.machines.home)) \
-                .replace(BUCKET, str(launched.machines.shared))
-            assert re.sub(r" --from \S+", "", mine) == theirs
-    assert {k for k in shipped if not k.endswith("_commands")} - set(config) == \
-        {"available_node_types", "head_node_type"}
-    assert list(config["file_mounts"]) == [
-        target.replace(SHIPPED_HOME, str(launched.machines.home))
-        for target in shipped["file_mounts"]]
+    for key in commands:  # every other command as shipped, but for paths and `--from`
+        kept = [c.replace(SHIPPED_HOME, str(home)).replace(BUCKET, str(shared))
+                for c in shipped[key] if not PROVISIONING.search(c)]
+        assert [re.sub(r" --from \S+", "", c) for c in config[key]] == kept, key
+    fetches = [c for key in commands for c in config[key] if "awd.data fetch" in c]
+    assert fetches and all(f"--from {DATA_DIR}/" in c for c in fetches)
+    replaced = {"cluster_name", "provider", "auth", "file_mounts", "available_node_types",
+                "head_node_type"}
+    for key in set(shipped) - replaced - set(commands):
+        assert config[key] == shipped[key], key
+    assert set(shipped) - set(config) == {"available_node_types", "head_node_type"}
+    assert config["file_mounts"] == {
+        target.replace(SHIPPED_HOME, str(home)): {"~/.ray/auth_token": "/tok", ".": "/repo"}[src]
+        for target, src in shipped["file_mounts"].items()}
 
 
 def test_ray_up_starts_the_head_and_the_autoscaler_starts_the_worker(launched):
