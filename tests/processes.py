@@ -126,7 +126,9 @@ def alive_nodes(address: str, env: dict[str, str], expected: int, timeout: float
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=timeout + 60)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    printed = [ln for ln in proc.stdout.splitlines() if ln.startswith(("[{", "[]"))]
+    assert printed, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(printed[-1])
 
 
 @dataclass

@@ -11,6 +11,11 @@ the test ends in minutes. Then `python -m search.run --address auto --gpus-per-t
 --concurrency 2`, as documented: the autoscaler adds GPU workers for the waiting trials, the
 trials run there (their fake GPUs are invisible to torch, so they train on the CPU), and the
 idle workers go away after the search.
+
+This is autoscaler v1, what `ray start --autoscaling-config` runs. `ray up` on AWS starts v2
+(since Ray 2.50); the same test with `RAY_enable_autoscaler_v2=1` and the fake provider's v2
+settings (`launch_multiple`, `head_node_id`) did not get as far as a driver connecting in 2.60,
+so v2's scaling decisions are not covered here.
 """
 
 from __future__ import annotations
