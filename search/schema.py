@@ -30,8 +30,8 @@ Parent run
 Child (trial) run, named "<space>-<trial_id>"
   tags:    awdsearch.role = "trial", awdsearch.trial_id, awdsearch.model, awdsearch.dataset,
            awdsearch.status (one of TRIAL_STATUSES), awdsearch.failure (reason, failed only),
-           awdsearch.device, awdsearch.node_ip, awdsearch.node_id (the Ray node of its latest
-           epoch: a trial that lost its node and resumed on another names the new one)
+           awdsearch.device, awdsearch.node_ip, awdsearch.node_id (the Ray node of the latest
+           epoch it logged: a trial that lost its node and resumed on another names the new one)
   tags:    also MLflow's source tags, copied from the parent run
   params:  every field of the full flat trial config with its effective value
            (``from_flat(config).to_flat()``, not only the searched keys), plus gpus_per_trial

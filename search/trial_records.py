@@ -214,6 +214,7 @@ class RunWriter:
         run_id = str(run.info.run_id)
         self._run_ids[(record["parent_run_id"], record["trial_id"])] = run_id
         self._steps[run_id] = set()
+        self._tags[run_id] = dict(record["tags"])
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in record["params"].items()])
         dataset = record.get("dataset")  # absent from records spooled by earlier versions
         log_dataset(self.client, run_id, DatasetRef(**dataset) if dataset else None)
@@ -241,11 +242,11 @@ class RunWriter:
         # The node and device tags say where the latest epoch ran: they change when a trial
         # resumes on another node after losing its own.
         written = self._tags.setdefault(run_id, {})
-        tags = [RunTag(k, v) for k, v in record["tags"].items() if written.get(k) != v]
+        tags = [RunTag(k, v) for k, v in record["tags"].items() if v and written.get(k) != v]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         steps.add(step)
         self._once.add(run_id)
-        written.update(record["tags"])
+        written.update({t.key: t.value for t in tags})
 
     def _finish(self, record: Record) -> None:
         run_id = self._run(record)

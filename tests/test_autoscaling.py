@@ -189,6 +189,10 @@ def test_waiting_gpu_trials_make_the_autoscaler_add_gpu_workers_and_run_there(cl
 
 
 def test_idle_workers_go_away_after_the_search(cluster, searched):
+    seen, _ = searched
+    added = {i for i, r in seen.items() if r.get("GPU", 0) >= 1}
+    assert added, "no worker was added, so none could go away"
     left = alive_nodes(cluster["address"], cluster["env"], expected=1, timeout=120, exactly=True)
     assert len(left) == 1 and left[0]["resources"].get("GPU", 0) == 0, \
         f"{left}\n{_monitor_log(cluster['root'])}"
+    assert not added & {n["id"] for n in left}

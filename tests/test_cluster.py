@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import pytest
 import ray
 import yaml
+from launcher_config import BUCKET, PROVISIONING, SHIPPED_HOME, derive_launcher_config
 
 from awd.data import dataset_spec
 from search.options import build_parser, options_from_args
@@ -126,19 +127,9 @@ def test_web_servers_listen_on_the_heads_loopback_and_no_secret_is_in_the_file(c
         "head_start_ray_commands", "worker_start_ray_commands"))
     assert "0.0.0.0" not in every
     assert "--dashboard-host=127.0.0.1" in commands(config, "head_start_ray_commands")
-    assert config["file_mounts"] == {"/home/ubuntu/.ray/auth_token": "~/.ray/auth_token",
-                                     "/home/ubuntu/awdsearch": "."}
+    assert config["file_mounts"] == {"/home/ubuntu/.ray/auth_token": "~/.ray/auth_token"}
     text = CLUSTER_YAML.read_text().lower()
     assert not re.search(r"(password|secret|token)\s*[:=]\s*['\"]?[a-z0-9]{16,}", text)
-
-
-def test_every_node_gets_this_checkout_without_what_git_ignores(config):
-    """The cluster runs the code of the checkout `ray up` runs from, not a fork to name; the
-    virtual environments, results and caches that .gitignore names stay behind."""
-    assert config["file_mounts"]["/home/ubuntu/awdsearch"] == "."
-    assert config["rsync_filter"] == [".gitignore"]
-    ignored = (REPO / ".gitignore").read_text().split()
-    assert {".venv/", ".venv-ci/", "ray_results/", "mlruns/"} <= set(ignored)
 
 
 def test_mlflow_server_runs_in_the_background_on_the_head(config):
@@ -159,7 +150,7 @@ def test_setup_installs_torch_ray_and_the_project(config):
     setup = commands(config, "setup_commands")
     assert "pip install torch" in setup
     assert re.search(r"pip install \"ray\[default\]==" + re.escape(ray.__version__), setup)
-    assert "pip install -e ~/awdsearch" in setup
+    assert "git clone" in setup and "pip install -e ~/awdsearch" in setup
     # torch first: the project's own torch requirement must not pull another build.
     assert setup.index("pip install torch") < setup.index("pip install -e ~/awdsearch")
 
@@ -254,3 +245,33 @@ def test_config_passes_ray_ups_own_preparation_and_validation(config):
     assert head["max_workers"] == 0
     assert prepared["worker_setup_commands"][:len(config["setup_commands"])] == \
         config["setup_commands"]
+
+
+def test_the_launcher_tests_config_is_cluster_yaml_less_provider_paths_and_installs(config):
+    """tests/test_launcher.py runs `ray up` with this derivation: every command as shipped but
+    for paths, the data's `--from` and the software installs its hosts' image already has."""
+    home, shared, repo, data = Path("/h"), Path("/shared"), Path("/repo"), Path("/data")
+    derived, left_out = derive_launcher_config(
+        config, name="t", head_ip="10.0.0.1", worker_ip="10.0.0.2", key=Path("/k"),
+        token=Path("/tok"), home=home, shared=shared, repo=repo, data=data)
+    commands = [k for k in config if k.endswith("_commands")]
+
+    def moved(command: str) -> str:
+        command = command.replace(SHIPPED_HOME, str(home)).replace(BUCKET, str(shared))
+        return command.replace("https://github.com/CHANGE-OWNER/awdsearch.git", str(repo))
+
+    installs = [moved(c) for key in commands for c in config[key] if PROVISIONING.search(c)]
+    assert left_out and sorted(left_out) == sorted(installs)
+    assert all(re.search(r"\b(apt-get|pip install)\b", c) for c in left_out)
+    for key in commands:
+        kept = [moved(c) for c in config[key] if not PROVISIONING.search(c)]
+        assert [re.sub(r" --from \S+", "", c) for c in derived[key]] == kept, key
+    fetches = [c for key in commands for c in derived[key] if "awd.data fetch" in c]
+    assert len(fetches) >= 2 and all(re.search(r"--from /data/\S+$", c) for c in fetches)
+    assert any(f"git clone {repo} ~/awdsearch" in c for c in derived["setup_commands"])
+    replaced = {"cluster_name", "provider", "auth", "file_mounts", "available_node_types",
+                "head_node_type"}
+    for key in set(config) - replaced - set(commands):
+        assert derived[key] == config[key], key
+    assert set(config) - set(derived) == {"available_node_types", "head_node_type"}
+    assert derived["file_mounts"] == {f"{home}/.ray/auth_token": "/tok"}
