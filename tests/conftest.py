@@ -8,6 +8,7 @@ session, so no test writes into the user's cache.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -43,6 +44,25 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def tune_rows(exp_dir: Path) -> dict[str, list[dict]]:
+    """Every trial's rows in Ray Tune's result.json (one per reported result), by trial id. A
+    last line that Tune is still writing (no newline yet) is left out; any other bad line
+    raises."""
+    out = {}
+    for f in exp_dir.glob("*/result.json"):
+        text = f.read_text()
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):
+            try:
+                json.loads(lines[-1])
+            except ValueError:
+                lines.pop()
+        rows = [json.loads(x) for x in lines if x.strip()]
+        if rows:
+            out[rows[-1]["trial_id"]] = rows
+    return out
 
 
 def real_data(name: str) -> Path:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR, real_data
+from conftest import DATA_DIR, real_data, tune_rows
 from mlflow.tracking import MlflowClient
 from processes import (
     MlflowServer,
@@ -132,16 +132,6 @@ def cluster(root) -> Iterator[Cluster]:
             stop(proc)
 
 
-def trial_rows(exp_dir: Path) -> dict[str, list[dict]]:
-    """Tune's rows (one per reported epoch) of every trial, by trial id."""
-    out = {}
-    for f in exp_dir.glob("*/result.json"):
-        rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-        if rows:
-            out[rows[-1]["trial_id"]] = rows
-    return out
-
-
 @dataclass
 class Search:
     proc: subprocess.CompletedProcess
@@ -161,7 +151,7 @@ def _lose_the_worker_node_mid_trial(cluster: Cluster, exp_dir: Path, driver: sub
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert driver.poll() is None, f"the search ended before the node loss:\n{tail(log)}"
-        for trial, rows in trial_rows(exp_dir).items():
+        for trial, rows in tune_rows(exp_dir).items():
             last = rows[-1]
             if last.get("node_id") == cluster.worker_id and 1 <= last["epoch"] < EPOCHS - 1:
                 killed = kill_tree(cluster.worker.pid)
@@ -205,7 +195,7 @@ def search(mlflow_server, cluster) -> Search:
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get(schema.ROLE) == schema.ROLE_SEARCH]
     children = [r for r in runs if r.data.tags.get(schema.ROLE) == schema.ROLE_TRIAL]
-    return Search(proc, client, parents, children, work, trial_rows(storage / EXPERIMENT),
+    return Search(proc, client, parents, children, work, tune_rows(storage / EXPERIMENT),
                   victim, killed)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import DATA_DIR, SMOKE_TRIALS, real_data
+from conftest import DATA_DIR, SMOKE_TRIALS, real_data, tune_rows
 from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
@@ -55,15 +55,6 @@ def runs_of(uri: str, experiment: str):
     return client, parents, children
 
 
-def tune_results(exp_dir: Path) -> dict[str, list[dict]]:
-    """Every trial's results as Tune wrote them (result.json), by trial id."""
-    out = {}
-    for d in exp_dir.iterdir():
-        if d.is_dir() and (d / "result.json").is_file():
-            rows = [json.loads(x) for x in (d / "result.json").read_text().splitlines() if x]
-            if rows:
-                out[rows[-1]["trial_id"]] = rows
-    return out
 
 
 # --- one smoke search, many assertions -------------------------------------------------------
@@ -136,7 +127,7 @@ def test_trial_summaries_are_tunes_last_results(smoke):
     """epochs_run, train_seconds, the trigger epoch and the final perplexities of every child
     run are the values of the trial's last Tune result, exactly."""
     cwd, _, uri = smoke
-    results = tune_results(cwd / "ray_results" / "smoke")
+    results = tune_rows(cwd / "ray_results" / "smoke")
     _, _, children = runs_of(uri, "smoke")
     assert len(results) == len(children) == SMOKE_TRIALS
     for child in children:
@@ -161,7 +152,7 @@ def test_trial_summaries_are_tunes_last_results(smoke):
 def test_parent_names_the_best_trial_by_the_one_rule(smoke):
     cwd, _, uri = smoke
     exp_dir = cwd / "ray_results" / "smoke"
-    results = tune_results(exp_dir)
+    results = tune_rows(exp_dir)
     errored = {tid for tid in results for d in exp_dir.glob(f"*{tid}*")
                if (d / "error.txt").exists()}
     ids = sorted(results)
@@ -285,8 +276,8 @@ def test_resume_after_the_driver_is_killed_loses_nothing_and_reruns_nothing(tmp_
     client, parents, children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "resumable")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 3  # one run per trial Ray knows: no phantom of the killed start
-    assert {c.data.tags[schema.TRIAL_ID] for c in children} == set(tune_results(exp_dir))
-    results = tune_results(exp_dir)
+    assert {c.data.tags[schema.TRIAL_ID] for c in children} == set(tune_rows(exp_dir))
+    results = tune_rows(exp_dir)
     for child in children:  # each epoch logged exactly once, in the same run as before
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_ppl")]
         assert sorted(steps) == [1, 2, 3]

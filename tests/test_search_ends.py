@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import ray
-from conftest import DATA_DIR, real_data
+from conftest import DATA_DIR, real_data, tune_rows
 from mlflow.tracking import MlflowClient
 
 from search import schema
@@ -46,15 +46,6 @@ def finish(cwd: Path, args: list[str], timeout: int = 400) -> subprocess.Complet
                           capture_output=True, text=True, timeout=timeout)
 
 
-def results(exp_dir: Path) -> dict[str, list[dict]]:
-    out = {}
-    for f in exp_dir.glob("*/result.json"):
-        rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-        if rows:
-            out[rows[-1]["trial_id"]] = rows
-    return out
-
-
 def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
     deadline = time.time() + timeout
     while not condition():
@@ -73,7 +64,7 @@ def mlflow_runs(uri: str, name: str):
 
 
 def assert_every_epoch_once(client: MlflowClient, children, exp_dir: Path) -> None:
-    ray_results = results(exp_dir)
+    ray_results = tune_rows(exp_dir)
     assert {c.data.tags[schema.TRIAL_ID] for c in children} == set(ray_results)
     for c in children:
         rows = ray_results[c.data.tags[schema.TRIAL_ID]]
@@ -100,7 +91,7 @@ def test_sigint_and_sigterm_stop_honestly_and_resume_goes_on(tmp_path):
     assert second.stderr.strip().startswith("error: another driver is running the search")
     assert len(second.stderr.strip().splitlines()) == 1
 
-    wait_for(lambda: any(len(r) >= 1 for r in results(exp_dir).values()), first,
+    wait_for(lambda: any(len(r) >= 1 for r in tune_rows(exp_dir).values()), first,
              tmp_path / "first.log")
     first.send_signal(signal.SIGINT)  # Ctrl-C
     assert first.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
@@ -114,8 +105,8 @@ def test_sigint_and_sigterm_stop_honestly_and_resume_goes_on(tmp_path):
     assert all(c.info.status != "RUNNING" for c in children)
 
     resumed = start(tmp_path, [*args, "--resume"], "second.log")
-    before = sum(len(r) for r in results(exp_dir).values())
-    wait_for(lambda: sum(len(r) for r in results(exp_dir).values()) > before, resumed,
+    before = sum(len(r) for r in tune_rows(exp_dir).values())
+    wait_for(lambda: sum(len(r) for r in tune_rows(exp_dir).values()) > before, resumed,
              tmp_path / "second.log")
     resumed.send_signal(signal.SIGTERM)  # `kill`, a scheduler's preemption
     assert resumed.wait(timeout=120) == 143, (tmp_path / "second.log").read_text()[-3000:]
@@ -177,7 +168,7 @@ def test_trials_that_cannot_succeed_fail_once_with_their_reason(tmp_path, monkey
     assert outcome.best is not None and outcome.best.status == schema.STATUS_COMPLETED
     assert any(t.config.get("nhid") == 400_000 for t in failed)
     # not retried: one result each in Ray's records, no restore
-    rows = results(tmp_path / "rr" / "doomed")
+    rows = tune_rows(tmp_path / "rr" / "doomed")
     for t in failed:
         assert len(rows[t.trial_id]) == 1 and rows[t.trial_id][0][schema.FATAL] == t.error
     client, _, children = mlflow_runs(uri, "doomed")
@@ -216,7 +207,7 @@ def test_a_trial_whose_checkpoint_is_corrupt_starts_afresh_with_a_warning(tmp_pa
     exp_dir = tmp_path / "rr" / "corrupt"
     proc = start(tmp_path, args, "log.txt")
     # a checkpoint that Tune has registered (its result is in result.json), not one in flight
-    wait_for(lambda: results(exp_dir) and list(exp_dir.glob("*/checkpoint_*/trainer.pt")), proc,
+    wait_for(lambda: tune_rows(exp_dir) and list(exp_dir.glob("*/checkpoint_*/trainer.pt")), proc,
              tmp_path / "log.txt")
     victims = subprocess.run(["pgrep", "-s", str(proc.pid), "-f", "ray::ImplicitFunc"],
                              capture_output=True, text=True).stdout.split()
@@ -228,5 +219,5 @@ def test_a_trial_whose_checkpoint_is_corrupt_starts_afresh_with_a_warning(tmp_pa
     assert proc.wait(timeout=300) == 0, (tmp_path / "log.txt").read_text()[-3000:]
     log = (tmp_path / "log.txt").read_text()
     assert "the trial starts afresh" in log
-    rows = next(iter(results(exp_dir).values()))
+    rows = next(iter(tune_rows(exp_dir).values()))
     assert rows[-1]["finished"] is True and rows[-1][schema.EPOCHS_RUN] == 3

@@ -9,7 +9,6 @@ a write fails at once instead of after MLflow's own minutes of retries (the outb
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR, real_data
+from conftest import DATA_DIR, real_data, tune_rows
 from mlflow.tracking import MlflowClient
 from processes import free_port
 
@@ -90,15 +89,8 @@ def start_search(tmp_path: Path, uri: str, epochs: int, resume: bool = False
 
 def ray_epochs(tmp_path: Path) -> dict[str, list[int]]:
     """Each trial's epochs as Ray has them (result.json, one line per reported result)."""
-    out = {}
-    for f in (tmp_path / "rr" / "outage").glob("*/result.json"):
-        rows = []
-        for line in f.read_text().splitlines():
-            with contextlib.suppress(ValueError):  # a line being written
-                rows.append(json.loads(line))
-        if rows:
-            out[rows[0]["trial_id"]] = [r["epoch"] for r in rows if "val_ppl" in r]
-    return out
+    return {trial: [r["epoch"] for r in rows if "val_ppl" in r]
+            for trial, rows in tune_rows(tmp_path / "rr" / "outage").items()}
 
 
 def wait_for(what: str, check, timeout: float, proc: subprocess.Popen, log: Path) -> None:
