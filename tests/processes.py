@@ -149,13 +149,14 @@ class MlflowServer:
         return self.uri
 
 
-def start_mlflow_server(folder: Path) -> MlflowServer:
-    """A real `mlflow server` on loopback with a SQLite store; not waited for (see wait)."""
+def start_mlflow_server(folder: Path, store: str | None = None) -> MlflowServer:
+    """A real `mlflow server` on loopback with a SQLite store (``store``, or a new one in
+    ``folder``); not waited for (see wait)."""
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "server.log"
     proc = start([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
                   "--port", str(port), "--workers", "1",
-                  "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                  "--backend-store-uri", store or f"sqlite:///{folder / 'mlflow.db'}",
                   "--artifacts-destination", str(folder / "artifacts")], log, dict(os.environ))
     return MlflowServer(f"http://127.0.0.1:{port}", proc, log)

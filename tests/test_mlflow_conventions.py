@@ -6,13 +6,10 @@ and (slow) the MLflow UI opening the runs table in a real browser. Real SQLite s
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ import torch
 from mlflow.system_metrics.metrics import cpu_monitor, gpu_monitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME
-from processes import free_port
+from processes import start_mlflow_server, stop
 
 from awd.config import from_flat
 from awd.data.registry import DATASETS
@@ -211,21 +208,9 @@ def test_mlflow_ui_opens_the_experiment_on_its_runs_table(search_store, tmp_path
         RunSpec(exp, parent, "smoke"), "t1", {"epochs_run": 1, "finished": True,
                                               "final_val_ppl": 98.5, "final_test_ppl": 95.25},
         schema.STATUS_COMPLETED, None))
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", uri],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
-    base = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(tmp_path / "server", store=uri)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "no MLflow server"
-                time.sleep(0.3)
+        base = server.wait(timeout=90)
         dom = subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -234,8 +219,7 @@ def test_mlflow_ui_opens_the_experiment_on_its_runs_table(search_store, tmp_path
              "--dump-dom", experiment_url(base, exp)],
             capture_output=True, text=True, timeout=120).stdout
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server.proc, grace=30)
     text = page_text(dom)
     assert re.search(r"<title>Runs - ", dom), text[:500]  # not "Overview" (GenAI, traces)
     assert "smoke-search" in text and "smoke-t1" in text
