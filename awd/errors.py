@@ -3,8 +3,8 @@
 Each command line (``awd.train``, ``awd.data``, ``search.run``, ``reports``) catches
 `UserError` alone and prints its message on one line; anything else is a bug and keeps its
 traceback. The subclasses live beside the code that raises them (``spaces.UnknownSpaceError``,
-``search.options.OptionError``, ``search.tracking.TrackingError``, ``reports.ReportError`` ...);
-this module, at the bottom of the layering, holds the base and the ``awd`` ones.
+``search.options.OptionError``, ``search.tracking.store.TrackingError``, ``reports.ReportError``
+...); this module, at the bottom of the layering, holds the base and the ``awd`` ones.
 """
 
 

@@ -183,7 +183,7 @@ def audit(uri: str, experiment: str, exp_dir: Path) -> Audit:
     from mlflow.tracking import MlflowClient
 
     from search import schema
-    from search.registry import registered_model_name
+    from search.tracking.registry import registered_model_name
 
     client = MlflowClient(uri)
     result = Audit()

@@ -3,7 +3,7 @@ re-trained with new seeds (``--confirm-top K --seeds S``), mean ± std, and the 
 
 The numbers are the confirmation runs' (role ``confirm``) as `reports.load` read them; their
 tags (which trial each re-trains, its rank, the paper flag) are read here. The statistics and
-the verdict come from `search.confirm.summarize_runs`: the rule the search itself applied.
+the verdict come from `search.stages.confirm.summarize_runs`: the rule the search itself applied.
 Confirmation runs are not trials: the other tables leave them out.
 """
 
@@ -19,7 +19,7 @@ from reports.load import ReportData
 from reports.render import Section, Table, fmt_int, fmt_num
 from reports.tables import gpu_hours
 from search import schema
-from search.confirm import ALPHA, Confirmation, summarize_runs
+from search.stages.confirm import ALPHA, Confirmation, summarize_runs
 
 
 def _confirm_tags(data: ReportData) -> dict[str, dict[str, str]]:

@@ -21,8 +21,8 @@ from reports.load import ReportData
 from reports.render import Cell, Link, Section, Table, fmt_int, fmt_num, fmt_value
 from reports.tables import best_trial, objective, ranked, search_best
 from search import schema
-from search.mlflow_conventions import without_credentials
 from search.results import parse_param
+from search.tracking.conventions import without_credentials
 
 NOT_HYPERPARAMETERS = ("model", "gpus_per_trial")  # model has its own column
 TRIALS_CSV = "trials.csv"

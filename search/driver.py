@@ -28,17 +28,15 @@ from ray.tune.search import Searcher
 
 from awd.data.corpus import verify_data
 from awd.errors import CheckpointError, DataError
-from search import confirm, schema, storage
-from search.backfill import backfill
-from search.callback import MLflowTrialLogger, close_all
-from search.console import SearchConsole, quiet_ray, quiet_trainable
+from search import schema, storage
 from search.errors import SearchError
 from search.lock import DriverLock
 from search.options import SearchOptions, build_parser
 from search.results import TrialSummary, pick_best, status_of
-from search.scheduler import PersistentASHA
-from search.searcher import default_study_storage, make_searcher
-from search.tracking import (
+from search.stages import confirm
+from search.tracking.backfill import backfill
+from search.tracking.records import replay, spool_path
+from search.tracking.store import (
     check_tracking_uri,
     close_open_trials,
     ensure_experiment,
@@ -48,9 +46,12 @@ from search.tracking import (
     start_parent_run,
     write_summary,
 )
-from search.trainable import export_best_model, train_trial
-from search.transfer import best_configurations
-from search.trial_records import replay, spool_path
+from search.tracking.transfer import best_configurations
+from search.tune.callback import MLflowTrialLogger, close_all
+from search.tune.console import SearchConsole, quiet_ray, quiet_trainable
+from search.tune.scheduler import PersistentASHA
+from search.tune.searcher import default_study_storage, make_searcher
+from search.tune.trainable import export_best_model, train_trial
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def _trial_name(trial: tune.experiment.Trial) -> str:
 
 def _trainable(cpus: float, gpus: float) -> Any:
     """The trial function with its resources, for a new Tuner and a restored one alike; Ray's
-    per-epoch checkpoint and snapshot messages off (`search.console`)."""
+    per-epoch checkpoint and snapshot messages off (`search.tune.console`)."""
     quiet_ray()
     return tune.with_resources(quiet_trainable(train_trial), {"cpu": cpus, "gpu": gpus})
 
@@ -275,10 +276,10 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
             callbacks=[logger, _console(opts)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            # each trial's log (`search.console.TRIAL_LOG`), from the node that ran it into
+            # each trial's log (`search.tune.console.TRIAL_LOG`), from the node that ran it into
             # the trial's folder
             sync_config=tune.SyncConfig(sync_artifacts=True),
-            verbose=0,  # `search.console` prints instead, saved with the Tuner for --resume
+            verbose=0,  # `search.tune.console` prints instead, saved with the Tuner for --resume
         ),
     )
     return tuner, state
@@ -361,7 +362,7 @@ def _handling(signum: int, handler: Any, install: bool) -> Iterator[None]:
 def _confirm(opts: SearchOptions, state: SearchState, client: MlflowClient,
              trials: list[TrialSummary], ended: bool) -> confirm.Confirmation | None:
     """With --confirm-top (or a confirmation of this search to continue): re-train the best
-    configurations and the paper configuration with new seeds (`search.confirm`). Not after
+    configurations and the paper configuration with new seeds (`search.stages.confirm`). Not after
     an interrupted search (``ended`` False): its winners are not known yet."""
     if not opts.confirm_top and not confirm.resumable(opts, state.parent_run_id):
         return None

@@ -1,5 +1,5 @@
 """The search's own user error (options have `search.options.OptionError`, tracking
-`search.tracking.TrackingError`; all derive from `awd.errors.UserError`)."""
+`search.tracking.store.TrackingError`; all derive from `awd.errors.UserError`)."""
 
 from awd.errors import UserError
 

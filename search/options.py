@@ -17,7 +17,7 @@ from awd.config import from_flat
 from awd.errors import UserError, first_line
 from search import storage
 from search.results import parse_param
-from search.tracking import ENV_TRACKING_URI
+from search.tracking.store import ENV_TRACKING_URI
 from spaces import SPACES, Space, get_space, load_space_file, spec_digest, spec_of
 
 SCHEDULERS = ("asha", "none")
@@ -290,7 +290,7 @@ def _sqlite_form_problem(uri: str) -> str | None:
 
 def tracking_uri_problem(uri: str) -> str | None:
     """What is wrong with an MLflow tracking URI's form (None: nothing); whether the store can be
-    reached is checked later (`search.tracking.check_tracking_uri`), still before Ray starts.
+    reached is checked later (`search.tracking.store.check_tracking_uri`), still before Ray starts.
     Accepted: sqlite:///PATH, http(s)://HOST[:PORT], file:PATH, a folder, a database URL
     (postgresql://, mysql://, mssql://) or databricks."""
     if not uri.strip():
@@ -316,7 +316,7 @@ def tracking_uri_problem(uri: str) -> str | None:
 
 def tracking_uri_source(flag: str | None) -> tuple[str, str | None]:
     """Where the tracking URI comes from (the flag, else the environment) and its value; None
-    for the default store (`search.tracking.resolve_tracking_uri` decides the same way)."""
+    for the default store (`search.tracking.store.resolve_tracking_uri` decides the same way)."""
     if flag is not None:
         return "--tracking-uri", flag
     env = os.environ.get(ENV_TRACKING_URI, "")

@@ -12,10 +12,10 @@ import pandas as pd
 
 from awd.errors import UserError
 from search import schema
-from search.confirm import Confirmation
 from search.driver import SearchOutcome, run_search
-from search.mlflow_conventions import experiment_url, without_credentials
 from search.options import build_parser, options_from_args
+from search.stages.confirm import Confirmation
+from search.tracking.conventions import experiment_url, without_credentials
 from spaces import SPACES, show_space
 
 SHOWN_PARAMS = ("model", "emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute",

@@ -7,7 +7,7 @@ Tune's results to MLflow and the report.
 Experiment
   tags:    MLflow's experiment kind (EXPERIMENT_KIND_ML, not GenAI), primary metric
            (best_val_ppl, lower is better) and a saved runs-table view (RUNS_VIEW: the objective
-           and summary columns): `search.mlflow_conventions`; its `experiment_url` opens them
+           and summary columns): `search.tracking.conventions`; its `experiment_url` opens them
 
 Parent run
   tags:    MLflow's mlflow.source.name (SOURCE_NAME), .type, .git.commit and mlflow.user;
@@ -46,8 +46,8 @@ Child (trial) run, named "<space>-<trial_id>"
            final_test_ppl (completed trials)
   artifacts (best trial only): config.json, and the MLflow model "model" (below)
 
-The best model (`search.registry`), stored once: an MLflow PyTorch model named "model" logged on
-the best trial's run (``runs:/<its run id>/model``) holding the exported file
+The best model (`search.tracking.registry`), stored once: an MLflow PyTorch model named
+"model" logged on the best trial's run (``runs:/<its run id>/model``) holding the exported file
 extra_files/best_model.pt (weights, config, vocabulary; `awd.trainer.load_exported` reads it
 with weights_only, ``python -m awd.evaluate`` evaluates it), registered as one new version per
 search of ``awdsearch-<space>``; version tags: awdsearch.val_ppl, awdsearch.test_ppl (the best
@@ -57,7 +57,7 @@ awdsearch.space, awdsearch.experiment. The parent's and the best trial's awdsear
 tag names the version (``models:/awdsearch-<space>/<version>``).
 
 Confirmation (child) run, named "<space>-confirm-<trial_id>" (``--confirm-top K --seeds S``,
-`search.confirm`): a re-training of a search trial's config with another seed, full budget
+`search.stages.confirm`): a re-training of a search trial's config with another seed, full budget
   tags:    awdsearch.role = "confirm", awdsearch.confirm_of (the re-trained trial's id),
            awdsearch.seed (its training seed, also the ``seed`` param), awdsearch.confirm_rank
            (the original's place in the search's ranking, 1 = best; 0 = unranked),

@@ -18,7 +18,7 @@ from reports.__main__ import main as reports_main
 from search.driver import SearchError
 from search.options import OptionError
 from search.run import main as search_main
-from search.tracking import TrackingError
+from search.tracking.store import TrackingError
 from spaces import UnknownSpaceError
 
 ERRORS = [DataError("no train split in /x"), ConfigError("dropout must be in [0, 1), got 1.5"),

@@ -24,9 +24,10 @@ from reports.build import build
 from reports.confirmation import section
 from reports.load import load
 from reports.render import Table
-from search import confirm, schema
-from search.callback import MLflowTrialLogger
+from search import schema
 from search.results import TrialSummary
+from search.stages import confirm
+from search.tune.callback import MLflowTrialLogger
 from spaces import get_space
 
 C, S, F = schema.STATUS_COMPLETED, schema.STATUS_STOPPED, schema.STATUS_FAILED

@@ -1,4 +1,4 @@
-"""The search's console output (`search.console`): trial event lines, the status table, Ray
+"""The search's console output (`search.tune.console`): trial event lines, the status table, Ray
 kept quiet. Fast tests drive the callback with real Tune `Trial` objects; the slow ones read
 the output of the shared smoke search."""
 
@@ -11,8 +11,9 @@ import re
 import pytest
 from ray.tune.experiment import Experiment, Trial
 
-from search import console, schema
-from search.console import Row, SearchConsole, best_row, status_table
+from search import schema
+from search.tune import console
+from search.tune.console import Row, SearchConsole, best_row, status_table
 
 
 def _trial(trial_id: str, model: str = "awd_lstm") -> Trial:
@@ -111,7 +112,7 @@ def test_quiet_trainable_keeps_tunes_name_and_silences_the_checkpoint_line():
     from ray.train._internal import storage as train_storage
 
     from search.driver import _trainable
-    from search.trainable import train_trial
+    from search.tune.trainable import train_trial
 
     # Tuner.restore refuses a trainable whose name differs from the saved search's
     assert (Experiment.get_trainable_name(_trainable(1, 0))

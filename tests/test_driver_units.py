@@ -21,13 +21,13 @@ from search.lock import DriverLock, SearchInUse
 from search.options import SearchOptions
 from search.results import TrialSummary, status_of
 from search.run import _stopped
-from search.tracking import (
+from search.tracking.store import (
     close_open_trials,
     prune_child_runs,
     reopen_interrupted_trials,
     write_summary,
 )
-from search.trainable import fatal_reason
+from search.tune.trainable import fatal_reason
 
 
 # --- one driver per search ---------------------------------------------------------------------

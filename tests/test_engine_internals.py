@@ -1,7 +1,7 @@
 """The private attributes of Ray Tune and Optuna that `search/` relies on, on the real objects.
 
-`search.scheduler.PersistentASHA` reads and rewrites ASHA's rungs (``_brackets``, ``_rungs``);
-`search.searcher.AWDOptunaSearch` reads OptunaSearch's ``_ot_trials``, ``_ot_study`` and
+`search.tune.scheduler.PersistentASHA` reads and rewrites ASHA's rungs (``_brackets``, ``_rungs``);
+`search.tune.searcher.AWDOptunaSearch` reads OptunaSearch's ``_ot_trials``, ``_ot_study`` and
 ``_completed_trials``. None of these is public API: if an upgrade of Ray (pinned to the tested
 minor in pyproject.toml) moves them, these tests fail here, by name, rather than the search
 misbehaving quietly.
@@ -17,8 +17,8 @@ import ray
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from search.scheduler import PersistentASHA
-from search.searcher import AWDOptunaSearch, make_searcher
+from search.tune.scheduler import PersistentASHA
+from search.tune.searcher import AWDOptunaSearch, make_searcher
 from spaces import get_space
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

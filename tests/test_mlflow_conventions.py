@@ -22,24 +22,24 @@ from processes import start_mlflow_server, stop
 from awd.config import from_flat
 from awd.data.registry import DATASETS
 from search import schema
-from search.backfill import backfill
-from search.mlflow_conventions import (
+from search.tracking.backfill import backfill
+from search.tracking.conventions import (
     RUNS_VIEW_TAG,
     SOURCE_TAGS,
     dataset_ref,
     experiment_url,
     split_digest,
 )
-from search.tracking import ensure_experiment, start_parent_run
-from search.trainable import system_metrics
-from search.trial_records import RunSpec, RunWriter, epoch_record, finish_record
+from search.tracking.records import RunSpec, RunWriter, epoch_record, finish_record
+from search.tracking.store import ensure_experiment, start_parent_run
+from search.tune.trainable import system_metrics
 from tests.conftest import real_data
 
 CONFIG = {"model": "awd_lstm", "dataset": "ptb", "lr": 20.0, "dropout": 0.3}  # a space's trial
 
 
 def result(epoch: int) -> dict:
-    """A Tune result as `search.trainable.epoch_result` makes it (lr under Tune's name)."""
+    """A Tune result as `search.tune.trainable.epoch_result` makes it (lr under Tune's name)."""
     return {"epoch": epoch, "val_ppl": 100.0 - epoch, "best_val_ppl": 100.0 - epoch,
             "lr": 20.0 / epoch, "num_params": 1000.0, "epochs_run": epoch,
             **system_metrics(torch.device("cpu"))}
@@ -233,7 +233,7 @@ def test_mlflow_ui_opens_the_experiment_on_its_runs_table(search_store, tmp_path
 
 def test_links_never_carry_the_tracking_uris_credentials():
     from reports.trials import run_url
-    from search.mlflow_conventions import experiment_url, without_credentials
+    from search.tracking.conventions import experiment_url, without_credentials
 
     secret = "https://alice:s3cr3t-token@mlflow.example.org:8443"
     for link in (without_credentials(secret), experiment_url(secret, "4"),

@@ -21,10 +21,10 @@ from mlflow.tracking import MlflowClient
 from processes import free_port
 
 from search import schema
-from search.backfill import backfill
-from search.callback import MLflowTrialLogger
-from search.outbox import Outbox, Spool
-from search.trial_records import RunSpec, RunWriter, epoch_record, replay
+from search.tracking.backfill import backfill
+from search.tracking.outbox import Outbox, Spool
+from search.tracking.records import RunSpec, RunWriter, epoch_record, replay
+from search.tune.callback import MLflowTrialLogger
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_outbox_spools_during_an_outage_and_writes_everything_once_in_order(tmp_
 
     box = Outbox(write, tmp_path / "spool.jsonl", where="http://x", capacity=3,
                  is_transient=lambda e: True, backoff=(0.05, 0.05))
-    with caplog.at_level(logging.WARNING, logger="search.outbox"):
+    with caplog.at_level(logging.WARNING, logger="search.tracking.outbox"):
         started = time.monotonic()
         for n in range(20):  # the caller never waits, whatever the queue's size
             box.put({"n": n})

@@ -19,9 +19,15 @@ from awd.config import from_flat
 from awd.data import load_corpus
 from awd.trainer import Trainer, load_exported
 from search import schema
-from search.registry import CONTEXT, BestModel, NextWordLogProbs, publish_best_model, register
 from search.results import TrialSummary, pick_best
-from search.tracking import ensure_experiment, start_parent_run, write_summary
+from search.tracking.registry import (
+    CONTEXT,
+    BestModel,
+    NextWordLogProbs,
+    publish_best_model,
+    register,
+)
+from search.tracking.store import ensure_experiment, start_parent_run, write_summary
 
 TINY = {"model": "awd_lstm", "emsize": 16, "nhid": 16, "nlayers": 2, "batch_size": 8,
         "eval_batch_size": 4, "test_batch_size": 1, "bptt": 10, "device": "cpu", "seed": 3,
@@ -285,10 +291,11 @@ def test_a_search_keeps_its_warnings_after_mlflow_pytorch_is_imported():
     guard, a search's warnings (an MLflow outage among them) would vanish after the first
     model was logged."""
     code = ("import logging, search.run\n"
-            "from search import registry\n"
+            "from search.tracking import registry\n"
             "with registry._root_logging_kept():\n"
             "    import mlflow.pytorch\n"
-            "logging.getLogger('search.outbox').warning('MLflow at x unreachable since y')\n")
+            "logging.getLogger('search.tracking.outbox')"
+            ".warning('MLflow at x unreachable since y')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert "MLflow at x unreachable since y" in proc.stderr

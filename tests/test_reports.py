@@ -39,7 +39,7 @@ T0 = 1_700_000_000_000  # ms: the fake search's start
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-# --- a fake search, written as search/tracking.py writes a real one ---------------------------
+# --- a fake search, written as search/tracking/store.py writes a real one -------------------
 def _curve(epochs: int, floor: float, trigger: int | None) -> list[float]:
     """A plausible val_ppl curve: decays towards ``floor``; drops again after the trigger."""
     out = []
@@ -67,7 +67,7 @@ def write_search(client: MlflowClient, name: str, artifacts: Path, trials: list[
                  lost: tuple[int, ...] = ()) -> str:
     """One experiment, one parent run and one nested child run per trial; the parent id.
 
-    The parent's summary is what `search.tracking.write_summary` writes (from every trial,
+    The parent's summary is what `search.tracking.store.write_summary` writes (from every trial,
     those in ``lost`` included: trials whose run MLflow never received); ``summarize=False`` is
     a search killed before its summary."""
     exp_id = client.create_experiment(name, artifact_location=(artifacts / name).as_uri())

@@ -26,7 +26,7 @@ from awd.evaluate import download_export
 from awd.trainer import Trainer, load_exported, perplexity
 from search import schema
 from search.results import best_index, status_of
-from search.searcher import AWDOptunaSearch
+from search.tune.searcher import AWDOptunaSearch
 from spaces import get_space
 
 pytestmark = pytest.mark.slow

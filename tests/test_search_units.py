@@ -23,9 +23,7 @@ from search import schema, storage
 from search.driver import SearchError, SearchState, _searcher
 from search.options import OptionError, SearchOptions, build_parser, options_from_args
 from search.results import TrialSummary, best_index, pick_best, status_of
-from search.scheduler import PersistentASHA
-from search.searcher import AWDOptunaSearch, SpaceConfig, make_searcher
-from search.tracking import (
+from search.tracking.store import (
     TrackingError,
     check_tracking_uri,
     close_open_trials,
@@ -35,6 +33,8 @@ from search.tracking import (
     trial_summary_metrics,
     write_summary,
 )
+from search.tune.scheduler import PersistentASHA
+from search.tune.searcher import AWDOptunaSearch, SpaceConfig, make_searcher
 from spaces import SPACES, UnknownSpaceError, get_space
 
 PAPER_SPACES = {"awd_ptb": ("awd_lstm", "ptb", ""), "awd_wt2": ("awd_lstm", "wikitext-2", ""),

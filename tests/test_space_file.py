@@ -17,7 +17,7 @@ from awd.errors import UserError
 from search.driver import resume_conflicts
 from search.options import OptionError, build_parser, options_from_args
 from search.run import main
-from search.searcher import AWDOptunaSearch, make_searcher
+from search.tune.searcher import AWDOptunaSearch, make_searcher
 from spaces import (
     SPACES,
     SpaceFileError,

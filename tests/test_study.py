@@ -22,8 +22,8 @@ from ray.tune.search import ConcurrencyLimiter
 
 from search import schema
 from search.errors import SearchError
-from search.searcher import default_study_storage, make_searcher
-from search.transfer import best_configurations
+from search.tracking.transfer import best_configurations
+from search.tune.searcher import default_study_storage, make_searcher
 from spaces import get_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

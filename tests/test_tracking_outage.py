@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from processes import free_port
 
 from search import schema
-from search.trial_records import SPOOL_FILE, replay
+from search.tracking.records import SPOOL_FILE, replay
 
 pytestmark = pytest.mark.slow
 

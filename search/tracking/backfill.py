@@ -20,7 +20,7 @@ from pyarrow import fs
 
 from awd.errors import first_line
 from search import schema, storage
-from search.trial_records import RunSpec, RunWriter, Unwrap, epoch_record, plain_trial
+from search.tracking.records import RunSpec, RunWriter, Unwrap, epoch_record, plain_trial
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def backfill(tracking_uri: str, experiment_dir: str, experiment_id: str, parent_
              space: str, extra_params: dict[str, Any] | None = None,
              role: str = schema.ROLE_TRIAL, unwrap: Unwrap = plain_trial) -> Backfilled:
     """Write to each trial's run under ``parent_run_id`` the epochs Ray has and MLflow lacks
-    (creating the run if it has none, as `search.callback.MLflowTrialLogger` would), and set
+    (creating the run if it has none, as `search.tune.callback.MLflowTrialLogger` would), and set
     its ``epochs_run``/``train_seconds`` to Ray's last values where they differ. Never raises
     for the store: an unreachable MLflow ends it with ``error`` set (run it again later)."""
     spec = RunSpec(experiment_id, parent_run_id, space, role, dict(extra_params or {}))

@@ -4,10 +4,11 @@ Trials are logged from the driver (not from inside the trainables), so workers o
 need no MLflow access of their own and a restored search keeps logging into the same runs:
 each child run is found again by its trial id under the parent.
 
-Tune's hooks run in Tune's event loop: they only hand records to an outbox (`search.outbox`)
-whose own thread writes them, so that a slow or absent MLflow never stalls the search. What
-MLflow cannot take is kept in a spool file (`search.trial_records.spool_path`) and written,
-once, when it is back: by this search, or by the next ``--resume`` (`trial_records.replay`).
+Tune's hooks run in Tune's event loop: they only hand records to an outbox
+(`search.tracking.outbox`) whose own thread writes them, so that a slow or absent MLflow never
+stalls the search. What MLflow cannot take is kept in a spool file
+(`search.tracking.records.spool_path`) and written, once, when it is back: by this search, or by
+the next ``--resume`` (`search.tracking.records.replay`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from search import schema
-from search.outbox import Outbox, Record
 from search.results import status_of
-from search.trial_records import (
+from search.tracking.outbox import Outbox, Record
+from search.tracking.records import (
     RunSpec,
     Unwrap,
     epoch_record,
@@ -68,7 +69,7 @@ def _error_reason(trial: Trial) -> str:
 class MLflowTrialLogger(Callback):
     """Logs each trial as a child run of the search's parent run, every epoch exactly once.
 
-    ``role`` tags the runs (``trial``; ``confirm`` for `search.confirm`'s re-trainings), and
+    ``role`` tags the runs (``trial``; ``confirm`` for `search.stages.confirm`'s re-trainings), and
     ``unwrap`` (a module-level function: the callback is pickled with Tune's state) turns a Tune
     config into the run config and the run's own tags. ``experiment_dir`` (Tune's experiment
     folder) is where the spool file goes; the driver calls `drain` before its summary."""
@@ -118,7 +119,7 @@ class MLflowTrialLogger(Callback):
         return self._outbox
 
     def get_state(self) -> dict[str, Any]:
-        return {}  # MLflow itself says what is logged (see search.trial_records)
+        return {}  # MLflow itself says what is logged (see search.tracking.records)
 
     def set_state(self, state: dict[str, Any]) -> None:
         pass
@@ -130,7 +131,7 @@ class MLflowTrialLogger(Callback):
 
     def close(self, timeout: float = 0.0) -> bool:
         """Drain for up to ``timeout`` s and stop the writer; what MLflow has not taken stays
-        in the spool file (`spool_path`) for `search.trial_records.replay`. True: all written."""
+        in the spool file (`spool_path`) for `search.tracking.records.replay`. True: all written."""
         if self._outbox is None:
             return True
         done = self._outbox.close(timeout)

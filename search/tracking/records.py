@@ -1,15 +1,15 @@
 """A trial's MLflow records (its child run, each epoch, its end) as plain JSON dicts, and the
 one place that writes them into MLflow, idempotently.
 
-Records are plain dicts so that `search.outbox` can spool them to a file and a later process
-can write them. Each carries (parent run, trial id) and, for an epoch, the epoch: the run id is
-resolved when written. Writing is idempotent because a record may be sent twice (a request
+Records are plain dicts so that `search.tracking.outbox` can spool them to a file and a later
+process can write them. Each carries (parent run, trial id) and, for an epoch, the epoch: the
+run id is resolved when written. Writing is idempotent because a record may be sent twice (a request
 that timed out after the server applied it, a spool replayed after a crash), and MLflow's
 ``log_batch`` of a metric at a step it already has adds a second history entry: an epoch is
 written only if the run's ``val_ppl`` history lacks that step, a child run is created only if
 none has the trial's id under the parent, a trial's end only changes what differs.
 
-What a run gets follows MLflow's conventions (`search.mlflow_conventions`): the full config as
+What a run gets follows MLflow's conventions (`search.tracking.conventions`): the full config as
 params, the dataset as an input, the parent's source tags, system metrics under ``system/``.
 """
 
@@ -30,9 +30,9 @@ from mlflow.tracking import MlflowClient
 from awd.config import from_flat
 from awd.errors import ConfigError
 from search import schema, storage
-from search.mlflow_conventions import DatasetRef, dataset_ref, inherited_tags, log_dataset
-from search.outbox import Outbox, Record
-from search.tracking import trial_summary_metrics
+from search.tracking.conventions import DatasetRef, dataset_ref, inherited_tags, log_dataset
+from search.tracking.outbox import Outbox, Record
+from search.tracking.store import trial_summary_metrics
 
 log = logging.getLogger(__name__)
 

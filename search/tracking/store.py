@@ -1,7 +1,7 @@
 """The MLflow side of a search: which store, the parent run, the trial runs' closing records,
 and the summary and artifacts written when the search ends.
 
-Ray-free (the Tune callback that logs each epoch is `search.callback`), so that `reports` can
+Ray-free (the Tune callback that logs each epoch is `search.tune.callback`), so that `reports` can
 share `resolve_tracking_uri` and the names of `search.schema` without importing Ray. Every
 number written here comes from Tune's last result of each trial: nothing is read back from
 MLflow's metric histories.
@@ -25,9 +25,9 @@ from mlflow.tracking import MlflowClient
 
 from awd.errors import UserError, first_line
 from search import schema
-from search.mlflow_conventions import dataset_ref, experiment_tags, log_dataset, source_tags
-from search.registry import BestModel, publish_best_model
 from search.results import TrialSummary
+from search.tracking.conventions import dataset_ref, experiment_tags, log_dataset, source_tags
+from search.tracking.registry import BestModel, publish_best_model
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """The experiment's id, creating it (artifacts next to a SQLite database) if needed, with
-    MLflow's tags for a model-training experiment (`mlflow_conventions.experiment_tags`)."""
+    MLflow's tags for a model-training experiment (`conventions.experiment_tags`)."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = None
@@ -257,7 +257,7 @@ def _space(client: MlflowClient, parent_run_id: str) -> str:
 def log_best_artifacts(client: MlflowClient, run_ids: Sequence[str], config: dict[str, Any],
                        workdir: Path) -> None:
     """The best trial's config (JSON: ``python -m awd.train --config`` reads it), on its own
-    run and the parent. (Its model is stored once, by `search.registry`.)"""
+    run and the parent. (Its model is stored once, by `search.tracking.registry`.)"""
     cfg = workdir / "config.json"
     cfg.write_text(json.dumps(config, indent=2, sort_keys=True))
     for run_id in run_ids:

@@ -30,7 +30,7 @@ from awd.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from awd.progress import epoch_line, final_line
 from awd.trainer import EpochMetrics, Trainer
 from search import schema
-from search.console import TRIAL_LOG
+from search.tune.console import TRIAL_LOG
 
 CHECKPOINT_FILE = "trainer.pt"
 DIVERGED_FILE = "diverged.json"
@@ -110,7 +110,7 @@ def _node_id() -> str:
 
 
 def log_line(line: str) -> None:
-    """A line of the trial's log (`search.console.TRIAL_LOG`) in its working folder (Tune runs
+    """A line of the trial's log (`search.tune.console.TRIAL_LOG`) in its working folder (Tune runs
     each trial in it: the current folder), which Ray copies from the node that runs the trial
     into the trial's folder of the search (``SyncConfig(sync_artifacts=True)``)."""
     try:

@@ -22,7 +22,7 @@ one-sided Welch's t-test on their re-trainings' final validation perplexities gi
 (`ALPHA`); at least 2 completed re-trainings of each are needed. Test perplexity is reported,
 never used to decide.
 
-Ray-free at import, like `search.tracking`, so that `reports` shares the statistics: only
+Ray-free at import, like `search.tracking.store`, so that `reports` shares the statistics: only
 `confirm_search` and `resumable` import Ray, when called.
 """
 
@@ -50,7 +50,7 @@ from search import schema, storage
 from search.errors import SearchError
 from search.options import SearchOptions
 from search.results import TrialSummary, ranking, status_of
-from search.tracking import child_runs, close_open_trials
+from search.tracking.store import child_runs, close_open_trials
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def plan(candidates: Sequence[Candidate], seeds: Sequence[int]) -> list[dict[str
 
 
 def unwrap(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """A confirmation trial's run config and tags (`search.callback.Unwrap`)."""
+    """A confirmation trial's run config and tags (`search.tune.callback.Unwrap`)."""
     entry = config[KEY]
     return dict(entry["run"]), {schema.CONFIRM_OF: str(entry["confirm_of"]),
                                 schema.SEED: str(entry["seed"]),
@@ -139,7 +139,7 @@ def unwrap(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
 
 def train_confirmation(config: dict[str, Any]) -> None:
     """The Tune trainable: the entry's run config, trained as a search trial is."""
-    from search.trainable import train_trial  # torch and Ray: not at import
+    from search.tune.trainable import train_trial  # torch and Ray: not at import
 
     train_trial(dict(config[KEY]["run"]))
 
@@ -383,10 +383,10 @@ def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: 
     nothing to confirm. Call it in the search's Ray session, before the parent is closed."""
     from ray import tune
 
-    from search.callback import MLflowTrialLogger
+    from search.tune.callback import MLflowTrialLogger
 
     confirm_dir = experiment_dir(opts)
-    from search.console import SearchConsole, quiet_ray, quiet_trainable
+    from search.tune.console import SearchConsole, quiet_ray, quiet_trainable
 
     quiet_ray()
     trainable = tune.with_resources(quiet_trainable(train_confirmation),
@@ -428,7 +428,7 @@ def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: 
                 sync_config=tune.SyncConfig(sync_artifacts=True),  # the trials' logs
                 verbose=0))
     summaries, records = _records(tuner.fit(), gpus)
-    from search.callback import close_all
+    from search.tune.callback import close_all
 
     if close_all(timeout=120):
         log.warning("MLflow unreachable: the confirmation's summary is written on --resume")
