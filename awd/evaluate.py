@@ -1,13 +1,12 @@
-"""Command line: evaluate a trained model and sample text from it, e.g. a search's best model:
-``python -m awd.evaluate --model-uri models:/awdsearch-awd_ptb/latest --data ptb --generate 50``.
+"""Command line: evaluate an exported model and sample text from it:
+``python -m awd.evaluate --model-uri best_model.pt --data ptb --generate 50``.
 
-The model is an export (`awd.trainer.Trainer.export_best`: weights, config, vocabulary) named by
-a local path (the .pt file, or a folder holding one such as a downloaded MLflow model) or by an
-MLflow model URI: ``models:/NAME/latest``, ``models:/NAME/<version>``, ``models:/NAME@alias`` or
-``runs:/<run id>/model``. Only the export inside the MLflow model is downloaded, and it is read
-with ``torch.load(weights_only=True)`` (`awd.trainer.load_exported`), never with MLflow's
-loader: nothing from the store can run code here. `download_export` is the one function that
-touches MLflow, imported there: importing ``awd`` needs neither MLflow nor Ray.
+The model is an export (`awd.trainer.Trainer.export_best`: weights, config, vocabulary) at a
+local path: the .pt file, or a folder holding one such as a downloaded MLflow model. It is read
+with ``torch.load(weights_only=True)`` (`awd.trainer.load_exported`): nothing in it can run code.
+A search's model in MLflow (``models:/NAME/latest``, ``runs:/<run id>/model``) is resolved by
+``python -m search.evaluate``, which downloads the export and hands it here: ``awd`` knows
+nothing of MLflow.
 
 The perplexities are the trainer's own (`Trainer.final_metrics` with the split slices, bptt and
 batch sizes of the model's config: test at ``test_batch_size``, 1 unless the config says
@@ -18,18 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 
 from awd.data import Corpus, load_corpus
 from awd.data.corpus import EOS
-from awd.errors import CheckpointError, ConfigError, DataError, UserError, first_line
+from awd.errors import ConfigError, DataError, UserError, first_line
 from awd.models import LanguageModel
 from awd.progress import TokenBars
 from awd.trainer import ExportedModel, Trainer, load_exported, pick_device
@@ -51,12 +48,6 @@ class VocabularyMismatchError(DataError):
 # --- finding the export ----------------------------------------------------------------------
 
 
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else ``mlflow.db`` here: the store a search writes by default."""
-    return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or \
-        f"sqlite:///{Path('mlflow.db').resolve()}"
-
-
 def local_export(path: Path) -> Path:
     """The export file at ``path``: the file itself, or the export inside a model folder."""
     if path.is_file():
@@ -68,82 +59,15 @@ def local_export(path: Path) -> Path:
                              f"and {EXPORT_FILE})")
 
 
-def download_export(uri: str, tracking_uri: str, dest: Path) -> Path:
-    """Download the export inside the MLflow model ``uri`` into ``dest``. The only place where
-    awd uses MLflow (imported here, not at module level)."""
-    import mlflow.artifacts
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
-        if not db.is_file():  # MLflow would create an empty store and find nothing in it
-            raise ModelNotFoundError(f"no MLflow store at {db} (pass --tracking-uri, or set "
-                                     "$MLFLOW_TRACKING_URI)")
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    try:
-        root = _model_location(client, uri)
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{root.rstrip('/')}/{EXPORT_IN_MODEL}", dst_path=str(dest),
-            tracking_uri=tracking_uri)
-    except MlflowException as e:
-        raise ModelNotFoundError(f"{uri}: {first_line(e)}") from None
-    return Path(path)
-
-
-def _model_location(client: Any, uri: str) -> str:
-    """The artifact location of the MLflow model ``uri`` names (``client``: an MlflowClient)."""
-    kind, _, rest = uri.partition(":/")
-    rest = rest.strip("/")
-    if kind == "runs":
-        run_id, _, name = rest.partition("/")
-        run = client.get_run(run_id)
-        name = name or "model"
-        models = client.search_logged_models(
-            experiment_ids=[run.info.experiment_id],
-            filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
-        ready = [m for m in models if str(m.status) == "READY"]
-        if not ready:  # (a model whose logging failed is FAILED, one being logged PENDING)
-            raise ModelNotFoundError(f"{uri}: run {run_id} has no MLflow model named {name!r}")
-        return str(ready[0].artifact_location)
-    name, _, version = rest.partition("/")
-    if name.startswith("m-") and not version:  # a logged model's own id
-        return str(client.get_logged_model(name).artifact_location)
-    name, _, alias = name.partition("@")
-    if alias:
-        found = client.get_model_version_by_alias(name, alias)
-    elif version == "latest":
-        client.get_registered_model(name)  # an unknown name says so
-        versions = client.search_model_versions(
-            f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
-        if not versions:
-            raise ModelNotFoundError(f"{uri}: registered model {name!r} has no versions")
-        found = versions[0]
-    elif version.isdigit():
-        found = client.get_model_version(name, version)
-    else:
-        raise ModelNotFoundError(f"{uri}: expected models:/NAME/latest, models:/NAME/<version> "
-                                 "or models:/NAME@alias")
-    source = str(found.source)
-    if source.startswith("models:/m-"):  # MLflow 3: the version points at a logged model
-        model_id = source[len("models:/"):].strip("/")
-        return str(client.get_logged_model(model_id).artifact_location)
-    return source
-
-
-def load_model(uri: str, tracking_uri: str | None = None) -> ExportedModel:
-    """The exported model ``uri`` names (see the module docstring for the forms it takes)."""
+def load_model(uri: str) -> ExportedModel:
+    """The exported model at a local path (the .pt file, or a folder holding one)."""
     if uri.startswith(MLFLOW_SCHEMES):
-        with tempfile.TemporaryDirectory() as d:
-            path = download_export(uri, tracking_uri or default_tracking_uri(), Path(d))
-            try:
-                return load_exported(path)
-            except CheckpointError as e:  # its message names a temporary file
-                raise CheckpointError(f"{uri}: {first_line(e).split(': ', 1)[-1]}") from None
+        raise ModelNotFoundError(f"{uri} is an MLflow model URI: python -m search.evaluate "
+                                 "--model-uri URI downloads it from the tracking store")
     path = Path(uri).expanduser()
     if not path.exists():
-        raise ModelNotFoundError(f"{uri}: no such file, and not an MLflow model URI (models:/NAME/"
-                                 "latest, models:/NAME/<version>, runs:/<run id>/model)")
+        raise ModelNotFoundError(f"{uri}: no such file (an MLflow model URI, models:/NAME/latest "
+                                 "or runs:/<run id>/model, goes to python -m search.evaluate)")
     return load_exported(local_export(path))
 
 
@@ -232,18 +156,15 @@ def as_text(words: list[str]) -> str:
 # --- the command line -----------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m awd.evaluate",
+                 model_help: str = "an exported .pt file or a model folder"
+                 ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m awd.evaluate",
+        prog=prog,
         description="Validation and test perplexity of a trained model, and text sampled from it.")
-    parser.add_argument("--model-uri", required=True,
-                        help="models:/NAME/latest, models:/NAME/<version>, models:/NAME@alias, "
-                        "runs:/<run id>/model, an exported .pt file or a model folder")
+    parser.add_argument("--model-uri", required=True, help=model_help)
     parser.add_argument("--data", default=None,
                         help="dataset name (ptb, wikitext-2) or folder (default: the model's)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow store of models:/ and runs:/ URIs (default: "
-                        "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
     parser.add_argument("--generate", type=int, default=0, metavar="N",
                         help="also sample N words of text")
     parser.add_argument("--prompt", default="", help="text the sample continues")
@@ -257,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check(args: argparse.Namespace) -> None:
-    """Bad flags are refused before any model is downloaded."""
+def check_args(args: argparse.Namespace) -> None:
+    """Bad flags are refused before any model is read or downloaded."""
     if args.generate < 0:
         raise ConfigError(f"--generate must be 0 or more words, got {args.generate}")
     if not args.temperature > 0:
@@ -268,9 +189,8 @@ def _check(args: argparse.Namespace) -> None:
     pick_device(args.device)
 
 
-def run(args: argparse.Namespace) -> None:
-    _check(args)
-    exported = load_model(args.model_uri, args.tracking_uri)
+def run(args: argparse.Namespace, exported: ExportedModel) -> None:
+    """Evaluate ``exported`` on its dataset (or ``--data``) and sample from it, as asked."""
     model: LanguageModel | None = None
     if not args.no_eval:
         data = args.data or exported.run.dataset
@@ -299,7 +219,8 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        check_args(args)
+        run(args, load_model(args.model_uri))
     except UserError as e:
         print(f"error: {first_line(e)}", file=sys.stderr)
         return 2

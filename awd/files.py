@@ -15,8 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
@@ -48,6 +46,8 @@ def sha256_file(path: Path) -> str:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` through `atomic_write`."""
+    import torch  # here: `check_writable_file` serves command lines that have not loaded torch
+
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 

@@ -17,14 +17,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from awd.config import MODELS, AWDLSTMConfig, TrainConfig, ZarembaConfig, from_flat
-from awd.data import load_corpus
 from awd.errors import CheckpointError, ConfigError, UserError, first_line
 from awd.files import check_writable_file
-from awd.progress import TokenBars, epoch_line, final_line
-from awd.trainer import Trainer, pick_device
 
 
 def _field_flag(group: argparse._ArgumentGroup, name: str, default: object, help: str) -> None:
@@ -138,6 +133,12 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tqdm import tqdm  # torch and the rest once the flags parse: --help starts at once
+
+    from awd.data import load_corpus
+    from awd.progress import TokenBars, epoch_line, final_line
+    from awd.trainer import Trainer, pick_device
+
     try:
         run = from_flat(run_config_fields(args))
         _check_paths(args)

@@ -10,15 +10,16 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 from awd.config import from_flat
 from awd.errors import UserError, first_line
-from search import storage
+from search import schema, storage
 from search.results import parse_param
-from search.tracking.store import ENV_TRACKING_URI
-from spaces import SPACES, Space, get_space, load_space_file, spec_digest, spec_of
+
+if TYPE_CHECKING:
+    from spaces import Space
 
 SCHEDULERS = ("asha", "none")
 SAMPLERS = ("tpe", "random")
@@ -74,6 +75,8 @@ class SearchOptions:
     def space_spec(self) -> Space:
         """The registered space, or the space file's: read once per options, and refused if
         it is no longer the space the search started with (a resumed search's saved digest)."""
+        from spaces import SPACES, get_space, load_space_file, spec_digest, spec_of  # optuna
+
         if self.space_file is None:
             return get_space(self.space)
         spec = load_space_file(self.space_file)
@@ -319,8 +322,8 @@ def tracking_uri_source(flag: str | None) -> tuple[str, str | None]:
     for the default store (`search.tracking.store.resolve_tracking_uri` decides the same way)."""
     if flag is not None:
         return "--tracking-uri", flag
-    env = os.environ.get(ENV_TRACKING_URI, "")
-    return f"${ENV_TRACKING_URI}", env if env.strip() else None
+    env = os.environ.get(schema.ENV_TRACKING_URI, "")
+    return f"${schema.ENV_TRACKING_URI}", env if env.strip() else None
 
 
 def study_storage_problem(url: str) -> str | None:
@@ -421,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> SearchOptions:
+    from spaces import load_space_file, spec_digest
+
     values = {k: v for k, v in vars(args).items() if k not in ("list_spaces", "show_space")}
     values["fixed"] = tuple(values.get("fixed") or ())
     if values.get("space_file") is not None:

@@ -7,22 +7,25 @@ import shlex
 import signal
 import sys
 from math import isnan, nan
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from awd.errors import UserError
 from search import schema
-from search.driver import SearchOutcome, run_search
 from search.options import build_parser, options_from_args
-from search.stages.confirm import Confirmation
-from search.tracking.conventions import experiment_url, without_credentials
-from spaces import SPACES, show_space
+
+if TYPE_CHECKING:  # Ray, MLflow, torch and pandas load once a search starts, not for --help
+    import pandas as pd
+
+    from search.driver import SearchOutcome
+    from search.stages.confirm import Confirmation
 
 SHOWN_PARAMS = ("model", "emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute",
                 "wdrop", "lr")
 
 
 def list_spaces() -> str:
+    from spaces import SPACES
+
     width = max(map(len, SPACES))
     return "\n".join(f"{name:<{width}}  {space.description} [{space.max_epochs} epochs]"
                      for name, space in SPACES.items())
@@ -30,6 +33,8 @@ def list_spaces() -> str:
 
 def results_table(outcome: SearchOutcome, top: int = 10) -> pd.DataFrame:
     """The best trial (by `search.results.pick_best`) first, then the rest by best_val_ppl."""
+    import pandas as pd
+
     rows = []
     for t in outcome.trials:
         row = {"trial": t.trial_id, "status": t.status,
@@ -55,6 +60,8 @@ def _pm(mean: float, std: float) -> str:
 
 def confirmation_table(c: Confirmation) -> pd.DataFrame:
     """Each confirmed configuration: the original trial, then mean ± std over the new seeds."""
+    import pandas as pd
+
     rows = []
     for s in c.configs:
         r = s.row()
@@ -70,6 +77,8 @@ def confirmation_table(c: Confirmation) -> pd.DataFrame:
 def ui_hint(outcome: SearchOutcome) -> str:
     """How to see the search's runs: the link that opens its runs table (MLflow 3 opens an
     experiment on its GenAI pages otherwise), after starting ``mlflow ui`` for a local store."""
+    from search.tracking.conventions import experiment_url, without_credentials
+
     uri = outcome.tracking_uri
     experiment_id = outcome.experiment_id
     if uri.startswith(("http://", "https://")):
@@ -95,9 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         if args.show_space is not None:
+            from spaces import show_space
+
             print(show_space(args.show_space), end="")
             return 0
-        outcome = run_search(options_from_args(args))
+        opts = options_from_args(args)
+        from search.driver import run_search  # Ray, MLflow, torch: once the options are good
+
+        outcome = run_search(opts)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -110,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(failed)} failed{reason})".splitlines()[0], file=sys.stderr)
         print(f"See the runs: {ui_hint(outcome)}", file=sys.stderr)
         return 1
+    import pandas as pd
+
     print("\nBest trials:")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(results_table(outcome).to_string(index=False, float_format=lambda v: f"{v:.2f}"))

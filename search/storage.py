@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pyarrow import fs
-
 
 def is_uri(location: str) -> bool:
     return "://" in location
@@ -73,6 +71,8 @@ def read_text(location: str) -> str | None:
     if not is_uri(location):
         path = Path(location)
         return path.read_text() if path.exists() else None
+    from pyarrow import fs  # object stores only: a local search never loads pyarrow here
+
     filesystem, path = fs.FileSystem.from_uri(location)
     if filesystem.get_file_info(path).type == fs.FileType.NotFound:
         return None
@@ -89,6 +89,8 @@ def write_text(location: str, text: str) -> None:
         tmp.write_text(text)
         os.replace(tmp, path)
         return
+    from pyarrow import fs
+
     filesystem, path = fs.FileSystem.from_uri(location)
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(path) as f:

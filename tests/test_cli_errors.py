@@ -29,9 +29,9 @@ ERRORS = [DataError("no train split in /x"), ConfigError("dropout must be in [0,
 
 # command line -> (its main, an argv that reaches the patched function, the function to patch)
 CLIS = {
-    "awd.train": (train_main, ["--model", "awd_lstm", "--quiet"], "awd.train.load_corpus"),
+    "awd.train": (train_main, ["--model", "awd_lstm", "--quiet"], "awd.data.corpus.load_corpus"),
     "awd.data": (data_main, ["verify", "ptb"], "awd.data.__main__.dataset_spec"),
-    "search.run": (search_main, ["--space", "smoke"], "search.run.run_search"),
+    "search.run": (search_main, ["--space", "smoke"], "search.driver.run_search"),
     "reports": (reports_main, ["--experiment", "x", "--no-log"], "reports.build.build"),
 }
 

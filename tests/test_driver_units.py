@@ -201,13 +201,14 @@ def test_a_registered_dataset_edited_on_disk_is_refused_before_any_trial(tmp_pat
 
 def test_a_search_in_which_no_trial_produced_a_result_exits_1_with_the_first_reason(
         monkeypatch, capsys):
+    import search.driver
     import search.run
     from search.driver import SearchOutcome
 
     failed = [TrialSummary(t, schema.STATUS_FAILED, {}, {schema.FATAL: "DataError: gone"}, None,
                            "DataError: gone") for t in ("a", "b")]
     outcome = SearchOutcome(failed, None, "p", "sqlite:////x/mlflow.db", "/x", None)
-    monkeypatch.setattr(search.run, "run_search", lambda opts: outcome)
+    monkeypatch.setattr(search.driver, "run_search", lambda opts: outcome)
     assert search.run.main(["--space", "smoke"]) == 1
     err = capsys.readouterr().err
     assert "error: no trial produced a result (2 trials, 2 failed; the first failure: " \

@@ -45,9 +45,9 @@ from processes import (
     wait_for,
 )
 
-from awd.evaluate import download_export
 from awd.trainer import load_exported
 from search import schema
+from search.tracking.registry import download_export
 
 pytestmark = pytest.mark.slow
 

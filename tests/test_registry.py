@@ -1,4 +1,4 @@
-"""The best model in the Model Registry and ``python -m awd.evaluate`` on it: a tiny model
+"""The best model in the Model Registry and ``python -m search.evaluate`` on it: a tiny model
 trained here, closed as a search's best trial into a real SQLite store, then evaluated back
 to the trainer's own numbers; the smoke search's registered model (slow tier)."""
 
@@ -14,6 +14,7 @@ import torch
 from conftest import pattern_text, reversed_text, write_corpus
 from mlflow.tracking import MlflowClient
 
+import search.evaluate
 from awd import evaluate
 from awd.config import from_flat
 from awd.data import load_corpus
@@ -71,7 +72,7 @@ def registered(tmp_path_factory, new_mlflow_store):
 
 
 def run_evaluate(capsys, *args: str) -> tuple[int, str, str]:
-    code = evaluate.main(["--quiet", *args])
+    code = search.evaluate.main(["--quiet", *args])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -249,6 +250,19 @@ def test_an_sqlite_store_that_does_not_exist_is_an_error_not_a_new_store(tmp_pat
     assert code == 2 and "no MLflow store at" in err and not (tmp_path / "none.db").exists()
 
 
+def test_awd_evaluate_reads_files_and_sends_mlflow_uris_to_search_evaluate(registered, capsys):
+    work = registered[0]
+    assert evaluate.main(["--quiet", "--model-uri", str(work / "best_model.pt"), "--no-eval",
+                          "--generate", "3"]) == 0
+    assert len(capsys.readouterr().out.split()) == 3
+    assert evaluate.main(["--model-uri", f"models:/{NAME}/latest", "--no-eval",
+                          "--generate", "3"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"error: models:/{NAME}/latest is an MLflow model URI: python -m "
+                   "search.evaluate --model-uri URI downloads it from the tracking store\n")
+
+
 def test_awd_imports_neither_mlflow_nor_ray():
     code = ("import sys, awd, awd.evaluate, awd.train, awd.trainer; "
             "print(sorted(m for m in ('mlflow', 'ray') if m in sys.modules))")
@@ -276,8 +290,9 @@ def test_the_smoke_search_registers_its_best_model_once(smoke_search, capsys):
     assert parent.data.tags[schema.MODEL_URI] == f"models:/awdsearch-smoke/{version.version}"
     for run in client.search_runs([exp.experiment_id]):  # the weights are in the model only
         assert "checkpoint" not in {a.path for a in client.list_artifacts(run.info.run_id)}
-    code = evaluate.main(["--quiet", "--model-uri", f"models:/awdsearch-smoke/{version.version}",
-                          "--tracking-uri", uri])
+    code = search.evaluate.main(["--quiet", "--model-uri",
+                                 f"models:/awdsearch-smoke/{version.version}",
+                                 "--tracking-uri", uri])
     out, err = capsys.readouterr()
     assert code == 0, err
     printed = printed_metrics(out)

@@ -22,10 +22,10 @@ from ray.tune import ExperimentAnalysis
 
 from awd.config import from_flat
 from awd.data import load_corpus
-from awd.evaluate import download_export
 from awd.trainer import Trainer, load_exported, perplexity
 from search import schema
 from search.results import best_index, status_of
+from search.tracking.registry import download_export
 from search.tune.searcher import AWDOptunaSearch
 from spaces import get_space
 

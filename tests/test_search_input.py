@@ -321,7 +321,7 @@ def test_each_bad_case_is_one_error_line_exit_2_and_no_ray(args, tmp_path, monke
     def no_search(opts):  # validation must have failed before the search was asked for
         raise AssertionError(f"the search was started with {opts}")
 
-    monkeypatch.setattr(run, "run_search", no_search)
+    monkeypatch.setattr("search.driver.run_search", no_search)
     argv = ["--space", "smoke", *[a.replace("{tmp}", str(tmp_path)) for a in args]]
     try:
         code = run.main(argv)

@@ -3,10 +3,11 @@
 Stored once: the best trial's export (`awd.trainer.Trainer.export_checkpoint`: weights, config
 and vocabulary in a file read with ``weights_only``) is logged with MLflow's PyTorch flavour on
 the best trial's run, as the model `schema.LOGGED_MODEL_NAME` (``runs:/<run id>/model``), the
-export inside it as ``extra_files/best_model.pt``: what ``python -m awd.evaluate`` reads, never
-MLflow's loader. The flavour's own copy is a ``torch.export`` program (pt2: no pickle) of
-`NextWordLogProbs`, so that ``mlflow.pytorch.load_model`` and pyfunc serving work too. Each
-search then adds one version to ``awdsearch-<space>``, tagged with its numbers and origin.
+export inside it as ``extra_files/best_model.pt``: what ``python -m search.evaluate`` downloads
+and `awd.evaluate` reads, never MLflow's loader. The flavour's own copy is a ``torch.export``
+program (pt2: no pickle) of `NextWordLogProbs`, so that ``mlflow.pytorch.load_model`` and pyfunc
+serving work too. Each search then adds one version to ``awdsearch-<space>``, tagged with its
+numbers and origin.
 
 Offline by construction: explicit pip requirements (MLflow infers none, so no pip runs) and
 no network but the tracking store. Ray-free.
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.artifacts
 import numpy as np
 import torch
 from mlflow.entities import LoggedModelStatus
@@ -36,7 +38,7 @@ from mlflow.types import Schema, TensorSpec
 from torch import nn
 
 from awd.errors import first_line
-from awd.evaluate import EXPORT_FILE
+from awd.evaluate import EXPORT_FILE, EXPORT_IN_MODEL, ModelNotFoundError
 from awd.trainer import ExportedModel, load_exported
 from search import schema
 
@@ -257,3 +259,63 @@ def _tag_runs(client: MlflowClient, best: BestModel, uri: str) -> None:
             client.set_tag(run_id, schema.MODEL_URI, uri)
     except Exception as e:
         log.warning("the runs are not tagged with the best model %s (%s)", uri, first_line(e))
+
+
+# --- reading a model back: `python -m search.evaluate` -------------------------------------
+def download_export(uri: str, tracking_uri: str, dest: Path) -> Path:
+    """Download the export inside the MLflow model ``uri`` (``models:/...`` or ``runs:/...``)
+    into ``dest``: the file `awd.evaluate` reads, and nothing else of the model."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        if not db.is_file():  # MLflow would create an empty store and find nothing in it
+            raise ModelNotFoundError(f"no MLflow store at {db} (pass --tracking-uri, or set "
+                                     "$MLFLOW_TRACKING_URI)")
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    try:
+        root = _model_location(client, uri)
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{root.rstrip('/')}/{EXPORT_IN_MODEL}", dst_path=str(dest),
+            tracking_uri=tracking_uri)
+    except MlflowException as e:
+        raise ModelNotFoundError(f"{uri}: {first_line(e)}") from None
+    return Path(path)
+
+
+def _model_location(client: MlflowClient, uri: str) -> str:
+    """The artifact location of the MLflow model ``uri`` names."""
+    kind, _, rest = uri.partition(":/")
+    rest = rest.strip("/")
+    if kind == "runs":
+        run_id, _, name = rest.partition("/")
+        run = client.get_run(run_id)
+        name = name or "model"
+        models = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
+        ready = [m for m in models if str(m.status) == "READY"]
+        if not ready:  # (a model whose logging failed is FAILED, one being logged PENDING)
+            raise ModelNotFoundError(f"{uri}: run {run_id} has no MLflow model named {name!r}")
+        return str(ready[0].artifact_location)
+    name, _, version = rest.partition("/")
+    if name.startswith("m-") and not version:  # a logged model's own id
+        return str(client.get_logged_model(name).artifact_location)
+    name, _, alias = name.partition("@")
+    if alias:
+        found = client.get_model_version_by_alias(name, alias)
+    elif version == "latest":
+        client.get_registered_model(name)  # an unknown name says so
+        versions = client.search_model_versions(
+            f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
+        if not versions:
+            raise ModelNotFoundError(f"{uri}: registered model {name!r} has no versions")
+        found = versions[0]
+    elif version.isdigit():
+        found = client.get_model_version(name, version)
+    else:
+        raise ModelNotFoundError(f"{uri}: expected models:/NAME/latest, models:/NAME/<version> "
+                                 "or models:/NAME@alias")
+    source = str(found.source)
+    if source.startswith("models:/m-"):  # MLflow 3: the version points at a logged model
+        model_id = source[len("models:/"):].strip("/")
+        return str(client.get_logged_model(model_id).artifact_location)
+    return source

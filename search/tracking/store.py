@@ -31,7 +31,7 @@ from search.tracking.registry import BestModel, publish_best_model
 
 log = logging.getLogger(__name__)
 
-ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_TRACKING_URI = schema.ENV_TRACKING_URI
 
 
 class TrackingError(UserError):

@@ -1,0 +1,59 @@
+"""``python -m search.evaluate --model-uri models:/awdsearch-smoke/latest``: `awd.evaluate` on a
+search's model in MLflow.
+
+The URI names an MLflow model: ``models:/NAME/latest``, ``models:/NAME/<version>``,
+``models:/NAME@alias``, ``runs:/<run id>/model`` or a logged model's ``models:/m-<id>``; a local
+file or folder works too. Only the export inside the MLflow model is downloaded
+(`search.tracking.registry.download_export`), then read with ``weights_only`` by `awd.evaluate`:
+nothing from the store can run code here. Every other flag is `awd.evaluate`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from awd import evaluate
+from awd.errors import CheckpointError, UserError, first_line
+
+MODEL_HELP = ("models:/NAME/latest, models:/NAME/<version>, models:/NAME@alias, "
+              "runs:/<run id>/model, an exported .pt file or a model folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = evaluate.build_parser("python -m search.evaluate", MODEL_HELP)
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store of models:/ and runs:/ URIs (default: "
+                        "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        evaluate.check_args(args)
+        if not args.model_uri.startswith(evaluate.MLFLOW_SCHEMES):
+            evaluate.run(args, evaluate.load_model(args.model_uri))
+            return 0
+        from search.tracking.registry import download_export
+        from search.tracking.store import resolve_tracking_uri
+
+        with tempfile.TemporaryDirectory() as d:
+            path = download_export(args.model_uri, resolve_tracking_uri(args.tracking_uri),
+                                   Path(d))
+            try:
+                exported = evaluate.load_exported(path)
+            except CheckpointError as e:  # its message names a temporary file
+                raise CheckpointError(f"{args.model_uri}: {first_line(e).split(': ', 1)[-1]}"
+                                      ) from None
+        evaluate.run(args, exported)
+    except UserError as e:
+        print(f"error: {first_line(e)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
