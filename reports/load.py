@@ -7,7 +7,7 @@ the frames and studies read here (and ``references.json``).
 
 from __future__ import annotations
 
-import ast
+import json
 import logging
 import math
 import urllib.error
@@ -135,10 +135,11 @@ def _metric(run: Run, name: str) -> float:
 
 
 def _fixed_keys(text: str | None) -> tuple[str, ...]:
-    """The keys of the search's ``fixed`` param (``str`` of a tuple of "KEY=VALUE")."""
+    """The keys of the search's ``fixed`` param (a JSON list of "KEY=VALUE",
+    `search.options.SearchOptions.as_params`)."""
     try:
-        items = ast.literal_eval(text) if text else ()
-    except (ValueError, SyntaxError):
+        items = json.loads(text) if text else ()
+    except ValueError:
         return ()
     if not isinstance(items, (tuple, list)):
         return ()

@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -31,9 +31,10 @@ from awd.errors import CheckpointError, DataError
 from search import schema, storage
 from search.errors import SearchError
 from search.lock import DriverLock
-from search.options import SearchOptions, build_parser
+from search.options import SearchOptions, resumed
 from search.results import TrialSummary, pick_best, status_of
 from search.stages import confirm
+from search.state import SearchState
 from search.tracking.backfill import backfill
 from search.tracking.records import replay, spool_path
 from search.tracking.store import (
@@ -55,36 +56,7 @@ from search.tune.trainable import export_best_model, train_trial
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "awdsearch.json"
 RUNGS_FILE = "asha_rungs.json"
-
-
-@dataclass(frozen=True)
-class SearchState:
-    """What a search needs to be resumed, kept in its experiment folder (`STATE_FILE`)."""
-
-    parent_run_id: str
-    experiment_id: str
-    tracking_uri: str
-    options: dict[str, Any]  # the SearchOptions it was started with
-    gpus_per_trial: float
-    study_storage: str = ""  # where its Optuna study lives ("" : in memory, older searches)
-    study_name: str = ""
-
-    def save(self, experiment_dir: str) -> None:
-        storage.write_text(storage.join(experiment_dir, STATE_FILE),
-                           json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, experiment_dir: str) -> SearchState:
-        text = storage.read_text(storage.join(experiment_dir, STATE_FILE))
-        if text is None or not tune.Tuner.can_restore(experiment_dir):
-            raise SearchError(f"nothing to resume at {experiment_dir} (no saved search there)")
-        try:
-            return cls(**json.loads(text))
-        except (TypeError, ValueError) as e:
-            raise SearchError(f"the saved search at {experiment_dir} is unreadable "
-                              f"({STATE_FILE}: {e})") from None
 
 
 @dataclass
@@ -244,7 +216,7 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
     study_name = f"{opts.experiment_name}-{uuid.uuid4().hex[:8]}"
     searcher = _searcher(opts, study_storage, study_name, concurrency, warm_starts)
     exp_id = ensure_experiment(client, opts.experiment_name, uri)
-    params = {**asdict(opts), "gpus_per_trial": gpus, "concurrency": concurrency,
+    params = {**opts.as_params(), "gpus_per_trial": gpus, "concurrency": concurrency,
               "max_epochs": opts.epochs, "grace_period": opts.grace, "metric": space.metric,
               "study_storage": study_storage}
     commit = git_commit()
@@ -258,7 +230,7 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
     parent = start_parent_run(client, exp_id, f"{space.name}-search", tags, params,
                               dataset=space.dataset, git_commit=commit)
     state = SearchState(parent_run_id=parent, experiment_id=exp_id, tracking_uri=uri,
-                        options=asdict(opts), gpus_per_trial=gpus,
+                        options=opts, gpus_per_trial=gpus,
                         study_storage=study_storage, study_name=study_name)
     state.save(opts.experiment_dir)
     logger = MLflowTrialLogger(uri, exp_id, parent, space.name, {"gpus_per_trial": gpus},
@@ -370,62 +342,13 @@ def _confirm(opts: SearchOptions, state: SearchState, client: MlflowClient,
         log.warning("the search was interrupted: no confirmation now (--resume finishes the "
                     "search, then confirms its best configurations)")
         return None
-    saved = state.options  # the search's own epoch budget and seed, also on --resume
-    opts = replace(opts, max_epochs=saved.get("max_epochs", opts.max_epochs),
-                   seed=saved.get("seed", opts.seed))
     gpus = state.gpus_per_trial
     runs = (opts.confirm_top + 1) * opts.seeds
     return confirm.confirm_search(
         opts, trials, client, tracking_uri=state.tracking_uri,
         experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
-        cpus=state.options["cpus_per_trial"], gpus=gpus,
+        cpus=opts.cpus_per_trial, gpus=gpus,
         concurrency=default_concurrency(replace(opts, num_samples=max(runs, 1)), gpus))
-
-
-# Flags a resumed search takes from the command line; every other one is the saved search's.
-RESUME_OVERRIDES = frozenset({"resume", "address", "best_config", "confirm_top", "seeds",
-                              "storage", "experiment"})
-
-
-def resume_conflicts(opts: SearchOptions, saved: dict[str, Any]) -> list[str]:
-    """The flags given with --resume (different from the command's defaults) that differ from
-    the saved search's: Tune's restore would silently ignore them."""
-    defaults = vars(build_parser().parse_args([]))
-    conflicts = []
-    for f in fields(opts):
-        value, name = getattr(opts, f.name), f.name
-        if name in RESUME_OVERRIDES or name not in saved:
-            continue
-        default = defaults.get(name, f.default)
-        same = (list(value) == list(saved[name]) if isinstance(value, tuple)
-                else value == saved[name])
-        if value != (tuple(default) if isinstance(value, tuple) else default) and not same:
-            if name == "space_sha256":  # not a flag: the file's space, by content
-                conflicts.append("--space-file: the space in the file changed since the "
-                                 "search started")
-                continue
-            flag = "--set" if name == "fixed" else "--" + name.replace("_", "-")
-            conflicts.append(f"{flag} {_shown(value)} (saved: {_shown(saved[name])})")
-    return conflicts
-
-
-def _shown(value: Any) -> str:
-    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
-def _resumed_options(opts: SearchOptions, state: SearchState) -> SearchOptions:
-    conflicts = resume_conflicts(opts, state.options)
-    if conflicts:
-        raise SearchError("--resume continues the saved search as it was started; these flags "
-                          f"differ from it: {'; '.join(conflicts)}. Leave them out, or start "
-                          "a new search with --experiment NAME")
-    saved = state.options  # the space and fixed values it was started with
-    opts = replace(opts, space=saved["space"], space_file=saved.get("space_file"),
-                   space_sha256=saved.get("space_sha256"), fixed=tuple(saved.get("fixed", ())))
-    if not opts.confirm_top:  # the confirmation asked for at the start, if any
-        opts = replace(opts, confirm_top=saved.get("confirm_top", 0),
-                       seeds=saved.get("seeds", opts.seeds))
-    return opts
 
 
 # MLflow's HTTP client retries a request 7 times with backoff (minutes) before it gives up; the
@@ -440,15 +363,23 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     opts.validate()
     for name, value in MLFLOW_HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    state = SearchState.load(opts.experiment_dir) if opts.resume else None
+    state = _saved_state(opts.experiment_dir) if opts.resume else None
     uri = state.tracking_uri if state else resolve_tracking_uri(opts.tracking_uri)
-    check_data((_resumed_options(opts, state) if state else opts).space_spec.dataset)
+    check_data((resumed(opts, state.options) if state else opts).space_spec.dataset)
     check_tracking_uri(uri)
     with DriverLock(opts.experiment_dir):  # nothing is written to a search before this
         if state is None:
             return _run(opts, uri, None)
-        state = SearchState.load(opts.experiment_dir)  # as the lock holder sees it
-        return _run(_resumed_options(opts, state), uri, state)
+        state = _saved_state(opts.experiment_dir)  # as the lock holder sees it
+        return _run(resumed(opts, state.options), uri, state)
+
+
+def _saved_state(experiment_dir: str) -> SearchState:
+    """The saved search to resume: ours (`search.state`) and Tune's must both be there."""
+    state = SearchState.load(experiment_dir)
+    if not tune.Tuner.can_restore(experiment_dir):
+        raise SearchError(f"nothing to resume at {experiment_dir} (no saved search there)")
+    return state
 
 
 def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutcome:
@@ -459,15 +390,14 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutc
         check_resources(opts, opts.cpus_per_trial, gpus)
         tuner, state = _start_new(opts, client, uri, gpus, default_concurrency(opts, gpus))
         return _finish(opts, client, state, *_fit(tuner))
-    check_resources(opts, state.options["cpus_per_trial"], state.gpus_per_trial)
+    check_resources(opts, opts.cpus_per_trial, state.gpus_per_trial)
     previous = client.get_run(state.parent_run_id).info.status
     try:  # a resume that fails leaves the search as it found it
         client.update_run(state.parent_run_id, status="RUNNING")
         _catch_up(opts, state)
         reopen_interrupted_trials(client, state.experiment_id, state.parent_run_id)
         tuner = tune.Tuner.restore(opts.experiment_dir,
-                                   _trainable(state.options["cpus_per_trial"],
-                                              state.gpus_per_trial),
+                                   _trainable(opts.cpus_per_trial, state.gpus_per_trial),
                                    resume_unfinished=True, resume_errored=False)
         return _finish(opts, client, state, *_fit(tuner))
     except BaseException:

@@ -1,13 +1,18 @@
-"""The search command's options as one validated dataclass."""
+"""The search command's options: one validated dataclass, the one source of their defaults.
+
+`SearchOptions` is what the command line builds (`build_parser` takes every default from the
+dataclass), what a search's saved state keeps (`to_json` / `from_json`) and what ``--resume``
+compares against (`resume_conflicts`, `resumed`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -37,7 +42,7 @@ class OptionError(UserError):
 
 @dataclass(frozen=True)
 class SearchOptions:
-    space: str
+    space: str = "smoke"
     num_samples: int = 20
     max_epochs: int | None = None  # None: the space's default
     grace_period: int | None = None
@@ -64,6 +69,20 @@ class SearchOptions:
     report_intermediate: bool = True  # every epoch's objective reaches Optuna (off: ablation)
     space_file: str | None = None  # a YAML space (absolute path); then `space` is its name
     space_sha256: str | None = None  # the file's space when the search started (`spec_digest`)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values (``fixed`` as a list): how a search's state file keeps them."""
+        return {**asdict(self), "fixed": list(self.fixed)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SearchOptions:
+        """Back from `to_json`; a key this version does not know raises TypeError."""
+        return cls(**{**data, "fixed": tuple(data.get("fixed", ()))})
+
+    def as_params(self) -> dict[str, Any]:
+        """The options as MLflow params: ``fixed`` as a JSON list, so that a reader parses it
+        with ``json.loads`` (MLflow stores every param as a string)."""
+        return {**asdict(self), "fixed": json.dumps(list(self.fixed))}
 
     @property
     def fixed_values(self) -> dict[str, Any]:
@@ -228,6 +247,50 @@ class SearchOptions:
             if isinstance(value, float) and not math.isfinite(value):
                 raise OptionError(f"--set: {key} must be a finite number, got {value}")
 
+# --- resuming a saved search --------------------------------------------------------------
+# Flags a resumed search takes from the command line; every other one is the saved search's.
+RESUME_OVERRIDES = frozenset({"resume", "address", "best_config", "confirm_top", "seeds",
+                              "storage", "experiment"})
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(SearchOptions)
+                            if f.default is not MISSING}
+
+
+def resume_conflicts(given: SearchOptions, saved: SearchOptions) -> list[str]:
+    """The flags given with --resume (set to other than their defaults) that differ from the
+    saved search's: Tune's restore would silently ignore them."""
+    conflicts = []
+    for name, value in asdict(given).items():
+        was = getattr(saved, name)
+        if name in RESUME_OVERRIDES or value == DEFAULTS[name] or value == was:
+            continue
+        if name == "space_sha256":  # not a flag: the file's space, by content
+            conflicts.append("--space-file: the space in the file changed since the search "
+                             "started")
+            continue
+        flag = "--set" if name == "fixed" else "--" + name.replace("_", "-")
+        conflicts.append(f"{flag} {_shown(value)} (saved: {_shown(was)})")
+    return conflicts
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def resumed(given: SearchOptions, saved: SearchOptions) -> SearchOptions:
+    """The options a resumed search runs with: the saved ones, but for the flags a resume may
+    change (`RESUME_OVERRIDES`); a confirmation asked for at the start is kept unless one is
+    asked for now. Flags that conflict with the saved search raise `OptionError`."""
+    conflicts = resume_conflicts(given, saved)
+    if conflicts:
+        raise OptionError("--resume continues the saved search as it was started; these flags "
+                          f"differ from it: {'; '.join(conflicts)}. Leave them out, or start a "
+                          "new search with --experiment NAME")
+    kept = {name: getattr(given, name) for name in RESUME_OVERRIDES}
+    if not given.confirm_top:
+        kept.update(confirm_top=saved.confirm_top, seeds=saved.seeds)
+    return replace(saved, **kept)
+
+
 def _check_text(flag: str, value: str | None) -> None:
     if value is not None and CONTROL.search(value):
         raise OptionError(f"{flag} contains a control character: {value!r}")
@@ -370,21 +433,24 @@ def build_parser() -> argparse.ArgumentParser:
         "over one of the spaces; every trial is logged to MLflow.",
     )
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--space", default="smoke",
-                       help="search space name (see --list-spaces; default smoke, a CPU demo)")
+    which.add_argument("--space", default=DEFAULTS["space"],
+                       help="search space name (see --list-spaces; default %(default)s, a CPU "
+                       "demo)")
     which.add_argument("--space-file", metavar="FILE",
                        help="a search space declared in YAML (see --show-space, and "
                        "spaces/examples/); its name names the experiment")
     p.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
     p.add_argument("--show-space", metavar="NAME",
                    help="print a built-in space as a --space-file file and exit")
-    p.add_argument("--num-samples", type=int, default=20, help="trials to run (default 20)")
+    p.add_argument("--num-samples", type=int, default=DEFAULTS["num_samples"],
+                   help="trials to run (default %(default)s)")
     p.add_argument("--max-epochs", type=int, help="epoch budget per trial (default: the space's)")
     p.add_argument("--grace-period", type=int,
                    help="ASHA's first rung in epochs (default: the space's; NT-ASGD needs time)")
     p.add_argument("--concurrency", type=int,
                    help="trials at once (default: as many as resources allow)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="default 1")
+    p.add_argument("--cpus-per-trial", type=float, default=DEFAULTS["cpus_per_trial"],
+                   help="default %(default)s")
     p.add_argument("--gpus-per-trial", type=float,
                    help="fractions pack trials on one GPU (default: 1 if GPUs, else 0)")
     p.add_argument("--address", help="existing Ray cluster ('auto' on a head node); default: "
@@ -392,31 +458,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                    "else sqlite:///mlflow.db in the working folder)")
     p.add_argument("--experiment", help="MLflow experiment and Ray run name (default: the space)")
-    p.add_argument("--storage", default="ray_results",
+    p.add_argument("--storage", default=DEFAULTS["storage"],
                    help="where Ray keeps results and checkpoints; shared (NFS or s3://) on a "
-                   "multi-node cluster (default ./ray_results)")
-    p.add_argument("--scheduler", default="asha", help="asha (default) or none")
-    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default 0)")
+                   "multi-node cluster (default ./%(default)s)")
+    p.add_argument("--scheduler", default=DEFAULTS["scheduler"],
+                   help="early stopping: asha or none (default %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+                   help="seed of the TPE sampler (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search")
     p.add_argument("--time-budget", type=float, help="stop the search after this many seconds")
-    p.add_argument("--max-failures", type=int, default=2,
-                   help="restarts of a trial whose worker died, from its last checkpoint")
+    p.add_argument("--max-failures", type=int, default=DEFAULTS["max_failures"],
+                   help="restarts of a trial whose worker died, from its last checkpoint "
+                   "(default %(default)s)")
     p.add_argument("--best-config", help="where to write the best configuration "
                    "(default best_config_<experiment>.json)")
     p.add_argument("--study-storage", metavar="URL",
                    help="Optuna storage of the search's study, e.g. sqlite:///optuna.db or "
                    "postgresql://... (default: optuna.db beside the MLflow SQLite file, else in "
                    "the working folder); open it with optuna-dashboard URL")
-    p.add_argument("--sampler", default="tpe", help="tpe (default) or random")
+    p.add_argument("--sampler", default=DEFAULTS["sampler"],
+                   help="tpe or random (default %(default)s)")
     p.add_argument("--warm-start-from", metavar="EXPERIMENT",
                    help="first try the best configurations of an earlier search (its MLflow "
                    "experiment, same tracking store), after the paper configuration")
-    p.add_argument("--top", type=int, default=3,
-                   help="how many configurations --warm-start-from takes (default 3)")
-    p.add_argument("--confirm-top", type=int, default=0, metavar="K",
+    p.add_argument("--top", type=int, default=DEFAULTS["top"],
+                   help="how many configurations --warm-start-from takes (default %(default)s)")
+    p.add_argument("--confirm-top", type=int, default=DEFAULTS["confirm_top"], metavar="K",
                    help="after the search, re-train the K best configurations and the paper "
                    "configuration with --seeds new seeds each (default 0: off)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per confirmed configuration")
+    p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"],
+                   help="seeds per confirmed configuration (default %(default)s)")
     p.add_argument("--set", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config field for every trial, e.g. --set train_tokens=200000 "
                    "(repeatable; any field of `python -m awd.train --help`)")

@@ -3,11 +3,12 @@ deterministic trial failures, and one MLflow run per trial Ray knows."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -15,12 +16,20 @@ from mlflow.tracking import MlflowClient
 
 from awd.errors import ConfigError, DataError, TrainingDiverged
 from search import schema
-from search.driver import SearchState, check_ray_address, resume_conflicts
+from search.driver import check_ray_address
 from search.errors import SearchError
 from search.lock import DriverLock, SearchInUse
-from search.options import SearchOptions
+from search.options import (
+    OptionError,
+    SearchOptions,
+    build_parser,
+    options_from_args,
+    resume_conflicts,
+    resumed,
+)
 from search.results import TrialSummary, status_of
 from search.run import _stopped
+from search.state import SearchState
 from search.tracking.store import (
     close_open_trials,
     prune_child_runs,
@@ -56,8 +65,8 @@ def test_the_lock_of_a_killed_driver_is_not_stale(tmp_path):
 
 
 # --- honest resumes ----------------------------------------------------------------------------
-def saved_options(**changes: object) -> dict:
-    return asdict(SearchOptions(space="smoke", num_samples=3, max_epochs=2, **changes))
+def saved_options(**changes: object) -> SearchOptions:
+    return SearchOptions(space="smoke", num_samples=3, max_epochs=2, **changes)
 
 
 def test_resume_names_each_flag_that_differs_from_the_saved_search():
@@ -78,7 +87,8 @@ def test_a_state_file_that_is_not_json_is_a_one_line_error(tmp_path):
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / "awdsearch.json").write_text("{trunc")
-    with pytest.raises(SearchError, match=r"nothing to resume|unreadable"):
+    with pytest.raises(SearchError, match=r"^the saved search at .*exp is unreadable "
+                                          r"\(awdsearch.json: Expecting property name"):
         SearchState.load(str(exp))
 
 
@@ -213,3 +223,31 @@ def test_a_search_in_which_no_trial_produced_a_result_exits_1_with_the_first_rea
     err = capsys.readouterr().err
     assert "error: no trial produced a result (2 trials, 2 failed; the first failure: " \
            "DataError: gone)" in err
+
+
+def test_the_parser_takes_every_default_from_search_options():
+    parsed = vars(build_parser().parse_args([]))
+    for f in fields(SearchOptions):
+        if f.name in parsed:
+            expected = list(f.default) if isinstance(f.default, tuple) else f.default
+            assert parsed[f.name] == expected, f.name
+    assert options_from_args(build_parser().parse_args([])) == SearchOptions()
+
+
+def test_a_resumed_search_runs_with_its_saved_options_and_the_flags_a_resume_may_change():
+    saved = saved_options(fixed=("train_tokens=5000",), seed=7, confirm_top=2, seeds=4)
+    given = SearchOptions(resume=True, experiment="other", storage="elsewhere", address="auto")
+    opts = resumed(given, saved)
+    assert opts == replace(saved, resume=True, experiment="other", storage="elsewhere",
+                           address="auto")  # the confirmation asked for at the start, kept
+    assert resumed(replace(given, confirm_top=1), saved).confirm_top == 1
+    assert resumed(replace(given, confirm_top=1), saved).seeds == 3  # asked for now: its seeds
+    with pytest.raises(OptionError, match=r"^--resume continues the saved search as it was "
+                       r"started; these flags differ from it: --seed 1 \(saved: 7\)\. Leave"):
+        resumed(replace(given, seed=1), saved)
+
+
+def test_fixed_values_reach_mlflow_as_a_json_list():
+    opts = SearchOptions(fixed=("train_tokens=5000", "emsize=32"))
+    assert json.loads(opts.as_params()["fixed"]) == ["train_tokens=5000", "emsize=32"]
+    assert SearchOptions.from_json(json.loads(json.dumps(opts.to_json()))) == opts

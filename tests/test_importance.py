@@ -9,6 +9,7 @@ them; plus searches without a study, and one whose study file is gone.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -104,8 +105,8 @@ def write_search(client: MlflowClient, name: str, trials: list, study: tuple[str
     pid = parent.info.run_id
     fixed = fixed or {}
     client.log_batch(pid, params=[Param("max_epochs", "3"), Param("gpus_per_trial", "0"),
-                                  Param("fixed", str(tuple(f"{k}={v}" for k, v in
-                                                           fixed.items())))])
+                                  Param("fixed", json.dumps([f"{k}={v}" for k, v in
+                                                             fixed.items()]))])
     starts = {t.number: T0 + 1000 * (len(trials) - t.number) for t in trials}
     a, b = DUPLICATES
     if a in starts and b in starts:

@@ -20,9 +20,10 @@ from awd.config import from_flat, preset
 from awd.errors import UserError
 from reports.tables import best_trial
 from search import schema, storage
-from search.driver import SearchError, SearchState, _searcher
+from search.driver import SearchError, _saved_state, _searcher
 from search.options import OptionError, SearchOptions, build_parser, options_from_args
 from search.results import TrialSummary, best_index, pick_best, status_of
+from search.state import SearchState
 from search.tracking.store import (
     TrackingError,
     check_tracking_uri,
@@ -515,10 +516,30 @@ def test_resume_without_a_saved_search_is_a_search_error(tmp_path):
 
 
 def test_search_state_round_trips_through_its_file(tmp_path):
+    opts = SearchOptions(space="smoke", fixed=("seed=1",), num_samples=4, max_epochs=2)
     state = SearchState(parent_run_id="p" * 32, experiment_id="3", tracking_uri="sqlite:///x.db",
-                        options={"space": "smoke", "fixed": ["seed=1"]}, gpus_per_trial=0.5)
+                        options=opts, gpus_per_trial=0.5, study_storage="sqlite:///o.db",
+                        study_name="smoke-1")
     state.save(str(tmp_path))
-    assert json.loads((tmp_path / "awdsearch.json").read_text())["gpus_per_trial"] == 0.5
+    saved = json.loads((tmp_path / "awdsearch.json").read_text())
+    assert saved["format"] == 2 and saved["gpus_per_trial"] == 0.5
+    assert saved["options"]["fixed"] == ["seed=1"]
+    assert SearchState.load(str(tmp_path)) == state  # options typed again, fixed a tuple
     # Tune's own experiment state must be there too before a search counts as resumable
     with pytest.raises(SearchError, match="nothing to resume"):
+        _saved_state(str(tmp_path))
+
+
+def test_a_state_file_of_another_format_is_refused_with_what_to_do(tmp_path):
+    older = {"parent_run_id": "p", "experiment_id": "3", "tracking_uri": "sqlite:///x.db",
+             "options": {"space": "smoke"}, "gpus_per_trial": 0.0}  # format 1 had no field
+    (tmp_path / "awdsearch.json").write_text(json.dumps(older))
+    with pytest.raises(SearchError, match=r"^the saved search at .* has state format 1 "
+                       r"\(awdsearch.json\); this awdsearch reads format 2: finish that search "
+                       r"with the version that started it, or start a new one with "
+                       r"--experiment NAME$"):
+        SearchState.load(str(tmp_path))
+    newer = {**older, "format": 3}
+    (tmp_path / "awdsearch.json").write_text(json.dumps(newer))
+    with pytest.raises(SearchError, match="has state format 3"):
         SearchState.load(str(tmp_path))

@@ -5,7 +5,7 @@ naming the field; a file space survives what a search does with it (options, res
 from __future__ import annotations
 
 import pickle
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,7 @@ import pytest
 
 from awd.config import MODELS, preset
 from awd.errors import UserError
-from search.driver import resume_conflicts
-from search.options import OptionError, build_parser, options_from_args
+from search.options import OptionError, build_parser, options_from_args, resume_conflicts
 from search.run import main
 from search.tune.searcher import AWDOptunaSearch, make_searcher
 from spaces import (
@@ -366,13 +365,13 @@ def test_space_file_options_name_the_search_and_keep_its_digest(tmp_path, monkey
 def test_resume_refuses_a_changed_space_file(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text(BASE)
-    saved = asdict(_file_options(path))  # what the search's state file keeps
+    saved = _file_options(path)  # what the search's state file keeps
     assert resume_conflicts(_file_options(path, "--resume"), saved) == []
     path.write_text(BASE.replace("high: 20.0", "high: 30.0"))
     changed = _file_options(path, "--resume")
     assert [c.split(" ")[0] for c in resume_conflicts(changed, saved)] == ["--space-file:"]
     # re-read from the saved path with the saved digest (what a resume without the flag does)
-    again = replace(changed, space_sha256=saved["space_sha256"])
+    again = replace(changed, space_sha256=saved.space_sha256)
     with pytest.raises(OptionError, match="the space changed since the search started"):
         again.validate()
 

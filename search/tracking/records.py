@@ -216,7 +216,7 @@ class RunWriter:
         self._steps[run_id] = set()
         self._tags[run_id] = dict(record["tags"])
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in record["params"].items()])
-        dataset = record.get("dataset")  # absent from records spooled by earlier versions
+        dataset = record["dataset"]
         log_dataset(self.client, run_id, DatasetRef(**dataset) if dataset else None)
 
     def logged_epochs(self, run_id: str) -> set[int]:

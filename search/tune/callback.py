@@ -95,13 +95,6 @@ class MLflowTrialLogger(Callback):
         state["_started"] = set()
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # a logger pickled by an older version (a resumed search) logs search trials
-        defaults = {"role": schema.ROLE_TRIAL, "unwrap": plain_trial, "experiment_dir": None,
-                    "_outbox": None, "_started": set()}
-        old = ("run_ids", "logged_epochs", "_tagged", "_client")  # the synchronous logger's
-        self.__dict__.update({**defaults, **{k: v for k, v in state.items() if k not in old}})
-
     @property
     def spec(self) -> RunSpec:
         return RunSpec(self.experiment_id, self.parent_run_id, self.space, self.role,

@@ -24,7 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 from awd.errors import first_line
 from search import schema
 from search.errors import SearchError
-from spaces import Space, get_space
+from spaces import Space
 
 
 class AWDOptunaSearch(OptunaSearch):
@@ -108,15 +108,13 @@ class AWDOptunaSearch(OptunaSearch):
 class SpaceConfig:
     """The define-by-run function Tune calls: the space itself (it pickles into Tune's
     experiment state, so that a resumed search needs no space file) with the search's
-    overrides applied. A name (the state of a search started by an older version) is looked up
-    among the built-in spaces."""
+    overrides applied."""
 
-    space: Space | str
+    space: Space
     overrides: dict[str, Any]
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
-        space = get_space(self.space) if isinstance(self.space, str) else self.space
-        return space.config(trial, **self.overrides)
+        return self.space.config(trial, **self.overrides)
 
 
 def default_study_storage(tracking_uri: str, workdir: Path | None = None) -> str:
