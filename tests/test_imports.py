@@ -1,0 +1,99 @@
+"""The import boundaries the layout promises, each checked in a fresh interpreter: which heavy
+libraries a module may pull in when it is imported (not when its functions run).
+
+- `search/tune/` is the only part of `search` that imports Ray (the driver reaches Ray through
+  it and through Ray's own calls in the driver, never at import of a Ray-free module);
+- `awd` imports neither Ray nor MLflow nor Optuna; its config and the dataset registry not
+  even torch;
+- the command lines' modules import none of the heavy libraries, so that ``--help`` and a
+  refused flag answer at once;
+- `search.tracking`, `search.stages`, `spaces` and `reports` are Ray-free.
+"""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+HEAVY = ("ray", "mlflow", "torch", "optuna", "pandas", "scipy", "pyarrow", "sklearn",
+         "matplotlib")
+
+
+def modules_of(package: str) -> list[str]:
+    """The package and every module under it (``__main__`` files included)."""
+    root = REPO / package.replace(".", "/")
+    names = [package]
+    for info in pkgutil.walk_packages([str(root)], prefix=f"{package}."):
+        names.append(info.name)
+    return sorted(names)
+
+
+def loaded_after_importing(modules: list[str]) -> set[str]:
+    """The heavy libraries in ``sys.modules`` after importing ``modules`` in one fresh
+    interpreter. None of them is loaded by any of the modules if none is loaded by all."""
+    code = ("import importlib, json, sys\n"
+            "for name in sys.argv[1:]:\n"
+            "    importlib.import_module(name)\n"
+            f"print(json.dumps(sorted(h for h in {HEAVY!r} if h in sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", code, *modules], cwd=REPO, text=True,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return set(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+CLI_MODULES = ["search.run", "reports.__main__", "awd.train"]
+LIGHT = ["awd.config", "awd.errors", "awd.data", "awd.data.registry", "awd.files",
+         "search.options", "search.schema", "search.results", "search.errors", "search.state",
+         "search.storage", "search.lock", "search.tune", "search.tracking", "search.stages",
+         "reports", "reports.errors"]
+RAY_USERS = ("search.tune.", "search.driver")
+
+
+def test_the_command_lines_and_the_light_modules_load_no_heavy_library():
+    assert loaded_after_importing(CLI_MODULES + LIGHT) == set()
+
+
+def test_awd_loads_neither_ray_nor_mlflow_nor_optuna():
+    loaded = loaded_after_importing(modules_of("awd"))
+    assert loaded & {"ray", "mlflow", "optuna"} == set()
+    assert "torch" in loaded  # the check sees heavy libraries when they are there
+
+
+def test_everything_but_search_tune_and_the_driver_is_ray_free():
+    modules = [m for p in ("awd", "spaces", "search", "reports") for m in modules_of(p)
+               if not m.startswith(RAY_USERS)]
+    assert {"search.stages.confirm", "search.tracking.registry", "reports.build",
+            "search.evaluate"} <= set(modules)
+    loaded = loaded_after_importing(modules)
+    assert "ray" not in loaded
+    assert {"mlflow", "torch", "optuna"} <= loaded
+
+
+def test_the_command_lines_answer_help_without_heavy_libraries():
+    for module in CLI_MODULES:
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"],
+                              cwd=REPO, text=True, capture_output=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "usage: python -m" in proc.stdout
+        imported = {line.split("|")[-1].strip().split(".")[0]
+                    for line in proc.stderr.splitlines() if line.startswith("import time:")}
+        assert imported.isdisjoint(HEAVY), (module, sorted(imported & set(HEAVY)))
+
+
+def test_only_search_tune_and_the_driver_import_ray_in_their_code():
+    """A static check beside the runtime one: no ``import ray`` / ``from ray`` at module level
+    outside `search/tune/` and `search/driver.py` (the confirmation stage imports it inside
+    the function that runs Tune)."""
+    offenders = []
+    for path in sorted((REPO / "search").rglob("*.py")) + sorted((REPO / "reports").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel.startswith("search/tune/") or rel == "search/driver.py":
+            continue
+        for line in path.read_text().splitlines():
+            if line.startswith(("import ray", "from ray")):
+                offenders.append(f"{rel}: {line}")
+    assert offenders == []
