@@ -1,6 +1,8 @@
 """The README and docs/ still say true things about the tree: every relative link points to a
-file (and heading) that exists, and every ``python -m MODULE ...`` command in a fenced code block
-names a module that exists and uses only flags that module's parser accepts.
+file (and heading) that exists; every repository path (``search/tune/searcher.py``) and dotted
+name (``search.results.pick_best``) they mention exists; and every ``python -m MODULE ...``
+command in a fenced code block names a module that exists and uses only flags that module's
+parser accepts.
 
 Fast tier, no Ray: the parsers are built in-process where the module has a builder; any other
 module is asked ``python -m MODULE --help`` once, in a subprocess.
@@ -109,6 +111,44 @@ def _command(rest: str, closing: str) -> str:
             quote = ch
         out.append(ch)
     return "".join(out).rstrip()
+
+
+PACKAGES = ("awd", "search", "spaces", "reports", "benchmarks", "tests", "docs", ".ci")
+REPO_PATH = re.compile(rf"(?<![\w./-])((?:{'|'.join(map(re.escape, PACKAGES))})/[\w./-]*)")
+DOTTED = re.compile(r"(?<![\w./-])((?:awd|search|spaces|reports|benchmarks)(?:\.\w+)+)"
+                    r"(?<!\.md)(?<!\.py)(?<!\.json)(?<!\.yaml)(?![\w/-])")
+
+
+def _mentions(pattern: re.Pattern[str]) -> list[tuple[Path, str]]:
+    found = {(doc, m.group(1).rstrip(".")) for doc in DOCS
+             for m in pattern.finditer(doc.read_text())}
+    return sorted(found)
+
+
+@pytest.mark.parametrize("doc,path", _mentions(REPO_PATH),
+                         ids=lambda v: v if isinstance(v, str) else _rel(v))
+def test_mentioned_path_exists(doc: Path, path: str):
+    assert (ROOT / path).exists(), f"{_rel(doc)} mentions {path}: no such file or folder"
+
+
+@pytest.mark.parametrize("doc,name", _mentions(DOTTED),
+                         ids=lambda v: v if isinstance(v, str) else _rel(v))
+def test_mentioned_module_or_name_exists(doc: Path, name: str):
+    """``a.b.c``: the longest prefix that is a module of the tree, and the next part named in
+    its source; read from the files, nothing imported."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:i])
+        source = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if source.is_file():
+            break
+    else:
+        pytest.fail(f"{_rel(doc)} mentions {name}: no such module")
+    rest = parts[i:]
+    if rest:
+        text = source.read_text()
+        assert re.search(rf"\b{rest[0]}\b", text), \
+            f"{_rel(doc)} mentions {name}: {rest[0]} is not in {_rel(source)}"
 
 
 def _commands() -> list[tuple[Path, str, str]]:
