@@ -49,7 +49,7 @@ Child (trial) run, named "<space>-<trial_id>"
 The best model (`search.tracking.registry`), stored once: an MLflow PyTorch model named
 "model" logged on the best trial's run (``runs:/<its run id>/model``) holding the exported file
 extra_files/best_model.pt (weights, config, vocabulary; `awd.trainer.load_exported` reads it
-with weights_only, ``python -m awd.evaluate`` evaluates it), registered as one new version per
+with weights_only, ``python -m search.evaluate`` evaluates it), registered as one new version per
 search of ``awdsearch-<space>``; version tags: awdsearch.val_ppl, awdsearch.test_ppl (the best
 trial's final perplexities, as the parent's best_val_ppl / best_test_ppl),
 awdsearch.parent_run_id, awdsearch.trial_id, awdsearch.model, awdsearch.dataset,
