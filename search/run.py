@@ -11,8 +11,10 @@ from math import isnan, nan
 import pandas as pd
 
 from awd.errors import UserError
+from awd.uris import is_server
 from search import schema
 from search.driver import SearchOutcome, run_search
+from search.results import status_counts
 from search.options import build_parser, options_from_args
 from search.stages.confirm import Confirmation
 from search.tracking.conventions import experiment_url, without_credentials
@@ -72,7 +74,7 @@ def ui_hint(outcome: SearchOutcome) -> str:
     experiment on its GenAI pages otherwise), after starting ``mlflow ui`` for a local store."""
     uri = outcome.tracking_uri
     experiment_id = outcome.experiment_id
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         return (experiment_url(uri, experiment_id) if experiment_id
                 else f"open {without_credentials(uri)}")
     start = f"mlflow ui --backend-store-uri {uri}"
@@ -127,7 +129,7 @@ def _stopped(outcome: SearchOutcome, argv: list[str]) -> int:
     """A search stopped by a signal: how far it got, how to go on; the shell's exit status
     for that signal (130 for SIGINT, 143 for SIGTERM)."""
     signum = outcome.stopped_by or signal.SIGINT
-    counts = {s: sum(t.status == s for t in outcome.trials) for s in schema.TRIAL_STATUSES}
+    counts = status_counts(t.status for t in outcome.trials)
     done = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     again = " ".join(["python -m search.run", *map(shlex.quote, argv)]
                      + ([] if "--resume" in argv else ["--resume"]))
