@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ from awd.errors import CheckpointError, ConfigError, DataError, UserError, first
 from awd.models import LanguageModel
 from awd.progress import TokenBars
 from awd.trainer import ExportedModel, Trainer, load_exported, pick_device
+from awd.uris import resolve_tracking_uri, sqlite_path
 
 EXPORT_FILE = "best_model.pt"
 EXPORT_IN_MODEL = f"extra_files/{EXPORT_FILE}"  # where MLflow's extra_files puts the export
@@ -49,12 +49,6 @@ class VocabularyMismatchError(DataError):
 
 
 # --- finding the export ----------------------------------------------------------------------
-
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else ``mlflow.db`` here: the store a search writes by default."""
-    return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or \
-        f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def local_export(path: Path) -> Path:
@@ -75,10 +69,9 @@ def download_export(uri: str, tracking_uri: str, dest: Path) -> Path:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
-        if not db.is_file():  # MLflow would create an empty store and find nothing in it
-            raise ModelNotFoundError(f"no MLflow store at {db} (pass --tracking-uri, or set "
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():  # MLflow would create an empty store, find nothing
+        raise ModelNotFoundError(f"no MLflow store at {db} (pass --tracking-uri, or set "
                                      "$MLFLOW_TRACKING_URI)")
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
@@ -135,7 +128,7 @@ def load_model(uri: str, tracking_uri: str | None = None) -> ExportedModel:
     """The exported model ``uri`` names (see the module docstring for the forms it takes)."""
     if uri.startswith(MLFLOW_SCHEMES):
         with tempfile.TemporaryDirectory() as d:
-            path = download_export(uri, tracking_uri or default_tracking_uri(), Path(d))
+            path = download_export(uri, resolve_tracking_uri(tracking_uri), Path(d))
             try:
                 return load_exported(path)
             except CheckpointError as e:  # its message names a temporary file

@@ -1,5 +1,6 @@
 """Tracking-store URIs, read in one place: which SQLite file a ``sqlite:///`` URI names, whether a
-URI is an MLflow server, and which store a command uses when none is given.
+URI is an MLflow server (and whether it answers), and which store a command uses when none is
+given.
 
 Here, in `awd`, because ``python -m awd.evaluate`` opens the store a search wrote as well as
 `search` and `reports` do, and `awd` imports neither of them. Standard library only.
@@ -8,6 +9,7 @@ Here, in `awd`, because ``python -m awd.evaluate`` opens the store a search wrot
 from __future__ import annotations
 
 import os
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,3 +49,13 @@ def resolve_tracking_uri(uri: str | None = None, env: Mapping[str, str] | None =
     if path is not None and not path.is_absolute():
         return sqlite_uri((workdir / path).resolve())
     return uri
+
+
+def server_problem(uri: str, timeout: float) -> str | None:
+    """Why the MLflow server at ``uri`` fails its health check (``GET /health`` answered 200
+    within ``timeout`` s), or None: seconds, where MLflow's own client retries for minutes."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            return None if response.status == 200 else f"it answered {response.status}"
+    except OSError as e:  # urllib's URLError and HTTPError included
+        return str(getattr(e, "reason", e))

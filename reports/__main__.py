@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         _quiet()
     try:
         check_args(args)
+        from awd.uris import resolve_tracking_uri
         from reports.build import build
-        from search.tracking.store import resolve_tracking_uri
 
         uri = resolve_tracking_uri(args.tracking_uri)
         result = build(uri, args.experiment, args.out, log_artifacts=not args.no_log)

@@ -14,8 +14,8 @@ from awd.errors import UserError
 from awd.uris import is_server
 from search import schema
 from search.driver import SearchOutcome, run_search
-from search.results import status_counts
 from search.options import build_parser, options_from_args
+from search.results import status_counts
 from search.stages.confirm import Confirmation
 from search.tracking.conventions import experiment_url, without_credentials
 from spaces import SPACES, show_space

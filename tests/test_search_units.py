@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from awd.config import from_flat, preset
 from awd.errors import UserError
+from awd.uris import resolve_tracking_uri
 from reports.tables import best_trial
 from search import schema, storage
 from search.driver import SearchError, SearchState, _searcher
@@ -28,7 +29,6 @@ from search.tracking.store import (
     check_tracking_uri,
     close_open_trials,
     finish_trial_run,
-    resolve_tracking_uri,
     search_summary_metrics,
     trial_summary_metrics,
     write_summary,

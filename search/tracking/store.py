@@ -1,10 +1,9 @@
 """The MLflow side of a search: which store, the parent run, the trial runs' closing records,
 and the summary and artifacts written when the search ends.
 
-Ray-free (the Tune callback that logs each epoch is `search.tune.callback`), so that `reports` can
-share the server's health check and the names of `search.schema` without importing Ray. Every
-number written here comes from Tune's last result of each trial: nothing is read back from
-MLflow's metric histories.
+Ray-free (the Tune callback that logs each epoch is `search.tune.callback`), so that the
+confirmation's statistics that `reports` shares import no Ray. Every number written here comes
+from Tune's last result of each trial: nothing is read back from MLflow's metric histories.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import json
 import logging
 import tempfile
 import time
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from awd.errors import UserError, first_line
 from awd.uris import ENV_TRACKING_URI as ENV_TRACKING_URI  # search.options reads it from here
-from awd.uris import is_server, sqlite_path
+from awd.uris import is_server, server_problem, sqlite_path
 from search import schema
 from search.results import TrialSummary, gpu_hours, objective, status_counts
 from search.tracking.conventions import dataset_ref, experiment_tags, log_dataset, source_tags
@@ -33,16 +31,6 @@ log = logging.getLogger(__name__)
 
 class TrackingError(UserError):
     """The MLflow tracking store cannot be used; raised before any trial starts."""
-
-
-def server_problem(uri: str, timeout: float) -> str | None:
-    """Why the MLflow server at ``uri`` fails its health check (``GET /health`` answered 200
-    within ``timeout`` s), or None: seconds, where MLflow's own client retries for minutes."""
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            return None if response.status == 200 else f"it answered {response.status}"
-    except OSError as e:  # urllib's URLError and HTTPError included
-        return str(getattr(e, "reason", e))
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
@@ -56,9 +44,8 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                 "--tracking-uri")
         return
     db = sqlite_path(uri)
-    if db is not None:
-        if not db.parent.is_dir():
-            raise TrackingError(f"folder {db.parent} of the MLflow database does not exist")
+    if db is not None and not db.parent.is_dir():
+        raise TrackingError(f"folder {db.parent} of the MLflow database does not exist")
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:
