@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         from reports.build import build
-        from search.tracking.store import resolve_tracking_uri
+        from search.uris import resolve_tracking_uri
 
         uri = resolve_tracking_uri(args.tracking_uri)
         result = build(uri, args.experiment, args.out, log_artifacts=not args.no_log)

@@ -47,13 +47,15 @@ class Result:
 def searches_table(data: ReportData) -> Table:
     frame = tables.searches(data)
     cols = ["Search", "Space", "Dataset", "Models", "Started (UTC)", "Wall h", "Trials",
-            "Completed", "Stopped early", "Failed", "Running", "GPU-h", "Best val", "Best test",
+            "Completed", "Stopped early", "Failed", "Running", "Interrupted", "GPU-h", "Best val",
+            "Best test",
             "Best model", "Parent run"]
     rows = [[r["search"], r["space"] or "—", r["dataset"] or "—", r["models"],
              r["started"].strftime("%Y-%m-%d %H:%M"), fmt_num(r["wall_hours"]),
              fmt_int(r["trials"]), fmt_int(r["completed"]), fmt_int(r["stopped_early"]),
-             fmt_int(r["failed"]), fmt_int(r["running"]), fmt_num(r["gpu_hours"], 3),
-             fmt_num(r["best_val_ppl"]), fmt_num(r["best_test_ppl"]), r["best_model"] or "—",
+             fmt_int(r["failed"]), fmt_int(r["running"]), fmt_int(r["interrupted"]),
+             fmt_num(r["gpu_hours"], 3), fmt_num(r["best_val_ppl"]),
+             fmt_num(r["best_test_ppl"]), r["best_model"] or "—",
              _run_cell(data, r["experiment_id"], r["parent_run_id"])]
             for _, r in frame.iterrows()]
     return Table(cols, rows, {"Search", "Space", "Dataset", "Models", "Started (UTC)",
@@ -89,13 +91,14 @@ def _best_tables(summary: pd.DataFrame) -> tuple[Table, Table, list[str]]:
         cost_rows.append([
             model, r["dataset"], r["search"], fmt_int(r["trials"]), fmt_int(r["completed"]),
             fmt_int(r["stopped_early"]), fmt_int(r["failed"]), fmt_int(r["running"]),
-            fmt_num(r["gpu_hours"], 3), fmt_num(r["train_hours"], 3)])
+            fmt_int(r["interrupted"]), fmt_num(r["gpu_hours"], 3), fmt_num(r["train_hours"], 3)])
     best = Table(["Model", "Dataset", "Search", "Val ppl", "Test ppl", "Published val",
                   "Published test", "Gap val", "Gap test", "Params", "Epochs run",
                   "NT-ASGD trigger", "Best trial", "Ref", "Note"], best_rows,
                  {"Model", "Dataset", "Search", "Best trial", "Ref", "Note"})
     cost = Table(["Model", "Dataset", "Search", "Trials", "Completed", "Stopped early", "Failed",
-                  "Running", "GPU-h", "Train h"], cost_rows, {"Model", "Dataset", "Search"})
+                  "Running", "Interrupted", "GPU-h", "Train h"], cost_rows,
+                 {"Model", "Dataset", "Search"})
     return best, cost, [f"[{i}] {c}" for i, c in enumerate(citations, 1)]
 
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -26,7 +23,8 @@ from optuna.trial import FrozenTrial
 from awd.errors import first_line
 from reports.errors import ReportError
 from search import schema
-from search.results import parse_param
+from search.results import parse_param, status_counts
+from search.uris import is_server, server_problem, sqlite_path, sqlite_uri
 
 FINISHED = (schema.STATUS_COMPLETED, schema.STATUS_STOPPED)
 REQUIRED = {  # metrics a trial of each status must have (schema: "metrics once")
@@ -96,18 +94,13 @@ class ReportData:
 
 def open_client(uri: str) -> MlflowClient:
     """A client for ``uri``; a missing SQLite file is an error, not a new empty store."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
-        if not path.is_file():
-            raise ReportError(f"no MLflow database at {path} (pass --tracking-uri or set "
-                              "MLFLOW_TRACKING_URI)")
-    if uri.startswith(("http://", "https://")):  # fail in seconds, not after MLflow's retries
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10):
-                pass
-        except (urllib.error.URLError, OSError) as e:
-            raise ReportError(f"cannot reach the MLflow tracking server at {uri} "
-                              f"({getattr(e, 'reason', e)})") from None
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise ReportError(f"no MLflow database at {path} (pass --tracking-uri or set "
+                          "MLFLOW_TRACKING_URI)")
+    problem = server_problem(uri, timeout=10) if is_server(uri) else None
+    if problem is not None:  # in seconds, not after MLflow's retries
+        raise ReportError(f"cannot reach the MLflow tracking server at {uri} ({problem})")
     try:
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)
@@ -282,9 +275,9 @@ def _load_experiment(client: MlflowClient, name: str,
 def _check(experiment: str, rows: list[dict[str, Any]], data: ReportData) -> None:
     """Record bad input: no finished trial, trials lacking the metrics of their status."""
     trials = [r for r in rows if r["role"] == schema.ROLE_TRIAL and not r["ablation"]]
-    counts = pd.Series([r["status"] or "no status tag" for r in trials]).value_counts()
+    counts = status_counts(r["status"] or "no status tag" for r in trials)
     if not any(r["status"] in FINISHED for r in trials):
-        what = ", ".join(f"{n} {s}" for s, n in counts.items()) or "no trial runs"
+        what = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trial runs"
         data.problems.append(f"experiment {experiment!r} has no finished trial runs ({what})")
     for r in trials:
         if not r["status"]:
@@ -297,7 +290,7 @@ def _check(experiment: str, rows: list[dict[str, Any]], data: ReportData) -> Non
         if missing:
             data.problems.append(f"{r['status']} trial run {r['run_id']} ({r['run_name']}) lacks "
                                  f"{', '.join(missing)}")
-    if counts.get(schema.STATUS_RUNNING, 0):
+    if counts[schema.STATUS_RUNNING]:
         data.notes.append(f"experiment {experiment!r}: {counts[schema.STATUS_RUNNING]} trial(s) "
                           "still running; their numbers are partial")
     if any(math.isnan(r["gpus_per_trial"]) for r in trials):
@@ -310,11 +303,12 @@ def read_study(storage: str, name: str) -> StudyRecord:
     file through a ``mode=ro`` URI (nothing is created or written, even for a missing file);
     another RDB URL as it is, without creating tables."""
     url = storage
-    if storage.startswith("sqlite:///"):
-        path = Path(storage[len("sqlite:///"):]).expanduser()
+    path = sqlite_path(storage)
+    if path is not None:
+        path = path.expanduser()
         if not path.is_file():
             return StudyRecord(storage, name, error=f"no Optuna database at {path}")
-        url = f"sqlite:///file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&uri=true"
+        url = sqlite_uri(f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&uri=true")
     optuna.logging.set_verbosity(logging.WARNING)
     try:
         rdb = optuna.storages.RDBStorage(url, skip_table_creation=True)

@@ -9,26 +9,28 @@ import pandas as pd
 from reports import references
 from reports.load import ReportData
 from search import schema
-from search.results import best_index, ranking
+from search.results import best_index, objective, ranking, status_counts
+from search.results import gpu_hours as _gpu_hours
 
 GROUP = ["search_key", "model", "dataset", "preset"]
 
 
 def gpu_hours(trials: pd.DataFrame) -> float:
-    """Sum over trials of train_seconds * gpus_per_trial / 3600 (unknowns count as 0)."""
-    if trials.empty:
-        return 0.0
-    hours = trials["train_seconds"].fillna(0) * trials["gpus_per_trial"].fillna(0) / 3600
-    return float(hours.sum())
+    """The trials' GPU-hours by the search's own rule (`search.results.gpu_hours`)."""
+    return _gpu_hours(trials.to_dict("records"))
+
+
+# The parent run's summary metric of each status it counts (`search.tracking.store`).
+SUMMARY_COUNTS = {"trials": "trials_total", schema.STATUS_COMPLETED: "trials_completed",
+                  schema.STATUS_STOPPED: "trials_stopped_early",
+                  schema.STATUS_FAILED: "trials_failed",
+                  schema.STATUS_INTERRUPTED: "trials_interrupted"}
 
 
 def _counts(trials: pd.DataFrame) -> dict[str, int]:
-    status = trials["status"]
-    return {"trials": len(trials),
-            "completed": int((status == schema.STATUS_COMPLETED).sum()),
-            "stopped_early": int((status == schema.STATUS_STOPPED).sum()),
-            "failed": int((status == schema.STATUS_FAILED).sum()),
-            "running": int((status == schema.STATUS_RUNNING).sum())}
+    """``trials`` and one count per status of `schema.TRIAL_STATUSES`, keyed by the status."""
+    counts = status_counts(trials["status"])
+    return {"trials": len(trials), **{s: counts[s] for s in schema.TRIAL_STATUSES}}
 
 
 def best_trial(trials: pd.DataFrame) -> pd.Series | None:
@@ -127,11 +129,9 @@ def searches(data: ReportData) -> pd.DataFrame:
         summarized = not math.isnan(search["trials_total"])
         best = search_best(data, search)
         counts = _counts(trials)
-        if summarized:
-            counts.update(trials=int(search["trials_total"]),
-                          completed=int(search["trials_completed"]),
-                          stopped_early=int(search["trials_stopped_early"]),
-                          failed=int(search["trials_failed"]))
+        if summarized:  # what the search counted (trials_interrupted: not before it existed)
+            counts.update({key: int(search[metric]) for key, metric in SUMMARY_COUNTS.items()
+                           if not math.isnan(search[metric])})
         models = sorted(trials["model"].dropna().unique())
         rows.append({
             "search": search["label"], "experiment": search["experiment"],
@@ -150,15 +150,6 @@ def searches(data: ReportData) -> pd.DataFrame:
             "best_trial_id": best["trial_id"] if best is not None else "",
         })
     return pd.DataFrame(rows)
-
-
-def objective(trial: pd.Series | None) -> float:
-    """A trial's validation perplexity as the search ranks it: final if it completed, else the
-    lowest seen."""
-    if trial is None:
-        return math.nan
-    final = trial[schema.FINAL_VAL_PPL]
-    return float(trial[schema.BEST_VAL_PPL] if math.isnan(final) else final)
 
 
 def ranked(trials: pd.DataFrame) -> pd.DataFrame:

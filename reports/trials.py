@@ -19,10 +19,11 @@ import pandas as pd
 
 from reports.load import ReportData
 from reports.render import Cell, Link, Section, Table, fmt_int, fmt_num, fmt_value
-from reports.tables import best_trial, objective, ranked, search_best
+from reports.tables import best_trial, ranked, search_best
 from search import schema
-from search.results import parse_param
+from search.results import objective, parse_param
 from search.tracking.conventions import without_credentials
+from search.uris import is_server
 
 NOT_HYPERPARAMETERS = ("model", "gpus_per_trial")  # model has its own column
 TRIALS_CSV = "trials.csv"
@@ -33,7 +34,7 @@ FRAME_COLUMNS = ("search", "rank", "trial_id", "run_id", "experiment_id", "model
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     """The run's page on an MLflow server; None for a store with no web page (SQLite, files)."""
-    if not tracking_uri.startswith(("http://", "https://")):
+    if not is_server(tracking_uri):
         return None
     server = without_credentials(tracking_uri).rstrip("/")
     return f"{server}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -32,7 +32,7 @@ from search import schema, storage
 from search.errors import SearchError
 from search.lock import DriverLock
 from search.options import SearchOptions, resumed
-from search.results import TrialSummary, pick_best, status_of
+from search.results import TrialSummary, pick_best
 from search.stages import confirm
 from search.state import SearchState
 from search.tracking.backfill import backfill
@@ -43,16 +43,17 @@ from search.tracking.store import (
     ensure_experiment,
     prune_child_runs,
     reopen_interrupted_trials,
-    resolve_tracking_uri,
     start_parent_run,
     write_summary,
 )
 from search.tracking.transfer import best_configurations
 from search.tune.callback import MLflowTrialLogger, close_all
 from search.tune.console import SearchConsole, quiet_ray, quiet_trainable
+from search.tune.grid import summarize
 from search.tune.scheduler import PersistentASHA
 from search.tune.searcher import default_study_storage, make_searcher
 from search.tune.trainable import export_best_model, train_trial
+from search.uris import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -255,27 +256,6 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
         ),
     )
     return tuner, state
-
-
-def summarize(result_grid: ResultGrid, interrupted: frozenset[str] = frozenset()
-              ) -> list[TrialSummary]:
-    """Each trial's outcome from Tune's results: status, last result, last checkpoint. The
-    ``interrupted`` trials (running when a signal stopped the search) are `STATUS_INTERRUPTED`
-    unless they had already failed."""
-    trials = []
-    for i in range(len(result_grid)):
-        r = result_grid[i]
-        metrics = dict(r.metrics or {})
-        status = schema.STATUS_FAILED if r.error is not None else status_of(metrics)
-        error = str(r.error) if r.error is not None else (
-            str(metrics.get(schema.FATAL) or "diverged")
-            if status == schema.STATUS_FAILED else None)
-        trial_id = metrics.get("trial_id", r.path.rsplit("_", 1)[-1])
-        if trial_id in interrupted and status != schema.STATUS_FAILED:
-            status = schema.STATUS_INTERRUPTED
-        trials.append(TrialSummary(trial_id=trial_id, status=status, config=dict(r.config or {}),
-                                   metrics=metrics, checkpoint=r.checkpoint, error=error))
-    return trials
 
 
 def unfinished_trials(experiment_dir: str) -> frozenset[str]:

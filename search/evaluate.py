@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluate.run(args, evaluate.load_model(args.model_uri))
             return 0
         from search.tracking.registry import download_export
-        from search.tracking.store import resolve_tracking_uri
+        from search.uris import resolve_tracking_uri
 
         with tempfile.TemporaryDirectory() as d:
             path = download_export(args.model_uri, resolve_tracking_uri(args.tracking_uri),

@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 
 from awd.config import from_flat
 from awd.errors import UserError, first_line
-from search import schema, storage
+from search import storage
 from search.results import parse_param
+from search.uris import ENV_TRACKING_URI, SQLITE
 
 if TYPE_CHECKING:
     from spaces import Space
@@ -349,7 +350,7 @@ def _http_problem(uri: str) -> str | None:
 
 
 def _sqlite_form_problem(uri: str) -> str | None:
-    if not uri.startswith("sqlite:///") or not uri[len("sqlite:///"):].strip():
+    if not uri.startswith(SQLITE) or not uri[len(SQLITE):].strip():
         return "a SQLite store is sqlite:///PATH (sqlite:////ABS/PATH for an absolute one)"
     return None
 
@@ -382,11 +383,11 @@ def tracking_uri_problem(uri: str) -> str | None:
 
 def tracking_uri_source(flag: str | None) -> tuple[str, str | None]:
     """Where the tracking URI comes from (the flag, else the environment) and its value; None
-    for the default store (`search.tracking.store.resolve_tracking_uri` decides the same way)."""
+    for the default store (`search.uris.resolve_tracking_uri` decides the same way)."""
     if flag is not None:
         return "--tracking-uri", flag
-    env = os.environ.get(schema.ENV_TRACKING_URI, "")
-    return f"${schema.ENV_TRACKING_URI}", env if env.strip() else None
+    env = os.environ.get(ENV_TRACKING_URI, "")
+    return f"${ENV_TRACKING_URI}", env if env.strip() else None
 
 
 def study_storage_problem(url: str) -> str | None:
@@ -398,7 +399,7 @@ def study_storage_problem(url: str) -> str | None:
     if scheme is None or scheme.split("+", 1)[0] not in SQL_DIALECTS:
         return "not a database URL; use sqlite:///PATH, postgresql://... or mysql://..."
     if scheme.split("+", 1)[0] == "sqlite":
-        return _sqlite_form_problem(url) or storage.file_problem(Path(url[len("sqlite:///"):]))
+        return _sqlite_form_problem(url) or storage.file_problem(Path(url[len(SQLITE):]))
     return _uri_problem(url)
 
 

@@ -1,13 +1,15 @@
-"""What each trial of a search left, and the one rule that names the best trial.
+"""What each trial of a search left, and the rules read from it, each in one place: a trial's
+outcome (`status_of`) and why it failed (`failure_reason`), its objective, the best trial
+(`best_index`), the status counts and the GPU-hours of a set of trials.
 
-Ray-free on purpose: the search's summary and `reports` both rank trials with `best_index`, so
-the two can never disagree on which trial won.
+Ray-free on purpose: the search's summary, its console, its confirmation and `reports` all use
+these, so that they can never disagree on which trial won or on what a search cost.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +24,61 @@ def status_of(result: Mapping[str, Any]) -> str:
     return schema.STATUS_COMPLETED if result.get(schema.FINISHED) else schema.STATUS_STOPPED
 
 
+DIVERGED_REASON = "diverged"  # the failure of a trial whose loss became NaN or infinite
+
+
+def failure_reason(result: Mapping[str, Any], error: str | None = None) -> str | None:
+    """Why a trial failed: Tune's ``error`` (the exception it raised) if any, else what its
+    last result says (a fatal error's reason, or divergence); None for a trial that did not
+    fail."""
+    if error:
+        return error
+    if result.get(schema.FATAL):
+        return str(result[schema.FATAL])
+    return DIVERGED_REASON if result.get(schema.DIVERGED) else None
+
+
 def _finite(value: Any) -> bool:
     try:
         return math.isfinite(float(value))
     except (TypeError, ValueError):
         return False
+
+
+def _number_or_zero(value: Any) -> float:
+    return float(value) if _finite(value) else 0.0
+
+
+def objective(record: Mapping[str, Any] | None) -> float:
+    """The validation perplexity a trial is ranked by, and a search's best_val_ppl: its final
+    one if it has one, else the lowest it reached; NaN for no trial or neither number."""
+    if record is None:
+        return math.nan
+    for name in (schema.FINAL_VAL_PPL, schema.BEST_VAL_PPL):
+        if _finite(record.get(name)):
+            return float(record[name])
+    return math.nan
+
+
+def status_counts(statuses: Iterable[str]) -> dict[str, int]:
+    """How many trials have each status: every one of `schema.TRIAL_STATUSES` (0 if none), in
+    that order, then any other (Tune's pending, paused) in the order first seen. The counts add
+    up to the trials, whatever their statuses."""
+    counts = dict.fromkeys(schema.TRIAL_STATUSES, 0)
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def gpu_hours(records: Iterable[Mapping[str, Any]], gpus_per_trial: float | None = None
+              ) -> float:
+    """Sum over trials of train_seconds x GPUs per trial / 3600: ``gpus_per_trial`` for all of
+    them, else each record's own ``gpus_per_trial``. Unknown numbers count as 0."""
+    seconds = 0.0
+    for r in records:
+        gpus = gpus_per_trial if gpus_per_trial is not None else r.get("gpus_per_trial")
+        seconds += _number_or_zero(r.get(schema.TRAIN_SECONDS)) * _number_or_zero(gpus)
+    return seconds / 3600
 
 
 def ranking(records: Sequence[Mapping[str, Any]]) -> list[int]:

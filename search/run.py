@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from awd.errors import UserError
 from search import schema
 from search.options import build_parser, options_from_args
+from search.results import status_counts
+from search.uris import is_server
 
 if TYPE_CHECKING:  # Ray, MLflow, torch and pandas load once a search starts, not for --help
     import pandas as pd
@@ -81,7 +83,7 @@ def ui_hint(outcome: SearchOutcome) -> str:
 
     uri = outcome.tracking_uri
     experiment_id = outcome.experiment_id
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         return (experiment_url(uri, experiment_id) if experiment_id
                 else f"open {without_credentials(uri)}")
     start = f"mlflow ui --backend-store-uri {uri}"
@@ -143,7 +145,7 @@ def _stopped(outcome: SearchOutcome, argv: list[str]) -> int:
     """A search stopped by a signal: how far it got, how to go on; the shell's exit status
     for that signal (130 for SIGINT, 143 for SIGTERM)."""
     signum = outcome.stopped_by or signal.SIGINT
-    counts = {s: sum(t.status == s for t in outcome.trials) for s in schema.TRIAL_STATUSES}
+    counts = status_counts(t.status for t in outcome.trials)
     done = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     again = " ".join(["python -m search.run", *map(shlex.quote, argv)]
                      + ([] if "--resume" in argv else ["--resume"]))

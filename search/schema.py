@@ -71,8 +71,6 @@ Parent run, with confirmation
   artifacts: confirmation.json (every confirmed configuration's numbers)
 """
 
-ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"  # MLflow's own variable: the default store
-
 # --- tags --------------------------------------------------------------------------------
 ROLE = "awdsearch.role"
 SPACE = "awdsearch.space"

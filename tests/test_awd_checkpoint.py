@@ -137,7 +137,7 @@ def test_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(saved, tmp
         f.write(b"half a checkpoint")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(awd.files.torch, "save", crash)
+    monkeypatch.setattr(torch, "save", crash)  # what awd.files.atomic_torch_save calls
     with pytest.raises(CheckpointError) as info:
         trainer.save(path)
     assert_one_line(info, "No space left")

@@ -52,7 +52,7 @@ def no_data(monkeypatch):
     def refuse(*_: object, **__: object) -> None:
         raise AssertionError("data loaded before the config was checked")
 
-    monkeypatch.setattr(awd.train, "load_corpus", refuse)
+    monkeypatch.setattr("awd.data.corpus.load_corpus", refuse)  # awd.train imports it late
 
 
 def assert_one_line_config_error(flat: dict) -> str:

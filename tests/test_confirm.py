@@ -241,11 +241,9 @@ def test_logger_writes_confirmation_runs_with_their_role_and_tags(store):
             tags[schema.CONFIRM_PAPER]) == ("abc", "99", "1", "false")
     assert params["seed"] == "99" and params["gpus_per_trial"] == "0.5"
     assert from_flat({k: v for k, v in params.items() if k != "gpus_per_trial"}).train.seed == 99
-    # a search trial's logger, as before (also one pickled before role/unwrap existed)
+    # a search trial's logger, as before, also after the pickling of a saved Tuner
     plain = MLflowTrialLogger(uri, exp, parent, "smoke")
-    old = {k: v for k, v in plain.__getstate__().items() if k not in ("role", "unwrap")}
-    revived = MLflowTrialLogger.__new__(MLflowTrialLogger)
-    revived.__setstate__(old)
+    revived = pickle.loads(pickle.dumps(plain))
     revived.on_trial_start(0, [], fake_trial("t1", dict(PAPER)))
     assert revived.drain(10)
     (run,) = client.search_runs([exp], filter_string=f"tags.`{schema.ROLE}` = 'trial'")

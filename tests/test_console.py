@@ -37,8 +37,8 @@ def test_status_table_shows_the_objective_and_the_best_trial_so_far():
             Row("c", schema.STATUS_FAILED, 1, None, None), Row("d", "pending", None, None, None),
             Row("e", schema.STATUS_STOPPED, 1, 250.0, 250.0)]
     lines = status_table(rows, schema.BEST_VAL_PPL, "min", 75.0)
-    assert lines[0] == ("Search status after 1m15s: 5 trials (1 running, 1 completed, "
-                        "1 failed, 1 pending, 1 stopped_early)")
+    assert lines[0] == ("Search status after 1m15s: 5 trials (1 completed, 1 stopped_early, "
+                        "1 failed, 1 running, 1 pending)")
     assert lines[1] == "Best so far: b best_val_ppl=200.00 at epoch 2 (completed)"
     assert lines[2].split() == ["trial", "status", "epoch", "val_ppl", "best_val_ppl"]
     # active trials first, then the ended ones best first, failed last

@@ -46,7 +46,7 @@ def loaded_after_importing(modules: list[str]) -> set[str]:
 
 
 CLI_MODULES = ["search.run", "reports.__main__", "awd.train"]
-LIGHT = ["awd.config", "awd.errors", "awd.data", "awd.data.registry", "awd.files",
+LIGHT = ["awd.config", "awd.errors", "awd.data", "awd.data.registry", "awd.files", "search.uris",
          "search.options", "search.schema", "search.results", "search.errors", "search.state",
          "search.storage", "search.lock", "search.tune", "search.tracking", "search.stages",
          "reports", "reports.errors"]

@@ -29,13 +29,13 @@ from search.tracking.store import (
     check_tracking_uri,
     close_open_trials,
     finish_trial_run,
-    resolve_tracking_uri,
     search_summary_metrics,
     trial_summary_metrics,
     write_summary,
 )
 from search.tune.scheduler import PersistentASHA
 from search.tune.searcher import AWDOptunaSearch, SpaceConfig, make_searcher
+from search.uris import resolve_tracking_uri
 from spaces import SPACES, UnknownSpaceError, get_space
 
 PAPER_SPACES = {"awd_ptb": ("awd_lstm", "ptb", ""), "awd_wt2": ("awd_lstm", "wikitext-2", ""),

@@ -49,7 +49,7 @@ from awd.errors import ConfigError
 from search import schema, storage
 from search.errors import SearchError
 from search.options import SearchOptions
-from search.results import TrialSummary, ranking, status_of
+from search.results import TrialSummary, gpu_hours, ranking
 from search.tracking.store import child_runs, close_open_trials
 
 log = logging.getLogger(__name__)
@@ -171,11 +171,6 @@ def _finite(value: Any) -> float:
     return number if math.isfinite(number) else math.nan
 
 
-def _or_zero(value: Any) -> float:
-    number = _finite(value)
-    return 0.0 if math.isnan(number) else number
-
-
 @dataclass
 class ConfigStats:
     """One confirmed configuration: its original trial and its re-trainings."""
@@ -292,10 +287,8 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]],
     for c in ordered:
         if paper is not None and c is not paper:
             c.p_vs_paper = welch_p(c.val, paper.val)
-    seconds = sum(_or_zero(r.get(schema.TRAIN_SECONDS)) * _or_zero(r.get("gpus_per_trial"))
-                  for r in runs)
     result = Confirmation(ordered, Verdict(None, math.nan, ""), len(runs),
-                          sum(len(c.val) for c in ordered), seconds / 3600)
+                          sum(len(c.val) for c in ordered), gpu_hours(runs))
     result.verdict = decide(result.best, result.paper)
     return result
 
@@ -359,19 +352,21 @@ def _trial_name(trial: Any) -> str:
     return f"confirm_{trial.config[KEY]['run'].get('model', 'trial')}_{trial.trial_id}"
 
 
+def _run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A confirmation trial's run config, from its Tune config."""
+    return dict(config[KEY]["run"])
+
+
 def _records(result_grid: Any, gpus: float) -> tuple[list[TrialSummary], list[dict[str, Any]]]:
     """The re-trainings as trial summaries (to close their runs) and as records."""
-    summaries, records = [], []
-    for i in range(len(result_grid)):
-        r = result_grid[i]
-        entry = (r.config or {})[KEY]
-        metrics = dict(r.metrics or {})
-        status = schema.STATUS_FAILED if r.error is not None else status_of(metrics)
-        trial_id = str(metrics.get("trial_id", str(r.path).rsplit("_", 1)[-1]))
-        summaries.append(TrialSummary(trial_id, status, dict(entry["run"]), metrics, None,
-                                      str(r.error) if r.error is not None else None))
+    from search.tune.grid import summarize  # Ray: not at import
+
+    summaries = summarize(result_grid, run_config=_run_config)
+    records = []
+    for i, t in enumerate(summaries):
+        entry = (result_grid[i].config or {})[KEY]
         records.append({**{k: entry[k] for k in ("confirm_of", "rank", "paper", "seed")},
-                        **metrics, "status": status, "gpus_per_trial": gpus})
+                        **t.metrics, "status": t.status, "gpus_per_trial": gpus})
     return summaries, records
 
 

@@ -32,7 +32,7 @@ from awd.errors import ConfigError
 from search import schema, storage
 from search.tracking.conventions import DatasetRef, dataset_ref, inherited_tags, log_dataset
 from search.tracking.outbox import Outbox, Record
-from search.tracking.store import trial_summary_metrics
+from search.tracking.store import run_state, trial_summary_metrics
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class RunWriter:
                    if run.data.metrics.get(k) != float(v)]
         if tags or metrics:
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
-        state = "FAILED" if record["status"] == schema.STATUS_FAILED else "FINISHED"
+        state = run_state(record["status"])
         if run.info.status != state:
             self.client.set_terminated(run_id, state)
 

@@ -41,6 +41,7 @@ from awd.errors import first_line
 from awd.evaluate import EXPORT_FILE, EXPORT_IN_MODEL, ModelNotFoundError
 from awd.trainer import ExportedModel, load_exported
 from search import schema
+from search.uris import sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -265,10 +266,9 @@ def _tag_runs(client: MlflowClient, best: BestModel, uri: str) -> None:
 def download_export(uri: str, tracking_uri: str, dest: Path) -> Path:
     """Download the export inside the MLflow model ``uri`` (``models:/...`` or ``runs:/...``)
     into ``dest``: the file `awd.evaluate` reads, and nothing else of the model."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
-        if not db.is_file():  # MLflow would create an empty store and find nothing in it
-            raise ModelNotFoundError(f"no MLflow store at {db} (pass --tracking-uri, or set "
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():  # MLflow would create an empty store, find nothing
+        raise ModelNotFoundError(f"no MLflow store at {db} (pass --tracking-uri, or set "
                                      "$MLFLOW_TRACKING_URI)")
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:

@@ -1,21 +1,17 @@
 """The MLflow side of a search: which store, the parent run, the trial runs' closing records,
 and the summary and artifacts written when the search ends.
 
-Ray-free (the Tune callback that logs each epoch is `search.tune.callback`), so that `reports` can
-share `resolve_tracking_uri` and the names of `search.schema` without importing Ray. Every
-number written here comes from Tune's last result of each trial: nothing is read back from
-MLflow's metric histories.
+Ray-free (the Tune callback that logs each epoch is `search.tune.callback`), so that the
+confirmation's statistics that `reports` shares import no Ray. Every number written here comes
+from Tune's last result of each trial: nothing is read back from MLflow's metric histories.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,54 +21,30 @@ from mlflow.tracking import MlflowClient
 
 from awd.errors import UserError, first_line
 from search import schema
-from search.results import TrialSummary
+from search.results import TrialSummary, gpu_hours, objective, status_counts
 from search.tracking.conventions import dataset_ref, experiment_tags, log_dataset, source_tags
 from search.tracking.registry import BestModel, publish_best_model
+from search.uris import is_server, server_problem, sqlite_path
 
 log = logging.getLogger(__name__)
-
-ENV_TRACKING_URI = schema.ENV_TRACKING_URI
-
 
 class TrackingError(UserError):
     """The MLflow tracking store cannot be used; raised before any trial starts."""
 
 
-def resolve_tracking_uri(uri: str | None = None, env: Mapping[str, str] | None = None,
-                         workdir: Path | None = None) -> str:
-    """The store a search writes to and a report reads from: ``uri`` if given, else
-    ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working folder. SQLite paths
-    are made absolute so that the printed ``mlflow ui`` command works from anywhere."""
-    env = os.environ if env is None else env
-    workdir = workdir or Path.cwd()
-    uri = (uri or env.get(ENV_TRACKING_URI, "")).strip()
-    if not uri:
-        return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{(workdir / uri[len('sqlite:///'):]).resolve()}"
-    return uri
-
-
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, with the reason, if the tracking store cannot be reached or written."""
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                if response.status != 200:
-                    raise TrackingError(f"MLflow server at {uri} answered {response.status}")
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
+    if is_server(uri):
+        problem = server_problem(uri, timeout)
+        if problem is not None:
             raise TrackingError(
-                f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+                f"cannot reach the MLflow tracking server at {uri} ({problem}); start it "
                 "(`mlflow server --host 127.0.0.1 --port 5000 ...`) or pass another "
-                "--tracking-uri"
-            ) from None
+                "--tracking-uri")
         return
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.parent.is_dir():
-            raise TrackingError(f"folder {db.parent} of the MLflow database does not exist")
+    db = sqlite_path(uri)
+    if db is not None and not db.parent.is_dir():
+        raise TrackingError(f"folder {db.parent} of the MLflow database does not exist")
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:
@@ -85,8 +57,9 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = None
-        if uri.startswith("sqlite:///"):
-            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
+        db = sqlite_path(uri)
+        if db is not None:
+            location = (db.parent / "mlartifacts" / name).as_uri()
         exp = client.get_experiment(client.create_experiment(name, artifact_location=location))
     elif exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
@@ -138,11 +111,17 @@ def finish_trial_run(client: MlflowClient, run_id: str, result: Mapping[str, Any
         tags.append(RunTag(schema.FAILURE, failure))
     metrics = [Metric(k, v, now, 0) for k, v in trial_summary_metrics(result).items()]
     client.log_batch(run_id, tags=tags, metrics=metrics)
-    client.set_terminated(run_id, RUN_STATES.get(status, "FINISHED"))
+    client.set_terminated(run_id, run_state(status))
 
 
-# MLflow's run state for a trial's status.
+# MLflow's run state for a trial's status, where it is not FINISHED.
 RUN_STATES = {schema.STATUS_FAILED: "FAILED", schema.STATUS_INTERRUPTED: "KILLED"}
+
+
+def run_state(status: str) -> str:
+    """The MLflow run state a trial's run ends in, for its status (`schema.TRIAL_STATUSES`):
+    FAILED, KILLED (interrupted: --resume goes on), else FINISHED."""
+    return RUN_STATES.get(status, "FINISHED")
 
 
 def prune_child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
@@ -191,20 +170,16 @@ def close_open_trials(client: MlflowClient, runs: Mapping[str, Run],
 def search_summary_metrics(trials: Sequence[TrialSummary], best: TrialSummary | None,
                            wall_seconds: float, gpus_per_trial: float) -> dict[str, float]:
     """The parent run's metrics, from the trials' last results."""
-    train_seconds = sum(float(t.metrics.get(schema.TRAIN_SECONDS, 0.0)) for t in trials)
-    counts = {s: sum(t.status == s for t in trials) for s in
-              (schema.STATUS_COMPLETED, schema.STATUS_STOPPED, schema.STATUS_FAILED,
-               schema.STATUS_INTERRUPTED)}
+    counts = status_counts(t.status for t in trials)
     summary = {"trials_total": float(len(trials)),
                "trials_completed": float(counts[schema.STATUS_COMPLETED]),
                "trials_stopped_early": float(counts[schema.STATUS_STOPPED]),
                "trials_failed": float(counts[schema.STATUS_FAILED]),
                "trials_interrupted": float(counts[schema.STATUS_INTERRUPTED]),
                "wall_seconds": wall_seconds,
-               "gpu_hours": train_seconds * gpus_per_trial / 3600}
+               "gpu_hours": gpu_hours((t.metrics for t in trials), gpus_per_trial)}
     if best is not None:
-        summary[schema.BEST_VAL_PPL] = float(best.metrics.get(
-            schema.FINAL_VAL_PPL, best.metrics[schema.BEST_VAL_PPL]))
+        summary[schema.BEST_VAL_PPL] = objective(best.metrics)
         if schema.FINAL_TEST_PPL in best.metrics:
             summary[schema.BEST_TEST_PPL] = float(best.metrics[schema.FINAL_TEST_PPL])
     return summary

@@ -22,7 +22,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from search import schema
-from search.results import status_of
+from search.results import failure_reason, status_of
 from search.tracking.outbox import Outbox, Record
 from search.tracking.records import (
     RunSpec,
@@ -56,14 +56,15 @@ def close_all(timeout: float) -> list[Path]:
     return left
 
 
-def _error_reason(trial: Trial) -> str:
-    """The last line of the trial's error file: the exception and its message."""
+def _error_text(trial: Trial) -> str | None:
+    """The last line of the trial's error file: the exception and its message (None: no
+    file)."""
     path = trial.error_file
     if path and Path(path).exists():
         lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
         if lines:
             return lines[-1][:500]
-    return "trial failed"
+    return None
 
 
 class MLflowTrialLogger(Callback):
@@ -158,15 +159,15 @@ class MLflowTrialLogger(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info: Any) -> None:
         result = trial.last_result or {}
-        failure = (str(result[schema.FATAL]) if result.get(schema.FATAL) else
-                   "diverged (see the trial's error)" if result.get(schema.DIVERGED) else None)
         self._put(trial, finish_record(self.spec, trial.trial_id, result, status_of(result),
-                                       failure))
+                                       failure_reason(result)))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
                        **info: Any) -> None:
-        self._put(trial, finish_record(self.spec, trial.trial_id, trial.last_result or {},
-                                       schema.STATUS_FAILED, _error_reason(trial)))
+        result = trial.last_result or {}
+        self._put(trial, finish_record(self.spec, trial.trial_id, result, schema.STATUS_FAILED,
+                                       failure_reason(result, _error_text(trial))
+                                       or "trial failed"))
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         """Tune is done: let the writer finish while MLflow answers (the driver reads the runs

@@ -25,7 +25,7 @@ from ray.tune.experiment import Trial
 from ray.tune.stopper import Stopper
 
 from search import schema
-from search.results import status_of
+from search.results import failure_reason, status_counts, status_of
 
 # Ray Tune snapshots the experiment state every time a trial checkpoints when
 # `CheckpointConfig(num_to_keep)` is set: each trial keeps only its latest checkpoint, and the
@@ -120,10 +120,8 @@ def status_table(rows: Sequence[Row], metric: str, mode: str, elapsed_s: float,
                  max_rows: int = MAX_ROWS) -> list[str]:
     """The status block: counts, the best trial so far, then running trials and the best ended
     ones (at most ``max_rows``)."""
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    counts = status_counts(r.status for r in rows)
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     lines = [f"Search status after {_duration(elapsed_s)}: {len(rows)} trials ({summary})"]
     best = best_row(rows, mode)
     if best is not None:
@@ -202,7 +200,7 @@ class SearchConsole(tune.Callback):
         epoch = result.get(schema.EPOCH)
         at = f"epoch {epoch}" if epoch is not None else "its start"
         if status == schema.STATUS_FAILED:
-            reason = result.get(schema.FATAL) or "diverged"
+            reason = failure_reason(result)
             self._print(f"Trial {trial} failed at {at}: {reason}")
             return
         what = ("completed" if status == schema.STATUS_COMPLETED

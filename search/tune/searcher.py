@@ -24,6 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 from awd.errors import first_line
 from search import schema
 from search.errors import SearchError
+from search.uris import sqlite_path, sqlite_uri
 from spaces import Space
 
 
@@ -121,11 +122,9 @@ def default_study_storage(tracking_uri: str, workdir: Path | None = None) -> str
     """Where a search keeps its Optuna study unless told: ``optuna.db`` beside the MLflow
     SQLite file, else in the working folder. A SQLite file is what ``optuna-dashboard`` and
     ``optuna.load_study`` open, during the search and after it."""
-    if tracking_uri.startswith("sqlite:///"):
-        folder = Path(tracking_uri[len("sqlite:///"):]).parent
-    else:
-        folder = workdir or Path.cwd()
-    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+    db = sqlite_path(tracking_uri)
+    folder = db.parent if db is not None else workdir or Path.cwd()
+    return sqlite_uri((folder / "optuna.db").resolve())
 
 
 def _sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
