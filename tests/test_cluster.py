@@ -159,7 +159,7 @@ def test_setup_fetches_both_datasets_into_one_data_dir(config):
     setup = commands(config, "setup_commands")
     fetched = re.findall(r"AWD_DATA_DIR=(\S+) python -m awd\.data (fetch [^\n;&|]+)", setup)
     assert len({folder for folder, _ in fetched}) == 1
-    # Trials inherit AWD_DATA_DIR from the driver (search.driver.connect_ray): same path.
+    # Trials inherit AWD_DATA_DIR from the driver (search.tune.session.connect_ray): same path.
     assert f"export AWD_DATA_DIR={fetched[0][0]}" in setup
     from awd.data.__main__ import build_parser as data_cli
 

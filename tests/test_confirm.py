@@ -175,7 +175,7 @@ def test_verdict_when_it_cannot_compare():
 
 # --- no confirmation of an interrupted search --------------------------------------------------
 def test_tune_gives_the_previous_sigint_handler_back_only_when_it_catches_sigint():
-    """The contract `search.driver._fit` tells an interrupted search by."""
+    """The contract `search.tune.session.fit` tells an interrupted search by."""
     import signal
 
     from ray.tune.tune import _setup_signal_catching

@@ -111,7 +111,7 @@ def test_the_console_travels_in_the_saved_tuner():
 def test_quiet_trainable_keeps_tunes_name_and_silences_the_checkpoint_line():
     from ray.train._internal import storage as train_storage
 
-    from search.driver import _trainable
+    from search.tune.session import trainable as _trainable
     from search.tune.trainable import train_trial
 
     # Tuner.restore refuses a trainable whose name differs from the saved search's

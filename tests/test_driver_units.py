@@ -16,7 +16,6 @@ from mlflow.tracking import MlflowClient
 
 from awd.errors import ConfigError, DataError, TrainingDiverged
 from search import schema
-from search.driver import check_ray_address
 from search.errors import SearchError
 from search.lock import DriverLock, SearchInUse
 from search.options import (
@@ -36,6 +35,7 @@ from search.tracking.store import (
     reopen_interrupted_trials,
     write_summary,
 )
+from search.tune.session import check_ray_address
 from search.tune.trainable import fatal_reason
 
 
