@@ -7,7 +7,9 @@ import logging
 import os
 import subprocess
 import tempfile
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,9 @@ from search.stages import confirm
 from search.state import SearchState
 from search.tracking.backfill import backfill
 from search.tracking.records import replay, spool_path
+from search.tracking.registry import warm_up_export
 from search.tracking.store import (
+    check_tracking_location,
     check_tracking_uri,
     close_open_trials,
     ensure_experiment,
@@ -187,7 +191,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     state = _saved_state(opts.experiment_dir) if opts.resume else None
     uri = state.tracking_uri if state else resolve_tracking_uri(opts.tracking_uri)
     check_data((resumed(opts, state.options) if state else opts).space_spec.dataset)
-    check_tracking_uri(uri)
+    check_tracking_location(uri)  # the store itself is opened while Ray starts (`_run`)
     with DriverLock(opts.experiment_dir):  # nothing is written to a search before this
         if state is None:
             return _run(opts, uri, None)
@@ -204,13 +208,17 @@ def _saved_state(experiment_dir: str) -> SearchState:
 
 
 def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutcome:
+    with ThreadPoolExecutor(1, thread_name_prefix="mlflow-store") as pool:
+        store = pool.submit(check_tracking_uri, uri)  # a new SQLite store's tables, meanwhile
+        session.connect_ray(opts.address)
+        store.result()
     client = MlflowClient(uri)
-    session.connect_ray(opts.address)
     if state is None:
         gpus = session.default_gpus_per_trial(opts)
         session.check_resources(opts, opts.cpus_per_trial, gpus)
         tuner, state = _start_new(opts, client, uri, gpus,
                                   session.default_concurrency(opts, gpus))
+        _warm_up_export()
         return _finish(opts, client, state, *session.fit(tuner))
     session.check_resources(opts, opts.cpus_per_trial, state.gpus_per_trial)
     previous = client.get_run(state.parent_run_id).info.status
@@ -220,10 +228,17 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutc
         reopen_interrupted_trials(client, state.experiment_id, state.parent_run_id)
         tuner = session.restore_tuner(opts.experiment_dir, opts.cpus_per_trial,
                                       state.gpus_per_trial)
+        _warm_up_export()
         return _finish(opts, client, state, *session.fit(tuner))
     except BaseException:
         client.update_run(state.parent_run_id, status=previous)
         raise
+
+
+def _warm_up_export() -> None:
+    """While the trials train, torch.export's first (slow) call, so that exporting the best
+    model at the end is quick (`search.tracking.registry.warm_up_export`)."""
+    threading.Thread(target=warm_up_export, name="export-warm-up", daemon=True).start()
 
 
 def _catch_up(opts: SearchOptions, state: SearchState) -> None:

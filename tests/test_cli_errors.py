@@ -98,7 +98,7 @@ def test_search_and_reports_resolve_the_same_tracking_uri(env, flag, expected, t
         raise ReportError("stop here")
 
     monkeypatch.setattr("search.driver.check_data", lambda dataset: None)
-    monkeypatch.setattr("search.driver.check_tracking_uri", search_check)
+    monkeypatch.setattr("search.driver.check_tracking_location", search_check)
     monkeypatch.setattr("reports.build.build", report_build)
     extra = ["--tracking-uri", flag] if flag else []
     assert search_main(["--space", "smoke", *extra]) == 2

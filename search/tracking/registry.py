@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,26 @@ log = logging.getLogger(__name__)
 
 CONTEXT = 35  # tokens per sequence in the pt2 program's signature (torch.export fixes it)
 REGISTRATION_WAIT_S = 60  # how long a registry may take to make a version READY
+_EXPORTING = threading.Lock()  # torch.export is not thread-safe: one program at a time
+
+
+def warm_up_export() -> None:
+    """Export a tiny model once, so that the best model's export at the end of a search is
+    quick: torch.export's first call in a process loads and warms its tracing machinery
+    (3-4 s on 2 cores; the next call of another model takes under 1 s). A search runs this in a
+    background thread while its trials train. Best effort: a failure here changes nothing."""
+    from awd.config import from_flat
+    from awd.models import build_model
+
+    try:
+        with _EXPORTING, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model(from_flat({"model": "awd_lstm", "emsize": 4, "nhid": 4,
+                                           "nlayers": 1}), 8).eval()
+            torch.export.export(NextWordLogProbs(model),
+                                (torch.zeros(2, CONTEXT, dtype=torch.long),))
+    except Exception as e:  # the real export says what is wrong, if anything is
+        log.debug("torch.export warm-up failed: %s", first_line(e))
 
 
 class NextWordLogProbs(nn.Module):
@@ -177,8 +198,8 @@ def _log_pytorch_model(client: MlflowClient, best: BestModel, exported: Exported
         if export.name != EXPORT_FILE:  # the name `awd.evaluate` looks for
             export = Path(shutil.copyfile(export, Path(d) / EXPORT_FILE))
         vocab = len(exported.vocab)
-        with _fluent_tracking_uri(client.tracking_uri), warnings.catch_warnings(), \
-                _root_logging_kept():
+        with _EXPORTING, _fluent_tracking_uri(client.tracking_uri), \
+                warnings.catch_warnings(), _root_logging_kept():
             import mlflow.pytorch  # here, not at import: see `_root_logging_kept`
 
             # torch.export notes that nn.LSTM caches its weight list: harmless, not ours

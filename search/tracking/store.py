@@ -33,7 +33,21 @@ class TrackingError(UserError):
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, with the reason, if the tracking store cannot be reached or written."""
+    """Fail fast, with the reason, if the tracking store cannot be reached or written: the
+    quick checks (`check_tracking_location`), then the store opened (for a new SQLite file,
+    MLflow creates its tables: seconds, which a search overlaps with Ray's start)."""
+    check_tracking_location(uri, timeout)
+    if is_server(uri):
+        return
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:
+        raise TrackingError(f"cannot use MLflow tracking URI {uri}: {first_line(e)}") from None
+
+
+def check_tracking_location(uri: str, timeout: float = 5.0) -> None:
+    """What can be told without opening a store: a server answers its health check, a SQLite
+    file's folder exists."""
     if is_server(uri):
         problem = server_problem(uri, timeout)
         if problem is not None:
@@ -45,10 +59,6 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     db = sqlite_path(uri)
     if db is not None and not db.parent.is_dir():
         raise TrackingError(f"folder {db.parent} of the MLflow database does not exist")
-    try:
-        MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as e:
-        raise TrackingError(f"cannot use MLflow tracking URI {uri}: {first_line(e)}") from None
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
