@@ -265,10 +265,12 @@ def test_study_trials_are_paired_with_their_runs_by_params(with_study):
 def test_a_param_fixed_by_set_is_left_out(store):
     analysis = _analysis(store, "fixed-dropout")
     assert analysis.source == SOURCE_STUDY
+    assert [g.model for g in analysis.groups] == [POOLED, AWD, ZAREMBA]  # none left unchecked
     for group in analysis.groups:
         assert "dropout" not in group.importances and "dropout" not in group.searched
         assert group.left_out["dropout"].startswith("fixed by --set")
     points = [p for g in analysis.models for p in g.points]
+    assert len(points) == 14  # the finished trials, every one paired with its run
     assert all(p.trial_id == f"t{p.number:04d}" for p in points)
 
 

@@ -704,7 +704,7 @@ def test_no_gap_where_the_numbers_are_not_comparable(tmp_path, new_mlflow_store)
 def test_no_gap_beside_a_slice_in_any_report(reported, report):
     csv = pd.read_csv(report / SUMMARY_CSV)
     client = MlflowClient(reported.uri)
-    sliced_and_published = 0
+    sliced_and_published = compared = 0
     for _, row in csv.iterrows():
         params = client.get_run(row["best_run_id"]).data.params if isinstance(
             row["best_run_id"], str) else {}
@@ -714,6 +714,10 @@ def test_no_gap_beside_a_slice_in_any_report(reported, report):
             published = not math.isnan(row["ref_val_ppl"])
             assert row["note"].count("not comparable") == int(published), row["note"]
             sliced_and_published += published
+        elif params and not math.isnan(row["ref_val_ppl"]):  # a whole split, published
+            assert row["comparable"] and not math.isnan(row["gap_val_ppl"]), row
+            compared += 1
+    assert sliced_and_published + compared >= 1  # some row had a published number to check
     if reported.names == ["smoke"]:  # the smoke space trains on a PTB slice
         assert sliced_and_published >= 1
     md = (report / "report.md").read_text()
