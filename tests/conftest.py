@@ -181,10 +181,15 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadFileScheduling
 
+    # The fast tier never starts the smoke search (the fixture refuses): there the files that
+    # name it are units of their own, not one unit that one worker runs alone.
+    shared = "not slow" not in (config.getoption("markexpr") or "")
+
     class SharedSearchScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return "smoke_search" if _uses_smoke_search(config.rootpath / path) else path
+            return ("smoke_search" if shared and _uses_smoke_search(config.rootpath / path)
+                    else path)
 
     return SharedSearchScheduling(config, log)
 
