@@ -122,12 +122,24 @@ def pattern_corpus_dir(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def _empty_mlflow_db(tmp_path_factory) -> Path:
-    """An MLflow SQLite store with its schema made, once per session: creating one runs every
-    MLflow migration (seconds); a copy of this file is a new empty store in milliseconds."""
+    """An MLflow SQLite store with its schema made, once per run: creating one runs every
+    MLflow migration (seconds); a copy of this file is a new empty store in milliseconds. Under
+    xdist the workers share one, made by the first that asks (the others wait on a lock)."""
+    import fcntl
+
     from mlflow.tracking import MlflowClient
 
-    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above every worker's own
+    path = root / "mlflow_template" / "mlflow.db"
+    path.parent.mkdir(exist_ok=True)
+    with open(root / "mlflow_template.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            part = path.with_name("making.db")
+            MlflowClient(f"sqlite:///{part}").search_experiments(max_results=1)
+            part.rename(path)  # whole or absent: a worker never copies a half-made store
     return path
 
 
@@ -159,19 +171,25 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """`pytest -n 2 --dist loadfile`, except that the test files sharing the session's smoke
-    search are one unit, so that search runs once rather than once per worker. Every other file
-    is a unit of its own, so its module fixtures (a cluster, a search) run once. (xdist's
-    loadgroup does not group under pytest 9: it renames a private attribute that pytest 9 no
-    longer reads.)"""
+    """`pytest -n 2 --dist loadfile` (both tiers; pyproject's addopts), except that the test
+    files sharing the session's smoke search are one unit, so that search runs once rather
+    than once per worker. Every other file is a unit of its own, so its module fixtures (a
+    cluster, a search; in the fast tier the fake searches and their report, the registered
+    model) are built once, not once per worker. (xdist's loadgroup does not group under
+    pytest 9: it renames a private attribute that pytest 9 no longer reads.)"""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
+    # The fast tier never starts the smoke search (the fixture refuses): there the files that
+    # name it are units of their own, not one unit that one worker runs alone.
+    shared = "not slow" not in (config.getoption("markexpr") or "")
+
     class SharedSearchScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return "smoke_search" if _uses_smoke_search(config.rootpath / path) else path
+            return ("smoke_search" if shared and _uses_smoke_search(config.rootpath / path)
+                    else path)
 
     return SharedSearchScheduling(config, log)
 

@@ -138,7 +138,7 @@ def test_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(saved, tmp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash)  # what awd.files.atomic_torch_save calls
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(CheckpointError, match=r"^cannot write .*: No space left") as info:
         trainer.save(path)
     assert_one_line(info, "No space left")
     assert path.read_bytes() == before
@@ -147,11 +147,12 @@ def test_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(saved, tmp
 
 def test_save_into_a_missing_folder_is_a_checkpoint_error(saved, tmp_path):
     trainer, _ = saved
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(CheckpointError, match=r"^cannot write .*nowhere") as info:
         trainer.save(tmp_path / "nowhere" / "t.pt")
     assert_one_line(info, "nowhere")
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"^cannot write .*nowhere") as info:
         trainer.export_best(tmp_path / "nowhere" / "m.pt")
+    assert_one_line(info, str(tmp_path / "nowhere" / "m.pt"))
 
 
 # --- safe, checked reading ---------------------------------------------------------------------
@@ -165,17 +166,18 @@ def test_bad_checkpoint_is_refused_in_one_line_and_the_trainer_is_untouched(
     path = bad_files(tmp_path, good.read_bytes())[kind]
     trainer = Trainer(TINY, corpus)
     before = snapshot(trainer)
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(CheckpointError, match=r"^cannot resume from ") as info:
         trainer.load(path)
     assert_one_line(info, "cannot resume from", str(path))
     assert_unchanged(trainer, before)
     assert not (tmp_path / "MARKER").exists()
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(CheckpointError, match=r"^cannot export ") as info:
         Trainer.export_checkpoint(path, tmp_path / "out.pt")
     assert_one_line(info, "cannot export")
     assert not (tmp_path / "out.pt").exists()
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="is not a model exported by awdsearch: ") as info:
         load_exported(path)
+    assert_one_line(info, str(path))
     assert not (tmp_path / "MARKER").exists()
 
 
@@ -212,7 +214,7 @@ def test_checkpoint_with_one_malformed_part_is_refused_before_anything_is_applie
     torch.save({**state, key: broken}, path)
     trainer = Trainer(TINY, corpus)
     before = snapshot(trainer)
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(CheckpointError, match=r"^cannot resume from .*: the checkpoint") as info:
         trainer.load(path)
     assert_one_line(info, "cannot resume from")
     assert_unchanged(trainer, before)

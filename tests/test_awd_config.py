@@ -56,7 +56,7 @@ def no_data(monkeypatch):
 
 
 def assert_one_line_config_error(flat: dict) -> str:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match=r"\A[^\n]+\Z") as info:  # one line, not empty
         from_flat(flat)
     message = str(info.value)
     assert message and "\n" not in message

@@ -218,7 +218,7 @@ def test_edited_file_of_a_registered_dataset_is_a_one_line_data_error(registered
     load_corpus("tiny")  # cached while it was intact
     (registered / "valid.txt").write_text("q p\n", encoding="utf-8")
     for data in ("tiny", registered):
-        with pytest.raises(DataError) as info:
+        with pytest.raises(DataError, match="does not match the tiny registry checksum") as info:
             load_corpus(data, use_cache=use_cache)
         message = str(info.value)
         assert "\n" not in message
@@ -269,7 +269,8 @@ def test_valid_word_missing_from_training_vocabulary_is_a_data_error(tmp_path):
 def test_binary_or_nul_file_is_a_one_line_data_error(tmp_path, content, split):
     folder = write_corpus(tmp_path / "c", "a b\n", "a\n", "b\n")
     (folder / f"{split}.txt").write_bytes(content)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=rf"{split}\.txt (holds a control character .*: a "
+                       r"binary or corrupt file, not text|is not UTF-8 text)") as info:
         load_corpus(folder)
     assert "\n" not in str(info.value) and f"{split}.txt" in str(info.value)
 

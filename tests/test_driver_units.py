@@ -41,7 +41,8 @@ from search.tune.trainable import fatal_reason
 
 # --- one driver per search ---------------------------------------------------------------------
 def test_a_second_driver_on_one_search_is_refused_with_the_holder(tmp_path):
-    with DriverLock(str(tmp_path / "exp")), pytest.raises(SearchInUse) as caught:
+    refused = pytest.raises(SearchInUse, match=r"^another driver is running the search at .*pid")
+    with DriverLock(str(tmp_path / "exp")), refused as caught:
         DriverLock(str(tmp_path / "exp")).acquire()
     message = str(caught.value)
     assert "another driver" in message and "pid" in message and "\n" not in message

@@ -70,6 +70,11 @@ def test_rewriting_the_rungs_changes_asha_decisions():
         bracket._rungs = [(m, dict(r)) for m, r in rungs]
     fresh.on_trial_add(None, _trial("d"))
     assert fresh.on_trial_result(None, _trial("d"), {"epoch": 1, "best_val_ppl": 500.0}) == "STOP"
+    # the change: without the donor's rungs, the same result of the same trial goes on
+    untouched = _asha()
+    untouched.on_trial_add(None, _trial("d"))
+    assert untouched.on_trial_result(None, _trial("d"),
+                                     {"epoch": 1, "best_val_ppl": 500.0}) == "CONTINUE"
 
 
 def _define(trial: optuna.trial.BaseTrial) -> dict:

@@ -175,7 +175,7 @@ def test_checksum_mismatch(served, dest):
     make_tgz(root / "fake.tgz", corpus_members())
     wrong = "0" * 64
     spec = replace(SPEC, sha256={**SPEC.sha256, "valid": wrong})
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=r"^checksum mismatch for fake valid split ") as info:
         fetch("fake", url=f"{base}/fake.tgz", dest=dest, spec=spec)
     msg = str(info.value)
     assert "valid split" in msg and wrong in msg and SPEC.sha256["valid"] in msg
@@ -302,7 +302,7 @@ def test_import_real_ptb(ptb_dir, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("command", [[], ["fetch"], ["verify"], ["list"]])
 def test_cli_help(command, capsys):
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(SystemExit, match=r"^0$") as info:
         main([*command, "--help"])
     assert info.value.code == 0
     assert "usage:" in capsys.readouterr().out

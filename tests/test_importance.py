@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from mlflow.entities import Metric, Param
+from fake_searches import T0, close_trial, last_result, log_metrics, start_search, start_trial
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -27,7 +28,6 @@ from reports.importance import POOLED, SOURCE_MLFLOW, SOURCE_STUDY, Point, commo
 from reports.load import load, read_study
 from search import schema
 
-T0 = 1_700_000_000_000
 AWD, ZAREMBA = "awd_lstm", "zaremba"
 MODEL = CategoricalDistribution([AWD, "awd_gru", ZAREMBA])
 DISTS = {
@@ -95,38 +95,31 @@ def write_search(client: MlflowClient, name: str, trials: list, study: tuple[str
                  fixed: dict[str, float] | None = None) -> str:
     """A parent run (naming the study if given) and one trial run per study trial, started in
     the reverse order of the trial numbers (but the duplicates in order), as search/ writes
-    them; ``fixed``: config values --set fixed (the runs hold them, not the sampled ones)."""
-    exp = client.create_experiment(name)
-    tags = {schema.ROLE: schema.ROLE_SEARCH, schema.SPACE: "smoke", schema.MODEL: "mixed",
-            schema.DATASET: "ptb"}
+    them (with tests/fake_searches); ``fixed``: config values --set fixed (the runs hold them,
+    not the sampled ones)."""
+    tags = {schema.SPACE: "smoke", schema.MODEL: "mixed", schema.DATASET: "ptb"}
     if study:
         tags[schema.STUDY_STORAGE], tags[schema.STUDY_NAME] = study
-    parent = client.create_run(exp, run_name="smoke-search", start_time=T0, tags=tags)
-    pid = parent.info.run_id
     fixed = fixed or {}
-    client.log_batch(pid, params=[Param("max_epochs", "3"), Param("gpus_per_trial", "0"),
-                                  Param("fixed", json.dumps([f"{k}={v}" for k, v in
-                                                             fixed.items()]))])
+    exp, pid = start_search(client, name, tags, {
+        "max_epochs": 3, "gpus_per_trial": 0,
+        "fixed": json.dumps([f"{k}={v}" for k, v in fixed.items()])}, "smoke-search")
     starts = {t.number: T0 + 1000 * (len(trials) - t.number) for t in trials}
     a, b = DUPLICATES
     if a in starts and b in starts:
         starts[a], starts[b] = min(starts[a], starts[b]), max(starts[a], starts[b])
     for t in trials:
-        model, status = t.params["model"], STATUS[t.state]
-        run = client.create_run(exp, run_name=f"smoke-t{t.number:04d}", start_time=starts[t.number],
-                                tags={schema.ROLE: schema.ROLE_TRIAL, schema.PARENT_RUN_ID: pid,
-                                      schema.TRIAL_ID: f"t{t.number:04d}", schema.MODEL: model,
-                                      schema.DATASET: "ptb", schema.STATUS: status})
+        model, status, start = t.params["model"], STATUS[t.state], starts[t.number]
         config = {**t.params, **fixed, "epochs": 3, "batch_size": 20, "gpus_per_trial": 0}
+        run_id = start_trial(client, exp, pid, f"t{t.number:04d}", f"smoke-t{t.number:04d}",
+                             start, {schema.MODEL: model, schema.DATASET: "ptb"}, config)
         curve = dict(t.intermediate_values)
-        metrics = [Metric(k, v, starts[t.number] + e, e) for e, v in curve.items()
-                   for k in (schema.VAL_PPL, schema.BEST_VAL_PPL)]
-        once = {"num_params": 1e5, "epochs_run": len(curve) or 1, "train_seconds": 10.0}
-        if status == schema.STATUS_COMPLETED:
-            once.update(final_val_ppl=t.value, final_test_ppl=t.value * 0.97)
-        metrics += [Metric(k, float(v), starts[t.number], 0) for k, v in once.items()]
-        client.log_batch(run.info.run_id, metrics=metrics,
-                         params=[Param(k, str(v)) for k, v in config.items()])
+        log_metrics(client, run_id, [Metric(k, v, start + e, e) for e, v in curve.items()
+                                     for k in (schema.VAL_PPL, schema.BEST_VAL_PPL)]
+                    + [Metric(schema.NUM_PARAMS, 1e5, start, 0)])
+        final = (t.value, t.value * 0.97) if status == schema.STATUS_COMPLETED else None
+        close_trial(client, run_id, last_result(len(curve) or 1, 10.0, final=final), status,
+                    None, start + len(curve))
     return pid
 
 
@@ -273,10 +266,12 @@ def test_study_trials_are_paired_with_their_runs_by_params(with_study):
 def test_a_param_fixed_by_set_is_left_out(store):
     analysis = _analysis(store, "fixed-dropout")
     assert analysis.source == SOURCE_STUDY
+    assert [g.model for g in analysis.groups] == [POOLED, AWD, ZAREMBA]  # none left unchecked
     for group in analysis.groups:
         assert "dropout" not in group.importances and "dropout" not in group.searched
         assert group.left_out["dropout"].startswith("fixed by --set")
     points = [p for g in analysis.models for p in g.points]
+    assert len(points) == 14  # the finished trials, every one paired with its run
     assert all(p.trial_id == f"t{p.number:04d}" for p in points)
 
 

@@ -328,7 +328,7 @@ def test_mlflow_listens_on_the_heads_loopback_only(launched):
         "r = urllib.request.urlopen('http://localhost:5000/health', timeout=5)\n"
         "print('RESULT ' + json.dumps(r.status))\n")
     assert health == 200
-    with pytest.raises(ConnectionRefusedError):
+    with pytest.raises(ConnectionRefusedError, match="Connection refused"):
         socket.create_connection((launched.machines.head.ip, 5000), timeout=5).close()
 
 

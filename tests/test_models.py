@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -176,7 +177,7 @@ def test_build_model_picks_the_class_from_the_config():
     ({"model": "zaremba", "preset": "huge"}, "preset"),
 ])
 def test_invalid_config_raises_config_error_naming_the_field(flat, field):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match=re.escape(field)) as info:
         from_flat(flat)
     message = str(info.value)
     assert field in message or (field == "preset" and "small, medium, large" in message)

@@ -121,7 +121,7 @@ def test_averaged_weights_swaps_in_the_mean_and_restores_the_iterate():
     with opt.averaged_weights():
         assert torch.allclose(p.detach(), torch.tensor([1.5, 1.0]))
     assert torch.equal(p.detach(), current)
-    with pytest.raises(RuntimeError), opt.averaged_weights():
+    with pytest.raises(RuntimeError, match="evaluation failed"), opt.averaged_weights():
         raise RuntimeError("evaluation failed")
     assert torch.equal(p.detach(), current)  # restored on error too
 

@@ -185,9 +185,9 @@ def test_weight_drop_keeps_the_wrapped_modules_registered_parameters(cell):
 
 
 def test_weight_drop_rejects_stacked_or_bidirectional_rnns():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="wraps one unidirectional layer"):
         WeightDropRNN(nn.LSTM(4, 4, num_layers=2), 0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="wraps one unidirectional layer"):
         WeightDropRNN(nn.GRU(4, 4, bidirectional=True), 0.5)
 
 

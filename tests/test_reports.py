@@ -21,7 +21,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from mlflow.entities import Metric, Param
+from fake_searches import (
+    T0,
+    close_search,
+    close_trial,
+    last_result,
+    log_metrics,
+    start_search,
+    start_trial,
+)
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from awd.config import preset
@@ -32,14 +41,13 @@ from reports.load import TRAIN_PPL, load
 from reports.plots import slug
 from reports.render import Document, Section, fmt_value, to_html, to_markdown
 from search import schema
-from search.results import best_index
+from search.results import TrialSummary
 
 ROOT = Path(__file__).resolve().parents[1]
-T0 = 1_700_000_000_000  # ms: the fake search's start
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-# --- a fake search, written as search/tracking/store.py writes a real one -------------------
+# --- a fake search, written with search/tracking/store.py's own writers (tests/fake_searches) --
 def _curve(epochs: int, floor: float, trigger: int | None) -> list[float]:
     """A plausible val_ppl curve: decays towards ``floor``; drops again after the trigger."""
     out = []
@@ -51,15 +59,17 @@ def _curve(epochs: int, floor: float, trigger: int | None) -> list[float]:
     return out
 
 
-def _record(spec: dict, i: int) -> dict:
-    """A fake trial as `search.results.best_index` reads it."""
-    out = {"trial_id": f"t{i:04d}", "status": spec["status"],
-           schema.BEST_VAL_PPL: min(_curve(spec["epochs"], spec.get("floor", 70.0),
-                                           spec.get("trigger"))),
-           schema.TRAIN_SECONDS: spec["epochs"] * (40.0 + i)}
-    if spec["status"] == schema.STATUS_COMPLETED:
-        out[schema.FINAL_VAL_PPL], out[schema.FINAL_TEST_PPL] = spec["final"]
-    return out
+def _trial(spec: dict, i: int) -> TrialSummary:
+    """A fake trial as Tune ends it (its last result): what closes its run and the search."""
+    config = {**preset(spec["model"], "ptb", spec.get("size", "")).to_flat(),
+              **spec.get("params", {})}
+    result = last_result(spec["epochs"], spec["epochs"] * (40.0 + i), spec.get("trigger"),
+                         spec.get("final") if spec["status"] == schema.STATUS_COMPLETED else None)
+    result[schema.BEST_VAL_PPL] = min(_curve(spec["epochs"], spec.get("floor", 70.0),
+                                             spec.get("trigger")))
+    failure = ("RuntimeError: CUDA out of memory" if spec["status"] == schema.STATUS_FAILED
+               else None)
+    return TrialSummary(f"t{i:04d}", spec["status"], config, result, None, failure)
 
 
 def write_search(client: MlflowClient, name: str, artifacts: Path, trials: list[dict],
@@ -70,69 +80,38 @@ def write_search(client: MlflowClient, name: str, artifacts: Path, trials: list[
     The parent's summary is what `search.tracking.store.write_summary` writes (from every trial,
     those in ``lost`` included: trials whose run MLflow never received); ``summarize=False`` is
     a search killed before its summary."""
-    exp_id = client.create_experiment(name, artifact_location=(artifacts / name).as_uri())
-    parent = client.create_run(exp_id, run_name=f"{space}-search", start_time=T0, tags={
-        schema.ROLE: schema.ROLE_SEARCH, schema.SPACE: space, schema.MODEL: model_tag,
-        schema.DATASET: "ptb", schema.GIT_COMMIT: "0" * 40, schema.RAY_ADDRESS: "local",
-        schema.SEED: "0", schema.STORAGE: str(artifacts / "ray")}).info.run_id
     search_params = {"num_samples": len(trials), "max_epochs": 12, "scheduler": "asha",
                      "concurrency": 2, "grace_period": 3, "cpus_per_trial": 4,
                      "gpus_per_trial": gpus, "seed": 0, "metric": "val_ppl",
                      "time_budget_s": 0}
-    client.log_batch(parent, params=[Param(k, str(v)) for k, v in search_params.items()])
-    start, end = T0 + 5_000, T0
+    exp_id, parent = start_search(client, name, {
+        schema.SPACE: space, schema.MODEL: model_tag, schema.DATASET: "ptb",
+        schema.GIT_COMMIT: "0" * 40, schema.RAY_ADDRESS: "local", schema.SEED: "0",
+        schema.STORAGE: str(artifacts / "ray")}, search_params, f"{space}-search",
+        artifacts=artifacts)
+    start, end, runs = T0 + 5_000, T0, {}
     for i, spec in enumerate(trials):
         if i not in lost:
-            end = max(end, _write_trial(client, exp_id, parent, space, i, spec, start, gpus))
+            runs[f"t{i:04d}"], t = _write_trial(client, exp_id, parent, space, i, spec, start,
+                                                gpus)
+            end = max(end, t)
         start += 200_000 * (i % 2)  # two at a time
-    if not summarize:
-        return parent
-    records = [_record(spec, i) for i, spec in enumerate(trials) if not spec.get("ablation")]
-    statuses = [r["status"] for r in records]
-    summary = {"trials_total": len(records),
-               "trials_completed": statuses.count(schema.STATUS_COMPLETED),
-               "trials_stopped_early": statuses.count(schema.STATUS_STOPPED),
-               "trials_failed": statuses.count(schema.STATUS_FAILED),
-               "trials_interrupted": statuses.count(schema.STATUS_INTERRUPTED),
-               "wall_seconds": (end - T0) / 1000,
-               "gpu_hours": sum(r[schema.TRAIN_SECONDS] for r in records) * gpus / 3600}
-    best = best_index(records)
-    if best is not None:
-        chosen = records[best]
-        summary[schema.BEST_VAL_PPL] = chosen.get(schema.FINAL_VAL_PPL,
-                                                  chosen[schema.BEST_VAL_PPL])
-        if schema.FINAL_TEST_PPL in chosen:
-            summary[schema.BEST_TEST_PPL] = chosen[schema.FINAL_TEST_PPL]
-        client.set_tag(parent, schema.BEST_TRIAL_ID, chosen["trial_id"])
-    client.log_batch(parent, metrics=[Metric(k, float(v), end, 0) for k, v in summary.items()])
-    artifacts.mkdir(parents=True, exist_ok=True)
-    cfg = artifacts / "best_config.json"
-    cfg.write_text(json.dumps({"model": trials[0]["model"]}))
-    client.log_artifact(parent, str(cfg))
-    client.set_terminated(parent, "FINISHED", end_time=end)
+    if summarize:
+        close_search(client, parent, [_trial(spec, i) for i, spec in enumerate(trials)
+                                      if not spec.get("ablation")], runs, gpus, end)
     return parent
 
 
 def _write_trial(client: MlflowClient, exp_id: str, parent: str | None, space: str, i: int,
-                 spec: dict, start: int, gpus: float) -> int:
-    trial_id = f"t{i:04d}"
-    tags = {schema.ROLE: schema.ROLE_TRIAL, schema.TRIAL_ID: trial_id,
-            schema.MODEL: spec["model"], schema.DATASET: "ptb", schema.SPACE: space,
-            schema.STATUS: spec["status"], schema.DEVICE: "NVIDIA H100", schema.NODE_IP: "10.0.0.1"}
-    if parent:
-        tags[schema.PARENT_RUN_ID] = parent
-    else:  # a stand-alone run (e.g. an ablation launched by hand)
-        tags.pop(schema.ROLE)
-    if spec["status"] == schema.STATUS_FAILED:
-        tags[schema.FAILURE] = "RuntimeError: CUDA out of memory"
+                 spec: dict, start: int, gpus: float) -> tuple[str, int]:
+    """A trial's run with its epochs, closed at its last one: (run id, end time)."""
+    trial = _trial(spec, i)
+    tags = {schema.MODEL: spec["model"], schema.DATASET: "ptb", schema.SPACE: space,
+            schema.DEVICE: "NVIDIA H100", schema.NODE_IP: "10.0.0.1"}
     if spec.get("ablation"):
-        tags["awdsearch.ablation"] = spec["ablation"]
-    run = client.create_run(exp_id, run_name=f"{space}-{trial_id}", start_time=start, tags=tags)
-    rid = run.info.run_id
-    size = spec.get("size", "")
-    flat = {**preset(spec["model"], "ptb", size).to_flat(), **spec.get("params", {})}
-    client.log_batch(rid, params=[Param(k, str(v)) for k, v in
-                                  {**flat, "gpus_per_trial": gpus}.items()])
+        tags[schema.ABLATION] = spec["ablation"]
+    rid = start_trial(client, exp_id, parent, trial.trial_id, f"{space}-{trial.trial_id}",
+                      start, tags, {**trial.config, "gpus_per_trial": gpus})
     trigger, epochs = spec.get("trigger"), spec["epochs"]
     curve = _curve(epochs, spec.get("floor", 70.0), trigger)
     metrics, t = [], start
@@ -146,20 +125,10 @@ def _write_trial(client: MlflowClient, exp_id: str, parent: str | None, space: s
             del epoch["best_val_ppl"]
         metrics += [Metric(k, v, t, e) for k, v in epoch.items()]
     metrics.append(Metric("num_params", spec.get("num_params", 24_221_600), start, 0))
-    once = {"epochs_run": epochs, "train_seconds": epochs * (40.0 + i)}
-    if trigger:
-        once["ntasgd_trigger_epoch"] = trigger
-    if spec["status"] == schema.STATUS_COMPLETED:
-        once["final_val_ppl"], once["final_test_ppl"] = spec["final"]
-    for name in spec.get("drop_metrics", ()):
-        once.pop(name)
-    metrics += [Metric(k, float(v), t, 0) for k, v in once.items()]
-    for chunk in range(0, len(metrics), 900):
-        client.log_batch(rid, metrics=metrics[chunk:chunk + 900])
-    if spec["status"] != schema.STATUS_RUNNING:
-        client.set_terminated(rid, "FAILED" if spec["status"] == schema.STATUS_FAILED
-                              else "FINISHED", end_time=t)
-    return t
+    log_metrics(client, rid, metrics)
+    close_trial(client, rid, trial.metrics, trial.status, trial.error, t,
+                drop=spec.get("drop_metrics", ()))
+    return rid, t
 
 
 LSTM, GRU = "awd_lstm", "awd_gru"
@@ -735,7 +704,7 @@ def test_no_gap_where_the_numbers_are_not_comparable(tmp_path, new_mlflow_store)
 def test_no_gap_beside_a_slice_in_any_report(reported, report):
     csv = pd.read_csv(report / SUMMARY_CSV)
     client = MlflowClient(reported.uri)
-    sliced_and_published = 0
+    sliced_and_published = compared = 0
     for _, row in csv.iterrows():
         params = client.get_run(row["best_run_id"]).data.params if isinstance(
             row["best_run_id"], str) else {}
@@ -745,6 +714,10 @@ def test_no_gap_beside_a_slice_in_any_report(reported, report):
             published = not math.isnan(row["ref_val_ppl"])
             assert row["note"].count("not comparable") == int(published), row["note"]
             sliced_and_published += published
+        elif params and not math.isnan(row["ref_val_ppl"]):  # a whole split, published
+            assert row["comparable"] and not math.isnan(row["gap_val_ppl"]), row
+            compared += 1
+    assert sliced_and_published + compared >= 1  # some row had a published number to check
     if reported.names == ["smoke"]:  # the smoke space trains on a PTB slice
         assert sliced_and_published >= 1
     md = (report / "report.md").read_text()

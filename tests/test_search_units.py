@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -87,7 +88,7 @@ def test_real_spaces_search_dropouts_and_embedding_size(name):
 
 
 def test_unknown_space_lists_the_known_ones():
-    with pytest.raises(UnknownSpaceError) as err:
+    with pytest.raises(UnknownSpaceError, match=r"^unknown space 'nope'; known spaces: ") as err:
         get_space("nope")
     for name in SPACES:
         assert name in str(err.value)
@@ -124,7 +125,11 @@ def test_searcher_proposes_the_warm_start_first_then_samples():
     assert {k: first[k] for k in get_space("smoke").warm_start} == get_space("smoke").warm_start
     assert first["epochs"] == 2
     second = searcher.suggest("b")
-    assert second != first
+    # sampled: a valid config of the same budget, off the warm start in some searched value
+    from_flat(second)
+    assert second["epochs"] == 2
+    warm = get_space("smoke").warm_start
+    assert [k for k in warm if second.get(k) != warm[k]], second
 
 
 def test_searcher_tells_optuna_failed_pruned_and_complete():
@@ -288,7 +293,7 @@ def test_small_state_files_round_trip_on_paths_and_uris(tmp_path, uri):
     (("emsize=big",), "--set: emsize: cannot use 'big'"),
 ])
 def test_bad_fixed_values_are_option_errors(fixed, message):
-    with pytest.raises(OptionError) as err:
+    with pytest.raises(OptionError, match=f"^{re.escape(message)}") as err:
         SearchOptions(space="smoke", fixed=fixed).validate()
     assert str(err.value).startswith(message)
 

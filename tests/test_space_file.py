@@ -5,6 +5,7 @@ naming the field; a file space survives what a search does with it (options, res
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -310,7 +311,8 @@ def test_bad_file_fails_on_one_line_naming_the_field(label, tmp_path):
     assert old in BASE, label
     path = tmp_path / "space.yaml"
     path.write_text(BASE.replace(old, new))
-    with pytest.raises(SpaceFileError) as err:
+    with pytest.raises(SpaceFileError, match=f"^{re.escape(str(path))}: .*{re.escape(expected)}"
+                       ) as err:
         load_space_file(path)
     message = str(err.value)
     assert isinstance(err.value, UserError) and "\n" not in message
@@ -329,7 +331,7 @@ def test_missing_file_and_bad_command_lines_fail_on_one_line(tmp_path, capsys):
                                        "No such file or directory\n")
     assert main(["--show-space", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown space 'nope'")
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(SystemExit, match=r"^2$") as exit_:
         build_parser().parse_args(["--space", "awd_ptb", "--space-file", "s.yaml"])
     assert exit_.value.code == 2
     assert "not allowed with argument --space" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def tiny_dir(tmp_path):
 
 
 def _help_text(capsys) -> str:
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(SystemExit, match=r"^0$") as info:
         main(["--help"])
     assert info.value.code == 0
     return " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
