@@ -52,7 +52,6 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 
 from reports.load import ReportData, StudyRecord
@@ -165,6 +164,8 @@ def common_step(points: list[Point], min_trials: int = MIN_TRIALS) -> int | None
 
 def _fanova(group: Group) -> dict[str, float]:
     """Optuna's fANOVA over an in-memory study of the group's values at its common step."""
+    from optuna.importance import FanovaImportanceEvaluator  # scikit-learn: 1.3 s, here only
+
     study = optuna.create_study()
     for p in group.compared:
         params = {n: p.model if n == MODEL else p.params[n] for n in group.params}

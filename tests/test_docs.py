@@ -30,6 +30,7 @@ PARSERS: dict[str, tuple[str, str]] = {
     "search.run": ("search.options", "build_parser"),
     "awd.train": ("awd.train", "build_parser"),
     "awd.evaluate": ("awd.evaluate", "build_parser"),
+    "search.evaluate": ("search.evaluate", "build_parser"),
     "awd.data": ("awd.data.__main__", "build_parser"),
     "reports": ("reports.__main__", "parser"),
 }

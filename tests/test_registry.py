@@ -263,14 +263,6 @@ def test_awd_evaluate_reads_files_and_sends_mlflow_uris_to_search_evaluate(regis
                    "search.evaluate --model-uri URI downloads it from the tracking store\n")
 
 
-def test_awd_imports_neither_mlflow_nor_ray():
-    code = ("import sys, awd, awd.evaluate, awd.train, awd.trainer; "
-            "print(sorted(m for m in ('mlflow', 'ray') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "[]"
-
-
 # --- the smoke search's model (slow) ------------------------------------------------------------
 @pytest.mark.slow
 def test_the_smoke_search_registers_its_best_model_once(smoke_search, capsys):
