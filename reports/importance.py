@@ -10,13 +10,11 @@ from its MLflow trial runs, labelled as one wherever it is shown: the params tha
 model's trials, distributions guessed from the observed values, the objective per epoch from the
 val_ppl history (its running minimum).
 
-Study trial <-> MLflow run. The study does not store Tune's trial id, so `match_runs` pairs them
-by params: a run matches a trial when every sampled param equals the run's param of that name
-(MLflow logs the whole trial config; keys fixed by ``--set`` are skipped, their run value is the
-fixed one); trials with identical params are paired with those runs in order (trial number, run
-start time). A pairing gives the trial id, the model where the study has no ``model`` param and
-the parent's model tag is not one model, and the per-epoch values of a trial the study has none
-for (a search run without intermediate values). Nothing else depends on it.
+Study trial <-> MLflow run. The searcher records Tune's trial id on each study trial (user attr
+`schema.OPTUNA_TUNE_TRIAL_ID`), and `match_runs` pairs the two by it. A pairing gives the trial
+id, the model where the study has no ``model`` param and the parent's model tag is not one
+model, and the per-epoch values of a trial the study has none for (a search run without
+intermediate values). Nothing else depends on it.
 
 Groups. Trials are split by model and each model is evaluated on its own params only (never
 pooled over models whose params differ). A search of several models also gets a pooled view
@@ -234,42 +232,15 @@ def _split(points: list[Point]) -> list[tuple[str, list[Point]]]:
 
 
 # --- from the study -------------------------------------------------------------------------
-def _canonical(value: Any) -> Any:
-    """A param value as both Optuna (typed) and MLflow (a string) hold it, comparable."""
-    value = parse_param(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    return float(value)
-
-
-def match_runs(trials: list[FrozenTrial], runs: pd.DataFrame,
-               fixed: tuple[str, ...] = ()) -> dict[int, pd.Series]:
-    """Study trial number -> its MLflow trial run (see the module docstring)."""
-    order = runs.sort_values(["start_time", "run_name"], kind="stable")
-    indexes: dict[tuple[str, ...], dict[tuple[Any, ...], list[pd.Series]]] = {}
+def match_runs(trials: list[FrozenTrial], runs: pd.DataFrame) -> dict[int, pd.Series]:
+    """Study trial number -> its MLflow trial run, by the Tune trial id the searcher records on
+    each study trial (`schema.OPTUNA_TUNE_TRIAL_ID`); a trial without one has no run."""
+    by_id = {str(run["trial_id"]): run for _, run in runs.iterrows() if run["trial_id"]}
     matched: dict[int, pd.Series] = {}
-    by_id = {str(run["trial_id"]): run for _, run in order.iterrows() if run["trial_id"]}
-    for trial in trials:  # exact first: searches record the Tune trial id on each study trial
+    for trial in trials:
         run = by_id.get(str(trial.user_attrs.get(schema.OPTUNA_TUNE_TRIAL_ID, "")))
         if run is not None:
             matched[trial.number] = run
-    for trial in sorted(trials, key=lambda t: t.number):
-        if trial.state == TrialState.WAITING or trial.number in matched:
-            continue
-        names = tuple(sorted(n for n in trial.params if n not in fixed))
-        if names not in indexes:
-            index: dict[tuple[Any, ...], list[pd.Series]] = {}
-            for _, run in order.iterrows():
-                if all(n in run["params"] for n in names):
-                    key = tuple(_canonical(run["params"][n]) for n in names)
-                    index.setdefault(key, []).append(run)
-            indexes[names] = index
-        queue = indexes[names].get(tuple(_canonical(trial.params[n]) for n in names), [])
-        while queue:
-            run = queue.pop(0)
-            if run["run_id"] not in {r["run_id"] for r in matched.values()}:
-                matched[trial.number] = run
-                break
     return matched
 
 
@@ -284,7 +255,7 @@ def _mlflow_curve(data: ReportData, run_id: str) -> dict[int, float]:
 def _study_points(data: ReportData, search: pd.Series, record: StudyRecord,
                   notes: list[str]) -> list[Point]:
     runs = data.trials(search["search_key"])
-    matched = match_runs(list(record.trials), runs, tuple(search["fixed"]))
+    matched = match_runs(list(record.trials), runs)
     fixed_model = search["model"] if search["model"] not in ("", "mixed") else ""
     points, no_values, unknown = [], 0, 0
     for trial in record.trials:

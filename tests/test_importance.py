@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pandas as pd
 import pytest
 from fake_searches import T0, close_trial, last_result, log_metrics, start_search, start_trial
 from mlflow.entities import Metric
@@ -87,7 +88,8 @@ def make_study(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
             curve = {}
         study.add_trial(optuna.trial.create_trial(
             state=state, params=params, distributions=DISTS[model], intermediate_values=curve,
-            value=curve[epochs] if state == TrialState.COMPLETE else None))
+            value=curve[epochs] if state == TrialState.COMPLETE else None,
+            user_attrs={schema.OPTUNA_TUNE_TRIAL_ID: f"t{number:04d}"}))  # as the searcher does
     return study.trials
 
 
@@ -255,12 +257,17 @@ def test_common_step_is_the_largest_epoch_enough_trials_reached():
     assert common_step([]) is None
 
 
-def test_study_trials_are_paired_with_their_runs_by_params(with_study):
+def test_study_trials_are_paired_with_their_runs_by_their_tune_trial_id(with_study, store):
     """Runs started in the reverse order of the trials: pairing by order would mismatch every
-    one; the two trials with the same params are paired in order."""
+    one; the two trials with the same params get their own runs. A trial without the id the
+    searcher records has no run, even if a run has its params."""
     points = [p for g in with_study.models for p in g.points]
     assert len(points) == 14
     assert all(p.trial_id == f"t{p.number:04d}" for p in points)
+    trial = optuna.trial.create_trial(params={"lr": 1.0}, distributions={
+        "lr": FloatDistribution(0.1, 10.0)}, value=1.0)
+    runs = pd.DataFrame([{"trial_id": "t0000", "run_id": "r", "params": {"lr": "1.0"}}])
+    assert importance.match_runs([trial], runs) == {}
 
 
 def test_a_param_fixed_by_set_is_left_out(store):

@@ -32,17 +32,21 @@ def modules_of(package: str) -> list[str]:
     return sorted(names)
 
 
-def loaded_after_importing(modules: list[str]) -> set[str]:
-    """The heavy libraries in ``sys.modules`` after importing ``modules`` in one fresh
-    interpreter. None of them is loaded by any of the modules if none is loaded by all."""
+def loaded_in_stages(stages: list[list[str]]) -> list[set[str]]:
+    """In one fresh interpreter, import each stage's modules in turn; after each stage, the
+    heavy libraries in ``sys.modules``. None of a stage's modules loads a library that is not
+    there after it (the earlier stages' modules load no more than what follows them)."""
     code = ("import importlib, json, sys\n"
-            "for name in sys.argv[1:]:\n"
-            "    importlib.import_module(name)\n"
-            f"print(json.dumps(sorted(h for h in {HEAVY!r} if h in sys.modules)))\n")
-    proc = subprocess.run([sys.executable, "-c", code, *modules], cwd=REPO, text=True,
-                          capture_output=True, timeout=300)
+            "stages, seen = json.loads(sys.argv[1]), []\n"
+            "for stage in stages:\n"
+            "    for name in stage:\n"
+            "        importlib.import_module(name)\n"
+            f"    seen.append(sorted(h for h in {HEAVY!r} if h in sys.modules))\n"
+            "print(json.dumps(seen))\n")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(stages)], cwd=REPO,
+                          text=True, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return [set(libs) for libs in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
 CLI_MODULES = ["search.run", "reports.__main__", "awd.train"]
@@ -53,24 +57,18 @@ LIGHT = ["awd.config", "awd.errors", "awd.data", "awd.data.registry", "awd.files
 RAY_USERS = ("search.tune.", "search.driver")  # the driver through search.tune.session
 
 
-def test_the_command_lines_and_the_light_modules_load_no_heavy_library():
-    assert loaded_after_importing(CLI_MODULES + LIGHT) == set()
-
-
-def test_awd_loads_neither_ray_nor_mlflow_nor_optuna():
-    loaded = loaded_after_importing(modules_of("awd"))
-    assert loaded & {"ray", "mlflow", "optuna"} == set()
-    assert "torch" in loaded  # the check sees heavy libraries when they are there
-
-
-def test_everything_but_search_tune_and_the_driver_is_ray_free():
-    modules = [m for p in ("awd", "spaces", "search", "reports") for m in modules_of(p)
-               if not m.startswith(RAY_USERS)]
+def test_each_layer_loads_only_what_it_may():
+    """Stage 1, the command lines and the light modules: no heavy library. Stage 2, all of
+    `awd`: torch, not Ray, MLflow or Optuna. Stage 3, everything but `search/tune/` and the
+    driver: not Ray (and MLflow, torch and Optuna are seen: the check sees what is there)."""
+    ray_free = [m for p in ("awd", "spaces", "search", "reports") for m in modules_of(p)
+                if not m.startswith(RAY_USERS)]
     assert {"search.stages.confirm", "search.tracking.registry", "reports.build",
-            "search.evaluate"} <= set(modules)
-    loaded = loaded_after_importing(modules)
-    assert "ray" not in loaded
-    assert {"mlflow", "torch", "optuna"} <= loaded
+            "search.evaluate", "search.state"} <= set(ray_free)
+    light, awd, rest = loaded_in_stages([CLI_MODULES + LIGHT, modules_of("awd"), ray_free])
+    assert light == set()
+    assert awd & {"ray", "mlflow", "optuna"} == set() and "torch" in awd
+    assert "ray" not in rest and {"mlflow", "torch", "optuna"} <= rest
 
 
 def test_the_command_lines_answer_help_without_heavy_libraries():
