@@ -52,14 +52,17 @@ _EXPORTING = threading.Lock()  # torch.export is not thread-safe: one program at
 
 
 def warm_up_export() -> None:
-    """Export a tiny model once, so that the best model's export at the end of a search is
-    quick: torch.export's first call in a process loads and warms its tracing machinery
-    (3-4 s on 2 cores; the next call of another model takes under 1 s). A search runs this in a
-    background thread while its trials train. Best effort: a failure here changes nothing."""
+    """Import MLflow's PyTorch flavour and export a tiny model once, so that logging the best
+    model at the end of a search is quick: that import takes about 2 s, and torch.export's first
+    call in a process loads and warms its tracing machinery (3-4 s on 2 cores; the next call of
+    another model takes under 1 s). A search runs this in a background thread while its trials
+    train. Best effort: a failure here changes nothing."""
     from awd.config import from_flat
     from awd.models import build_model
 
     try:
+        with _EXPORTING, _root_logging_kept():
+            import mlflow.pytorch  # noqa: F401  (see `_root_logging_kept`)
         with _EXPORTING, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = build_model(from_flat({"model": "awd_lstm", "emsize": 4, "nhid": 4,
