@@ -79,10 +79,10 @@ from benchmarks.machine import RESULTS_DIR, load_snapshot, machine_info
 from search import schema
 from search.driver import SearchOutcome, run_search
 from search.options import SearchOptions
+from search.tune.session import ASHA_REDUCTION_FACTOR
 from spaces import get_space
 
 SPACE = "smoke"
-ASHA_REDUCTION_FACTOR = 3  # search.driver's ASHA
 # What the JSON keeps of each trial's config: the smoke space's searched parameters.
 SEARCHED = ("model", "emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute", "wdrop",
             "lr")

@@ -27,12 +27,12 @@ from search.stages import confirm
 from search.state import SearchState
 from search.tracking.backfill import backfill
 from search.tracking.records import replay, spool_path
-from search.tracking.registry import warm_up_export
+from search.tracking.registry import quiet_export_notes, warm_up_export
 from search.tracking.store import (
     check_tracking_location,
-    check_tracking_uri,
     close_open_trials,
     ensure_experiment,
+    open_store,
     prune_child_runs,
     reopen_interrupted_trials,
     start_parent_run,
@@ -45,15 +45,14 @@ from search.tune.console import SearchConsole
 from search.tune.grid import summarize
 from search.tune.searcher import default_study_storage, make_searcher
 from search.tune.trainable import export_best_model
+from search.uris import resolve_tracking_uri
 
 if TYPE_CHECKING:
     from ray.tune import Tuner
     from ray.tune.result_grid import ResultGrid
     from ray.tune.search import Searcher
-from search.uris import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -209,9 +208,13 @@ def _saved_state(experiment_dir: str) -> SearchState:
 
 def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutcome:
     with ThreadPoolExecutor(1, thread_name_prefix="mlflow-store") as pool:
-        store = pool.submit(check_tracking_uri, uri)  # a new SQLite store's tables, meanwhile
+        store = pool.submit(open_store, uri)  # a new SQLite store's tables, meanwhile
         session.connect_ray(opts.address)
-        store.result()
+        try:
+            store.result()
+        except BaseException:
+            session.disconnect()  # a store that fails leaves no Ray behind
+            raise
     client = MlflowClient(uri)
     if state is None:
         gpus = session.default_gpus_per_trial(opts)
@@ -238,6 +241,7 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutc
 def _warm_up_export() -> None:
     """While the trials train, torch.export's first (slow) call, so that exporting the best
     model at the end is quick (`search.tracking.registry.warm_up_export`)."""
+    quiet_export_notes()
     threading.Thread(target=warm_up_export, name="export-warm-up", daemon=True).start()
 
 

@@ -30,6 +30,7 @@ from search.results import TrialSummary, status_of
 from search.run import _stopped
 from search.state import SearchState
 from search.tracking.store import (
+    TrackingError,
     close_open_trials,
     prune_child_runs,
     reopen_interrupted_trials,
@@ -252,3 +253,49 @@ def test_fixed_values_reach_mlflow_as_a_json_list():
     opts = SearchOptions(fixed=("train_tokens=5000", "emsize=32"))
     assert json.loads(opts.as_params()["fixed"]) == ["train_tokens=5000", "emsize=32"]
     assert SearchOptions.from_json(json.loads(json.dumps(opts.to_json()))) == opts
+
+
+def test_a_store_that_fails_while_ray_starts_leaves_no_ray_behind(monkeypatch, tmp_path):
+    import search.driver as driver
+
+    calls = []
+    monkeypatch.setattr(driver.session, "connect_ray", lambda address: calls.append("ray"))
+    monkeypatch.setattr(driver.session, "disconnect", lambda: calls.append("disconnect"))
+
+    def broken(uri):
+        raise TrackingError("cannot use MLflow tracking URI x: database disk image is malformed")
+
+    monkeypatch.setattr(driver, "open_store", broken)
+    with pytest.raises(TrackingError, match="database disk image is malformed"):
+        driver._run(SearchOptions(storage=str(tmp_path)), "sqlite:///x.db", None)
+    assert calls == ["ray", "disconnect"]
+
+
+def test_the_export_warm_up_leaves_the_warning_filters_alone(monkeypatch):
+    """The filters are the whole process's: a thread that saves and restores them (what
+    ``catch_warnings`` does) can undo the main thread's. The warm-up runs in a thread, so it
+    touches none of them; the driver silences torch.export's note on the main thread."""
+    import warnings
+
+    from search.tracking import registry
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the warm-up thread changed the process's warning filters")
+
+    registry.warm_up_export()  # the libraries it imports add their own filters, once
+    before = list(warnings.filters)
+    for name in ("catch_warnings", "simplefilter", "filterwarnings", "resetwarnings"):
+        monkeypatch.setattr(warnings, name, forbidden)
+    registry.warm_up_export()  # best effort: a failure would be logged, not raised
+    monkeypatch.undo()
+    assert warnings.filters == before
+    logged = []
+    monkeypatch.setattr(registry.log, "debug", lambda *a: logged.append(a))
+    for name in ("catch_warnings", "simplefilter", "filterwarnings", "resetwarnings"):
+        monkeypatch.setattr(warnings, name, forbidden)
+    registry.warm_up_export()
+    monkeypatch.undo()
+    assert logged == []  # nothing it does touches the filters
+    registry.quiet_export_notes()  # the driver's, on the main thread
+    assert any(f[0] == "ignore" and f[1] is not None and f[1].pattern == "The tensor attributes"
+               for f in warnings.filters)

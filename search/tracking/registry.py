@@ -51,20 +51,31 @@ REGISTRATION_WAIT_S = 60  # how long a registry may take to make a version READY
 _EXPORTING = threading.Lock()  # torch.export is not thread-safe: one program at a time
 
 
+def quiet_export_notes() -> None:
+    """torch.export notes that nn.LSTM caches its weight list: harmless, not ours. Silenced
+    for the whole process (on the main thread, before `warm_up_export` starts)."""
+    warnings.filterwarnings("ignore", message="The tensor attributes", category=UserWarning)
+
+
 def warm_up_export() -> None:
     """Import MLflow's PyTorch flavour and export a tiny model once, so that logging the best
     model at the end of a search is quick: that import takes about 2 s, and torch.export's first
     call in a process loads and warms its tracing machinery (3-4 s on 2 cores; the next call of
     another model takes under 1 s). A search runs this in a background thread while its trials
-    train. Best effort: a failure here changes nothing."""
-    from awd.config import from_flat
-    from awd.models import build_model
+    train. Best effort: a failure here changes nothing.
 
+    No ``warnings.catch_warnings`` here: the filters are the whole process's, and a thread that
+    saves and restores them can undo another thread's; `quiet_export_notes` is called on the
+    main thread instead. The root logger is restored from this thread after the import (see
+    `_root_logging_kept`): the driver sets up no logging while a search runs, so nothing of the
+    main thread's is overwritten."""
     try:
+        from awd.config import from_flat
+        from awd.models import build_model
+
         with _EXPORTING, _root_logging_kept():
             import mlflow.pytorch  # noqa: F401  (see `_root_logging_kept`)
-        with _EXPORTING, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _EXPORTING:
             model = build_model(from_flat({"model": "awd_lstm", "emsize": 4, "nhid": 4,
                                            "nlayers": 1}), 8).eval()
             torch.export.export(NextWordLogProbs(model),

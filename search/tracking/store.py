@@ -37,6 +37,11 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     quick checks (`check_tracking_location`), then the store opened (for a new SQLite file,
     MLflow creates its tables: seconds, which a search overlaps with Ray's start)."""
     check_tracking_location(uri, timeout)
+    open_store(uri)
+
+
+def open_store(uri: str) -> None:
+    """Open a store that is not a server (a new SQLite file gets MLflow's tables here)."""
     if is_server(uri):
         return
     try:

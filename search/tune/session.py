@@ -31,6 +31,7 @@ from search.tune.trainable import train_trial
 log = logging.getLogger(__name__)
 
 RUNGS_FILE = "asha_rungs.json"
+ASHA_REDUCTION_FACTOR = 3
 
 
 # --- the cluster ---------------------------------------------------------------------------
@@ -49,7 +50,6 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
                           "run on a local Ray") from None
 
 
-
 def connect_ray(address: str | None) -> None:
     """Join the given cluster, or start a local one; data location travels to the workers."""
     check_ray_address(address)
@@ -63,12 +63,15 @@ def connect_ray(address: str | None) -> None:
         raise SearchError(f"cannot connect to Ray at {where}: {e}{cause}") from None
 
 
+def disconnect() -> None:
+    """Leave the cluster (a local one this driver started stops with it)."""
+    ray.shutdown()
+
 
 def default_gpus_per_trial(opts: SearchOptions) -> float:
     if opts.gpus_per_trial is not None:
         return opts.gpus_per_trial
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-
 
 
 def check_resources(opts: SearchOptions, cpus: float, gpus: float) -> None:
@@ -87,7 +90,6 @@ def check_resources(opts: SearchOptions, cpus: float, gpus: float) -> None:
                           "--cpus-per-trial / --gpus-per-trial")
     log.warning("a trial needs %s; no node of the cluster has that now (largest: %s): trials "
                 "wait until the autoscaler adds such a node", need, have)
-
 
 
 def default_concurrency(opts: SearchOptions, gpus: float) -> int:
@@ -110,13 +112,12 @@ def scheduler(opts: SearchOptions) -> TrialScheduler:
         return FIFOScheduler()
     return PersistentASHA(storage.join(opts.experiment_dir, RUNGS_FILE), time_attr=schema.EPOCH,
                           metric=space.metric, mode=space.mode, max_t=opts.epochs,
-                          grace_period=opts.grace, reduction_factor=3)
-
+                          grace_period=opts.grace,
+                          reduction_factor=ASHA_REDUCTION_FACTOR)
 
 
 def _trial_name(trial: tune.experiment.Trial) -> str:
     return f"{trial.config.get('model', 'trial')}_{trial.trial_id}"
-
 
 
 def trainable(cpus: float, gpus: float) -> Any:
@@ -176,7 +177,6 @@ def unfinished_trials(experiment_dir: str) -> frozenset[str]:
     return frozenset(t.trial_id for t in saved if t.status not in ("TERMINATED", "ERROR"))
 
 
-
 def fit(tuner: tune.Tuner) -> tuple[ResultGrid, int | None]:
     """Tune's results, and the signal that stopped it early (SIGINT, SIGTERM), if any.
 
@@ -205,7 +205,6 @@ def fit(tuner: tune.Tuner) -> tuple[ResultGrid, int | None]:
         return grid, signal.SIGTERM
     stopped = catching and signal.getsignal(signal.SIGINT) is before
     return grid, signal.SIGINT if stopped else None
-
 
 
 @contextmanager
