@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
@@ -216,11 +217,17 @@ def run(args: argparse.Namespace, exported: ExportedModel) -> None:
         print(as_text([*args.prompt.split(), *words]))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _load_file(args: argparse.Namespace) -> ExportedModel:
+    return load_model(args.model_uri)
+
+
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None,
+         load: Callable[[argparse.Namespace], ExportedModel] = _load_file) -> int:
+    """The command line; ``parser`` and ``load`` let `search.evaluate` add MLflow model URIs."""
+    args = (parser or build_parser()).parse_args(argv)
     try:
         check_args(args)
-        run(args, load_model(args.model_uri))
+        run(args, load(args))
     except UserError as e:
         print(f"error: {first_line(e)}", file=sys.stderr)
         return 2

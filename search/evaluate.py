@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 from awd import evaluate
-from awd.errors import CheckpointError, UserError, first_line
+from awd.errors import CheckpointError, first_line
+from awd.trainer import ExportedModel
 
 MODEL_HELP = ("models:/NAME/latest, models:/NAME/<version>, models:/NAME@alias, "
               "runs:/<run id>/model, an exported .pt file or a model folder")
@@ -30,29 +31,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        evaluate.check_args(args)
-        if not args.model_uri.startswith(evaluate.MLFLOW_SCHEMES):
-            evaluate.run(args, evaluate.load_model(args.model_uri))
-            return 0
-        from search.tracking.registry import download_export
-        from search.uris import resolve_tracking_uri
+def load(args: argparse.Namespace) -> ExportedModel:
+    """The export an MLflow model URI names (downloaded, then read), or a local file's."""
+    if not args.model_uri.startswith(evaluate.MLFLOW_SCHEMES):
+        return evaluate.load_model(args.model_uri)
+    from search.tracking.registry import download_export
+    from search.uris import resolve_tracking_uri
 
-        with tempfile.TemporaryDirectory() as d:
-            path = download_export(args.model_uri, resolve_tracking_uri(args.tracking_uri),
-                                   Path(d))
-            try:
-                exported = evaluate.load_exported(path)
-            except CheckpointError as e:  # its message names a temporary file
-                raise CheckpointError(f"{args.model_uri}: {first_line(e).split(': ', 1)[-1]}"
-                                      ) from None
-        evaluate.run(args, exported)
-    except UserError as e:
-        print(f"error: {first_line(e)}", file=sys.stderr)
-        return 2
-    return 0
+    with tempfile.TemporaryDirectory() as d:
+        path = download_export(args.model_uri, resolve_tracking_uri(args.tracking_uri), Path(d))
+        try:
+            return evaluate.load_exported(path)
+        except CheckpointError as e:  # its message names a temporary file
+            raise CheckpointError(f"{args.model_uri}: {first_line(e).split(': ', 1)[-1]}"
+                                  ) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return evaluate.main(argv, build_parser(), load)
 
 
 if __name__ == "__main__":

@@ -358,7 +358,7 @@ def _sqlite_form_problem(uri: str) -> str | None:
 def tracking_uri_problem(uri: str) -> str | None:
     """What is wrong with an MLflow tracking URI's form (None: nothing); whether the store can be
     reached is checked later: a server's health and a SQLite file's folder before Ray starts,
-    the store itself while Ray starts (`search.tracking.store.check_tracking_uri`).
+    the store itself while Ray starts (`search.tracking.store`).
     Accepted: sqlite:///PATH, http(s)://HOST[:PORT], file:PATH, a folder, a database URL
     (postgresql://, mysql://, mssql://) or databricks."""
     if not uri.strip():

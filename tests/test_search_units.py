@@ -27,7 +27,7 @@ from search.results import TrialSummary, best_index, pick_best, status_of
 from search.state import SearchState
 from search.tracking.store import (
     TrackingError,
-    check_tracking_uri,
+    check_tracking_location,
     close_open_trials,
     finish_trial_run,
     search_summary_metrics,
@@ -259,12 +259,12 @@ def test_dead_tracking_server_is_a_clear_error():
         port = s.getsockname()[1]
     with pytest.raises(TrackingError, match=f"cannot reach the MLflow tracking server at "
                        f"http://127.0.0.1:{port}"):
-        check_tracking_uri(f"http://127.0.0.1:{port}", timeout=2)
+        check_tracking_location(f"http://127.0.0.1:{port}", timeout=2)
 
 
 def test_sqlite_in_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(TrackingError, match="does not exist"):
-        check_tracking_uri(f"sqlite:///{tmp_path}/missing/mlflow.db")
+        check_tracking_location(f"sqlite:///{tmp_path}/missing/mlflow.db")
 
 
 def test_storage_uris_reach_ray_untouched_and_local_paths_become_absolute(tmp_path):

@@ -28,20 +28,15 @@ from search.uris import is_server, server_problem, sqlite_path
 
 log = logging.getLogger(__name__)
 
+
 class TrackingError(UserError):
     """The MLflow tracking store cannot be used; raised before any trial starts."""
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, with the reason, if the tracking store cannot be reached or written: the
-    quick checks (`check_tracking_location`), then the store opened (for a new SQLite file,
-    MLflow creates its tables: seconds, which a search overlaps with Ray's start)."""
-    check_tracking_location(uri, timeout)
-    open_store(uri)
-
-
 def open_store(uri: str) -> None:
-    """Open a store that is not a server (a new SQLite file gets MLflow's tables here)."""
+    """Open a store that is not a server, or fail with the reason: for a new SQLite file MLflow
+    creates its tables here (seconds, which a search overlaps with Ray's start). The quick
+    checks come first, before Ray: `check_tracking_location`."""
     if is_server(uri):
         return
     try:
