@@ -43,7 +43,7 @@ from search.tune import session
 from search.tune.callback import MLflowTrialLogger, close_all
 from search.tune.console import SearchConsole
 from search.tune.grid import summarize
-from search.tune.searcher import default_study_storage, make_searcher
+from search.tune.searcher import default_study_storage, searcher_for
 from search.tune.trainable import export_best_model
 from search.uris import resolve_tracking_uri
 
@@ -102,16 +102,6 @@ def _console(opts: SearchOptions) -> SearchConsole:
                          stopper="ASHA" if opts.scheduler == "asha" else "the scheduler")
 
 
-def _searcher(opts: SearchOptions, study_storage: str | None, study_name: str, concurrency: int,
-              warm_starts: list[dict[str, Any]]) -> Searcher:
-    """TPE over the space, every trial's config with the search's fixed values applied."""
-    overrides = {**opts.fixed_values, "epochs": opts.epochs}
-    return make_searcher(opts.space_spec, overrides, opts.seed, study_name, concurrency,
-                         storage_url=study_storage, sampler=opts.sampler,
-                         warm_starts=warm_starts,
-                         report_intermediate=opts.report_intermediate)
-
-
 def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
                concurrency: int) -> tuple[Tuner, SearchState]:
     """The parent run, the saved state and the Tuner of a new search."""
@@ -124,7 +114,7 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
     # The study first: a storage that cannot be opened fails before anything is written.
     study_storage = opts.study_storage or default_study_storage(uri)
     study_name = f"{opts.experiment_name}-{uuid.uuid4().hex[:8]}"
-    searcher = _searcher(opts, study_storage, study_name, concurrency, warm_starts)
+    searcher = searcher_for(opts, study_storage, study_name, concurrency, warm_starts)
     exp_id = ensure_experiment(client, opts.experiment_name, uri)
     params = {**opts.as_params(), "gpus_per_trial": gpus, "concurrency": concurrency,
               "max_epochs": opts.epochs, "grace_period": opts.grace, "metric": space.metric,

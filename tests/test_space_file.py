@@ -141,8 +141,11 @@ def _tpe(seed: int) -> optuna.samplers.BaseSampler:
                                           n_startup_trials=5)
 
 
+BORN_DECLARED = {"bench_ptb"}  # spaces that never had a hand-written define function
+
+
 def test_every_old_space_is_compared():
-    assert set(OLD) == set(SPACES)
+    assert set(OLD) == set(SPACES) - BORN_DECLARED
 
 
 @pytest.mark.parametrize("name", sorted(OLD))

@@ -24,6 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 from awd.errors import first_line
 from search import schema
 from search.errors import SearchError
+from search.options import SearchOptions
 from search.uris import sqlite_path, sqlite_uri
 from spaces import Space
 
@@ -171,3 +172,15 @@ def make_searcher(space: Space, overrides: dict[str, Any], seed: int, study_name
         report_intermediate=report_intermediate,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+
+
+def searcher_for(opts: SearchOptions, study_storage: str | None, study_name: str,
+                 concurrency: int, warm_starts: Sequence[dict[str, Any]] = ()) -> ConcurrencyLimiter:
+    """The searcher of a search with ``opts``: TPE (or random) over the space, every trial's
+    config with the search's fixed values and epoch budget applied. The driver and the replayed
+    searches of `benchmarks.replay` both build it here."""
+    overrides = {**opts.fixed_values, "epochs": opts.epochs}
+    return make_searcher(opts.space_spec, overrides, opts.seed, study_name, concurrency,
+                         storage_url=study_storage, sampler=opts.sampler,
+                         warm_starts=warm_starts,
+                         report_intermediate=opts.report_intermediate)
