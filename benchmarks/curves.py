@@ -4,10 +4,11 @@ times (`benchmarks.replay`): ``python -m benchmarks.curves``.
 What is trained: ``--configs`` configurations of ``spaces.bench_ptb`` from a scrambled Sobol
 design (space-filling over the unit cube of the space's parameters, each coordinate mapped
 through the parameter's range and log scale; the model is the first coordinate), plus the
-space's paper configuration, each at the space's training seed; then the first ``--noise-configs``
-of them again at ``--noise-seeds`` more seeds, which measures the seed noise the replay adds and
-that the objective's structure must stand out from. Every epoch's validation perplexity, training
-perplexity and seconds are kept (the real `awd.trainer.Trainer`, NT-ASGD and all).
+space's warm start (its first trial), each at the space's training seed; then the first
+``--noise-configs`` of them again at ``--noise-seeds`` more seeds, which measures the seed noise
+the replay adds and that the objective's structure must stand out from. Every epoch's validation
+perplexity, training perplexity and seconds are kept (the real `awd.trainer.Trainer`, NT-ASGD
+and all).
 
 It resumes: each finished run is one line of ``--work`` (JSON lines), and a restarted command
 skips the runs that file holds. ``--workers`` processes train at once (one CPU thread each, or
@@ -98,8 +99,8 @@ def design(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Job:
-    """One training run of the table: design point ``index`` (-1: the paper configuration) at
-    training seed ``seed``."""
+    """One training run of the table: design point ``index`` (-1: the space's warm start, its
+    first trial) at training seed ``seed``."""
 
     key: str
     index: int
@@ -119,10 +120,10 @@ class Settings:
 
 
 def jobs(s: Settings) -> list[Job]:
-    """The paper configuration, the design at the space's seed, then the noise re-runs."""
+    """The space's warm start, the design at the space's seed, then the noise re-runs."""
     base_seed = int(spec().fixed["seed"])
     points = design(s.configs, s.design_seed)
-    out = [Job("paper", -1, base_seed, dict(spec().warm_start))]
+    out = [Job("warm", -1, base_seed, dict(spec().warm_start))]
     out += [Job(f"d{i}", i, base_seed, p) for i, p in enumerate(points)]
     for k in range(1, s.noise_seeds + 1):
         out += [Job(f"d{i}-s{base_seed + k}", i, base_seed + k, points[i])

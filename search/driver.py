@@ -12,7 +12,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlflow.tracking import MlflowClient
 
@@ -50,7 +50,6 @@ from search.uris import resolve_tracking_uri
 if TYPE_CHECKING:
     from ray.tune import Tuner
     from ray.tune.result_grid import ResultGrid
-    from ray.tune.search import Searcher
 
 log = logging.getLogger(__name__)
 

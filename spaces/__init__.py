@@ -4,8 +4,7 @@ be a YAML file (`spaces.spec_file`), in the form ``show_space`` prints a built-i
 from __future__ import annotations
 
 from awd.errors import UserError
-from spaces import (awd_ptb, awd_wt2, bench_ptb, compare_ptb, gru_ptb, gru_wt2, smoke,
-                    zaremba_ptb)
+from spaces import awd_ptb, awd_wt2, bench_ptb, compare_ptb, gru_ptb, gru_wt2, smoke, zaremba_ptb
 from spaces._space import Space
 from spaces.spec import SpaceFileError, SpaceSpec, spec_of
 from spaces.spec_file import dump_spec, load_space_file, spec_digest

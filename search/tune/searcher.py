@@ -175,7 +175,8 @@ def make_searcher(space: Space, overrides: dict[str, Any], seed: int, study_name
 
 
 def searcher_for(opts: SearchOptions, study_storage: str | None, study_name: str,
-                 concurrency: int, warm_starts: Sequence[dict[str, Any]] = ()) -> ConcurrencyLimiter:
+                 concurrency: int,
+                 warm_starts: Sequence[dict[str, Any]] = ()) -> ConcurrencyLimiter:
     """The searcher of a search with ``opts``: TPE (or random) over the space, every trial's
     config with the search's fixed values and epoch budget applied. The driver and the replayed
     searches of `benchmarks.replay` both build it here."""
