@@ -254,6 +254,8 @@ def summarize(rows: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {
         "runs": len(rows), "failed": len(rows) - len(ok),
         "diverged": sum(1 for r in ok if r.get("diverged_at")),
+        "runs_by_device": {d: sum(1 for r in ok if r.get("device") == d)
+                           for d in sorted({str(r.get("device")) for r in ok})},
         "configs": len(across),
         "epoch_seconds_median": statistics.median(
             [e["seconds"] for r in ok for e in r["epochs"]] or [0.0]),

@@ -78,12 +78,20 @@ def features(params: Sequence[ParamSpec], configs: Sequence[dict[str, Any]]) -> 
 
 
 def targets(rows: Sequence[dict[str, Any]], epochs: int) -> np.ndarray:
-    """Per row: the log validation perplexity of each epoch, then the log mean epoch seconds."""
-    out = []
-    for r in rows:
-        secs = [e["seconds"] for e in r["epochs"]] or [1.0]
-        out.append([*np.log(curve(r, epochs)), math.log(statistics.mean(secs))])
-    return np.array(out)
+    """Per row: the log validation perplexity of each epoch."""
+    return np.log(np.array([curve(r, epochs) for r in rows]))
+
+
+def log_epoch_seconds(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    return np.log([statistics.mean([e["seconds"] for e in r["epochs"]] or [1.0]) for r in rows])
+
+
+def timed_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows trained on the table's most common device: seconds from two machines (a table
+    finished on another one) do not mix."""
+    devices = [r.get("device") for r in rows]
+    main = max(set(devices), key=devices.count)
+    return [r for r in rows if r.get("device") == main]
 
 
 def _forest(seed: int) -> Any:
@@ -100,7 +108,8 @@ class Surrogate:
     params: list[ParamSpec]
     epochs: int
     seed_sd_log: float
-    model: Any = field(repr=False)
+    model: Any = field(repr=False)  # log val ppl per epoch
+    seconds_model: Any = field(repr=False)  # log seconds per epoch
 
     def predict(self, configs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         """(validation perplexity per epoch [n, epochs], seconds per epoch [n])."""
@@ -108,7 +117,10 @@ class Surrogate:
         # dispatch (60 ms a call; this is well under 1 ms): a search asks once per trial.
         x = features(self.params, configs).astype(np.float32)
         y = np.mean([t.tree_.predict(x)[:, :, 0] for t in self.model.estimators_], axis=0)
-        return np.exp(y[:, :self.epochs]), np.exp(y[:, self.epochs])
+        s = np.mean([t.tree_.predict(x).reshape(len(x), -1)[:, 0]
+                     for t in self.seconds_model.estimators_],
+                    axis=0)
+        return np.exp(y), np.exp(s)
 
 
 def fit_surrogate(table: dict[str, Any], spec: SpaceSpec, seed: int = 0) -> Surrogate:
@@ -118,8 +130,11 @@ def fit_surrogate(table: dict[str, Any], spec: SpaceSpec, seed: int = 0) -> Surr
     params = design_params(spec)
     model = _forest(seed).fit(features(params, [r["params"] for r in rows]),
                               targets(rows, epochs))
+    timed = timed_rows(rows)
+    seconds = _forest(seed).fit(features(params, [r["params"] for r in timed]),
+                                log_epoch_seconds(timed))
     noise = table["summary"].get("seed_noise", {})
-    return Surrogate(params, epochs, float(noise.get("sd_log_mean", 0.0)), model)
+    return Surrogate(params, epochs, float(noise.get("sd_log_mean", 0.0)), model, seconds)
 
 
 def base_rows(table: dict[str, Any], spec: SpaceSpec) -> list[dict[str, Any]]:
@@ -141,7 +156,12 @@ def fidelity(table: dict[str, Any], spec: SpaceSpec, folds: int = 5) -> dict[str
     pred = np.zeros_like(y)
     for train, test in KFold(folds, shuffle=True, random_state=0).split(x):
         pred[test] = _forest(0).fit(x[train], y[train]).predict(x[test])
-    best, pbest = (np.minimum.accumulate(a[:, :epochs], axis=1)[:, -1] for a in (y, pred))
+    timed = timed_rows(rows)
+    xt, st = features(params, [r["params"] for r in timed]), log_epoch_seconds(timed)
+    pst = np.zeros_like(st)
+    for train, test in KFold(folds, shuffle=True, random_state=0).split(xt):
+        pst[test] = _forest(0).fit(xt[train], st[train]).predict(xt[test])
+    best, pbest = (np.minimum.accumulate(a, axis=1)[:, -1] for a in (y, pred))
     sane = best < math.log(DIVERGED_CUT)
     q10 = np.quantile(best, 0.1)
     top = best <= q10
@@ -149,14 +169,15 @@ def fidelity(table: dict[str, Any], spec: SpaceSpec, folds: int = 5) -> dict[str
     noise = table["summary"].get("seed_noise", {})
     return {
         "method": f"{folds}-fold cross-validation over {len(rows)} configurations",
-        "rmse_log_curve": float(np.sqrt(((pred[:, :epochs] - y[:, :epochs]) ** 2).mean())),
+        "rmse_log_curve": float(np.sqrt(((pred - y) ** 2).mean())),
         "rmse_log_objective": float(np.sqrt(((pbest - best) ** 2).mean())),
         "rmse_log_objective_not_diverged": float(np.sqrt(((pbest - best)[sane] ** 2).mean())),
         "median_abs_error_log_objective": float(np.median(np.abs(pbest - best))),
         "spearman_objective": float(spearmanr(pbest, best)[0]),
         "spearman_by_epoch": [float(spearmanr(pred[:, e], y[:, e])[0]) for e in range(epochs)],
         "top10pct_recall": float((top & ptop).sum() / max(top.sum(), 1)),
-        "rmse_log_epoch_seconds": float(np.sqrt(((pred[:, epochs] - y[:, epochs]) ** 2).mean())),
+        "rmse_log_epoch_seconds": float(np.sqrt(((pst - st) ** 2).mean())),
+        "epoch_seconds_from": f"{len(timed)} configurations trained on {timed[0].get('device')}",
         "seed_noise_sd_log": noise.get("sd_log_mean"),
     }
 
@@ -187,6 +208,10 @@ ARMS = {a.name: a for a in (
         description="TPE + ASHA, no intermediate values (a stopped trial reaches TPE as "
         "PRUNED without a value)"),
 )}
+
+
+# The comparison's arms; tpe-asha-noiv (the intermediate values' ablation) on request.
+DEFAULT_ARMS = ["tpe-asha", "random-asha", "random", "tpe", "tpe-asha-g3"]
 
 
 # --- one replayed search -------------------------------------------------------------------
@@ -288,7 +313,7 @@ def replay_search(arm: Arm, seed: int, surrogate: Surrogate, budget_epochs: int,
                                        if ot.state.name == "PRUNED" and ot.intermediate_values)
     return {"arm": arm.name, "seed": seed, "trials_started": started, "study": states,
             "trials_finished": finished_trials, "trial_epochs": spent,
-            "simulated_seconds": round(now, 1), "anytime": anytime}
+            "simulated_seconds": round(now, 1), "anytime": [round(v, 2) for v in anytime]}
 
 
 # --- the space's reference values ------------------------------------------------------------
@@ -438,7 +463,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--table", type=Path, default=DEFAULT_TABLE, help="benchmarks.curves' table")
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
     p.add_argument("--seeds", type=int, default=20, help="sampler seeds per arm")
     p.add_argument("--budget", type=int, default=300,
                    help="full-trial equivalents each search spends")
