@@ -275,6 +275,9 @@ def summarize(rows: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
             "configs": len(noisy), "seeds_each": min(len(v) for v in noisy.values()),
             "sd_mean": statistics.mean(seed_sd), "sd_max": max(seed_sd),
             "sd_log_mean": statistics.mean(seed_sd_log), "sd_log_max": max(seed_sd_log),
+            # the noise is larger for poor configurations that sometimes fail to learn; the
+            # median is a typical (and a good) configuration's
+            "sd_log_median": statistics.median(seed_sd_log),
             "per_config": {str(i): v for i, v in sorted(noisy.items())},
         }
         if across and len(across) > 1:

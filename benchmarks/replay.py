@@ -134,7 +134,7 @@ def fit_surrogate(table: dict[str, Any], spec: SpaceSpec, seed: int = 0) -> Surr
     seconds = _forest(seed).fit(features(params, [r["params"] for r in timed]),
                                 log_epoch_seconds(timed))
     noise = table["summary"].get("seed_noise", {})
-    return Surrogate(params, epochs, float(noise.get("sd_log_mean", 0.0)), model, seconds)
+    return Surrogate(params, epochs, float(noise.get("sd_log_median", 0.0)), model, seconds)
 
 
 def base_rows(table: dict[str, Any], spec: SpaceSpec) -> list[dict[str, Any]]:
@@ -178,7 +178,8 @@ def fidelity(table: dict[str, Any], spec: SpaceSpec, folds: int = 5) -> dict[str
         "top10pct_recall": float((top & ptop).sum() / max(top.sum(), 1)),
         "rmse_log_epoch_seconds": float(np.sqrt(((pst - st) ** 2).mean())),
         "epoch_seconds_from": f"{len(timed)} configurations trained on {timed[0].get('device')}",
-        "seed_noise_sd_log": noise.get("sd_log_mean"),
+        "seed_noise_sd_log_median": noise.get("sd_log_median"),
+        "seed_noise_sd_log_mean": noise.get("sd_log_mean"),
     }
 
 
@@ -253,6 +254,8 @@ def replay_search(arm: Arm, seed: int, surrogate: Surrogate, budget_epochs: int,
     now, spent, started, seq = 0.0, 0, 0, 0
     incumbent_seen, incumbent_true = math.inf, math.inf
     anytime: list[float] = []  # after each trial-epoch: the incumbent's noise-free objective
+    tried: list[float] = []  # ... and the best noise-free objective of any trial so far
+    best_tried = math.inf
     finished_trials = 0
 
     def start_trials() -> None:
@@ -287,6 +290,8 @@ def replay_search(arm: Arm, seed: int, surrogate: Surrogate, budget_epochs: int,
         elif t.best_seen == incumbent_seen:
             incumbent_true = t.best_true
         anytime.append(incumbent_true)
+        best_tried = min(best_tried, t.best_true)
+        tried.append(best_tried)
         last = t.epoch >= surrogate.epochs
         result = {schema.EPOCH: t.epoch, schema.VAL_PPL: seen, schema.BEST_VAL_PPL: t.best_seen,
                   schema.EPOCHS_RUN: t.epoch, schema.EPOCH_SECONDS: t.seconds,
@@ -313,7 +318,8 @@ def replay_search(arm: Arm, seed: int, surrogate: Surrogate, budget_epochs: int,
                                        if ot.state.name == "PRUNED" and ot.intermediate_values)
     return {"arm": arm.name, "seed": seed, "trials_started": started, "study": states,
             "trials_finished": finished_trials, "trial_epochs": spent,
-            "simulated_seconds": round(now, 1), "anytime": [round(v, 2) for v in anytime]}
+            "simulated_seconds": round(now, 1), "anytime": [round(v, 2) for v in anytime],
+            "best_tried": [round(v, 2) for v in tried]}
 
 
 # --- the space's reference values ------------------------------------------------------------
@@ -359,31 +365,40 @@ def bootstrap_median(values: Sequence[float], reps: int = 2000,
     return float(np.median(a)), float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))
 
 
+SERIES = {"anytime": "incumbent", "best_tried": "best tried"}
+
+
 def summarize(runs: list[dict[str, Any]], ref: dict[str, Any], budgets: Sequence[int],
               epochs: int) -> dict[str, Any]:
-    """Per arm and budget (full-trial equivalents): regret median, IQR and bootstrap CI; per
-    arm: trial-epochs to the top 1 % and top 5 % (median and CI; inf = not reached)."""
+    """Per arm, for the incumbent (the trial the search would pick, by what it saw) and for the
+    best trial it tried (noise-free: what confirming its top trials over seeds can find):
+    regret per budget (full-trial equivalents) with median, IQR and bootstrap CI, and
+    trial-epochs to the top 1 % and top 5 % (median and CI; inf = not reached)."""
     out: dict[str, Any] = {}
     for name in dict.fromkeys(r["arm"] for r in runs):
         mine = [r for r in runs if r["arm"] == name]
-        per_budget = {}
-        for b in budgets:
-            k = b * epochs
-            regret = [r["anytime"][min(k, len(r["anytime"])) - 1] - ref["optimum"]
-                      for r in mine if r["anytime"]]
-            med, lo, hi = bootstrap_median(regret)
-            q1, q3 = np.quantile(regret, [0.25, 0.75])
-            per_budget[str(b)] = {"regret_median": med, "ci95": [lo, hi],
-                                  "iqr": [float(q1), float(q3)]}
-        reach = {}
-        for target in ("top1", "top5"):
-            to = [epochs_to(r["anytime"], ref[target]) for r in mine]
-            med, lo, hi = bootstrap_median(to)
-            reach[target] = {"median": med, "ci95": [lo, hi],
-                             "reached": sum(1 for x in to if math.isfinite(x)), "of": len(to)}
-        out[name] = {"seeds": len(mine), "regret": per_budget, "trial_epochs_to": reach,
-                     "trials_started_median": statistics.median(r["trials_started"]
-                                                                for r in mine)}
+        arm: dict[str, Any] = {"seeds": len(mine), "trials_started_median": statistics.median(
+            r["trials_started"] for r in mine)}
+        for key, label in SERIES.items():
+            series = [r[key] for r in mine if r.get(key)]
+            if not series:
+                continue
+            per_budget = {}
+            for b in budgets:
+                regret = [s[min(b * epochs, len(s)) - 1] - ref["optimum"] for s in series]
+                med, lo, hi = bootstrap_median(regret)
+                q1, q3 = np.quantile(regret, [0.25, 0.75])
+                per_budget[str(b)] = {"regret_median": med, "ci95": [lo, hi],
+                                      "iqr": [float(q1), float(q3)]}
+            reach = {}
+            for target in ("top1", "top5"):
+                to = [epochs_to(s, ref[target]) for s in series]
+                med, lo, hi = bootstrap_median(to)
+                reach[target] = {"median": med, "ci95": [lo, hi],
+                                 "reached": sum(1 for x in to if math.isfinite(x)),
+                                 "of": len(to)}
+            arm[label] = {"regret": per_budget, "trial_epochs_to": reach}
+        out[name] = arm
     return out
 
 
@@ -392,22 +407,24 @@ def _fmt(x: float) -> str:
 
 
 def print_table(summary: dict[str, Any], budgets: Sequence[int], epochs: int) -> None:
-    print(f"\nregret (val ppl above the space's optimum), median [95% CI] over seeds, at a "
-          f"budget of N full trials ({epochs} trial-epochs each)")
-    print(f"{'arm':<15}" + "".join(f"{f'N={b}':>22}" for b in budgets))
-    for name, s in summary.items():
-        cells = [f"{s['regret'][str(b)]['regret_median']:.1f} "
-                 f"[{s['regret'][str(b)]['ci95'][0]:.1f}, {s['regret'][str(b)]['ci95'][1]:.1f}]"
-                 for b in budgets]
-        print(f"{name:<15}" + "".join(f"{c:>22}" for c in cells))
-    print("\ntrial-epochs to the space's top 1 % / top 5 %: median [95% CI] (seeds reaching it)")
-    for name, s in summary.items():
-        cells = []
-        for t in ("top1", "top5"):
-            r = s["trial_epochs_to"][t]
-            cells.append(f"{_fmt(r['median'])} [{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}] "
-                         f"({r['reached']}/{r['of']})")
-        print(f"{name:<15}{cells[0]:>30}{cells[1]:>30}")
+    for label in SERIES.values():
+        print(f"\n{label}: regret (val ppl above the space's optimum), median [95% CI] over "
+              f"seeds, at a budget of N full trials ({epochs} trial-epochs each)")
+        print(f"{'arm':<15}" + "".join(f"{f'N={b}':>22}" for b in budgets))
+        for name, arm in summary.items():
+            s = arm[label]["regret"]
+            cells = [f"{s[str(b)]['regret_median']:.1f} "
+                     f"[{s[str(b)]['ci95'][0]:.1f}, {s[str(b)]['ci95'][1]:.1f}]" for b in budgets]
+            print(f"{name:<15}" + "".join(f"{c:>22}" for c in cells))
+        print(f"{label}: trial-epochs to the space's top 1 % / top 5 %: median [95% CI] "
+              "(seeds reaching it)")
+        for name, arm in summary.items():
+            cells = []
+            for t in ("top1", "top5"):
+                r = arm[label]["trial_epochs_to"][t]
+                cells.append(f"{_fmt(r['median'])} [{_fmt(r['ci95'][0])}, "
+                             f"{_fmt(r['ci95'][1])}] ({r['reached']}/{r['of']})")
+            print(f"{name:<15}{cells[0]:>30}{cells[1]:>30}")
 
 
 def plot(runs: list[dict[str, Any]], ref: dict[str, Any], epochs: int, path: Path) -> None:
@@ -417,23 +434,24 @@ def plot(runs: list[dict[str, Any]], ref: dict[str, Any], epochs: int, path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name in dict.fromkeys(r["arm"] for r in runs):
-        curves = [r["anytime"] for r in runs if r["arm"] == name and r["anytime"]]
-        n = min(len(c) for c in curves)
-        a = np.array([c[:n] for c in curves]) - ref["optimum"]
-        x = np.arange(1, n + 1) / epochs
-        ax.plot(x, np.median(a, axis=0), label=name)
-        ax.fill_between(x, *np.quantile(a, [0.25, 0.75], axis=0), alpha=0.15)
-    for t in ("top1", "top5"):
-        ax.axhline(ref[t] - ref["optimum"], ls=":", c="grey")
-        ax.text(1, ref[t] - ref["optimum"], f" {t}", va="bottom", fontsize=8, c="grey")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("budget: full-trial equivalents")
-    ax.set_ylabel("regret: val ppl above the optimum (median, IQR)")
-    ax.set_title(f"replayed searches on {SPACE_NAME}")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, (key, label) in zip(axes, SERIES.items(), strict=True):
+        for name in dict.fromkeys(r["arm"] for r in runs):
+            curves = [r[key] for r in runs if r["arm"] == name and r.get(key)]
+            n = min(len(c) for c in curves)
+            a = np.maximum(np.array([c[:n] for c in curves]) - ref["optimum"], 1e-3)
+            x = np.arange(1, n + 1) / epochs
+            ax.plot(x, np.median(a, axis=0), label=name)
+            ax.fill_between(x, *np.quantile(a, [0.25, 0.75], axis=0), alpha=0.15)
+        for t in ("top1", "top5"):
+            ax.axhline(ref[t] - ref["optimum"], ls=":", c="grey")
+            ax.text(1, ref[t] - ref["optimum"], f" {t}", va="bottom", fontsize=8, c="grey")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("budget: full-trial equivalents")
+        ax.set_title(f"{label} ({SPACE_NAME}, replayed)")
+    axes[0].set_ylabel("regret: val ppl above the optimum (median, IQR over seeds)")
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,8 +2,9 @@
 finds within the same budget of trial-epochs, and how many trial-epochs it needs to reach a
 stated target.
 
-Arms (each a real search of the ``smoke`` space: local Ray, Optuna, MLflow SQLite, tiny models
-really trained on a Penn Treebank slice):
+Arms (each a real search of the ``smoke`` space, or with ``--space bench_ptb`` of the replay
+benchmark's space to check `benchmarks.replay` against real training: local Ray, Optuna, MLflow
+SQLite, tiny models really trained on a Penn Treebank slice):
   tpe-asha-iv    (a) TPE + ASHA, every epoch's objective reported to Optuna as an intermediate
                  value: TPE learns from the trials ASHA stops through their last value
   tpe-asha       (b) TPE + ASHA without intermediate values (``report_intermediate=False``, the
@@ -82,7 +83,7 @@ from search.options import SearchOptions
 from search.tune.session import ASHA_REDUCTION_FACTOR
 from spaces import get_space
 
-SPACE = "smoke"
+SPACES = ("smoke", "bench_ptb")  # --space: the pipeline demo, or the replay benchmark's space
 # What the JSON keeps of each trial's config: the smoke space's searched parameters.
 SEARCHED = ("model", "emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute", "wdrop",
             "lr")
@@ -111,7 +112,9 @@ ARMS = {a.name: a for a in (
     Arm("random-asha", "c", "random", "asha", True, "random search + ASHA"),
     Arm("random", "d", "random", "none", True,
         "random search, no early stopping (every trial runs max_epochs)"),
+    Arm("tpe", "e", "tpe", "none", True, "TPE, no early stopping (every trial runs max_epochs)"),
 )}
+DEFAULT_ARMS = ["tpe-asha-iv", "tpe-asha", "random-asha", "random"]
 
 
 # --- how many trials give an arm its budget ----------------------------------------------
@@ -206,13 +209,13 @@ def run_arm(arm: Arm, seed: int, args: argparse.Namespace, workdir: Path) -> dic
     experiment = f"{arm.name}-s{seed}"
     study_storage = f"sqlite:///{workdir / 'optuna.db'}"
     opts = SearchOptions(
-        space=SPACE, num_samples=samples, max_epochs=args.max_epochs,
+        space=args.space, num_samples=samples, max_epochs=args.max_epochs,
         grace_period=args.grace_period, concurrency=args.concurrency, cpus_per_trial=1.0,
         gpus_per_trial=0.0, scheduler=arm.scheduler, sampler=arm.sampler, seed=seed,
         report_intermediate=arm.report_intermediate, storage=str(workdir / "rr"),
         tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}", experiment=experiment,
         study_storage=study_storage, best_config=str(workdir / "best.json"),
-        fixed=(f"train_tokens={args.train_tokens}",),
+        fixed=(f"train_tokens={args.train_tokens}",) if args.train_tokens else (),
     )
     started = time.time()
     try:
@@ -346,16 +349,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.search_efficiency", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+    p.add_argument("--space", choices=SPACES, default="smoke",
+                   help="smoke (the pipeline demo) or bench_ptb (checks benchmarks.replay)")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS,
                    help="search strategies to compare")
     p.add_argument("--seeds", type=int, default=5, help="sampler seeds per arm")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first..first+seeds-1")
     p.add_argument("--budget", type=int, default=36, help="trial-epochs per run")
-    p.add_argument("--max-epochs", type=int, default=3, help="epochs of a trial not stopped")
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help="epochs of a trial not stopped (default: the space's)")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA's first rung")
     p.add_argument("--concurrency", type=int, default=2, help="trials at once (1 CPU each)")
-    p.add_argument("--train-tokens", type=int, default=20_000,
-                   help="training tokens per epoch (the smoke space's slice is 20000)")
+    p.add_argument("--train-tokens", type=int, default=0,
+                   help="training tokens per epoch (0: the space's own slice)")
     p.add_argument("--oversample", type=float, default=1.1,
                    help="trials started per trial the budget needs, with ASHA (and > 1: one "
                    "spare trial without it)")
@@ -367,8 +373,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="add to --out's runs, skipping the (arm, seed) pairs it holds")
     args = p.parse_args(argv)
+    if args.max_epochs is None:
+        args.max_epochs = get_space(args.space).max_epochs
     if min(args.seeds, args.budget, args.max_epochs, args.grace_period, args.concurrency,
-           args.train_tokens) < 1 or args.oversample < 1:
+           ) < 1 or args.train_tokens < 0 or args.oversample < 1:
         p.error("counts must be >= 1 and --oversample >= 1")
     if args.grace_period > args.max_epochs:
         p.error("--grace-period must be <= --max-epochs")
@@ -377,7 +385,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "space": SPACE, "arms": args.arms,
+        "space": args.space, "arms": args.arms,
         "seeds": list(range(args.first_seed, args.first_seed + args.seeds)),
         "budget": args.budget, "max_epochs": args.max_epochs,
         "grace_period": args.grace_period, "concurrency": args.concurrency,
@@ -386,7 +394,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "num_samples": {a: num_samples(ARMS[a], args.budget, args.max_epochs, args.grace_period,
                                        args.concurrency, args.oversample) for a in args.arms},
         "training_seed": "the config's own (fixed per model preset), not varied",
-        "paper_config_first": get_space(SPACE).warm_start,
+        "paper_config_first": get_space(args.space).warm_start,
     }
 
 

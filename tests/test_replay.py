@@ -75,7 +75,10 @@ def test_replayed_search_drives_the_real_searcher_and_asha(table, tmp_path):
     surrogate = replay.fit_surrogate(table, SPEC)
     run = replay.replay_search(replay.ARMS["tpe-asha"], 0, surrogate, 20 * EPOCHS, 2, tmp_path)
     assert run["trial_epochs"] == 20 * EPOCHS
-    assert len(run["anytime"]) == 20 * EPOCHS
+    assert len(run["anytime"]) == len(run["best_tried"]) == 20 * EPOCHS
+    # the best trial tried is never worse than the one the search picks, and never gets worse
+    assert all(b <= a for a, b in zip(run["anytime"], run["best_tried"], strict=True))
+    assert run["best_tried"] == sorted(run["best_tried"], reverse=True)
     assert run["trials_started"] > 20  # ASHA stopped some early: more trials than full ones
     study = run["study"]
     assert study["PRUNED"] > 0 and study["pruned_with_values"] == study["PRUNED"]
@@ -103,9 +106,9 @@ def test_tpe_with_asha_beats_random_search_where_the_answer_is_known(table, tmp_
     summary = replay.summarize(
         [{"arm": "tpe-asha", "seed": s, "trials_started": 1, "anytime": [9.0, 5.0, 1.0]}
          for s in range(3)], {"optimum": 0.0, "top1": 1.0, "top5": 5.0}, [1, 3], 1)
-    assert summary["tpe-asha"]["trial_epochs_to"]["top5"]["median"] == 2
-    assert summary["tpe-asha"]["trial_epochs_to"]["top1"]["median"] == 3
-    assert summary["tpe-asha"]["regret"]["1"]["regret_median"] == 9.0
+    assert summary["tpe-asha"]["incumbent"]["trial_epochs_to"]["top5"]["median"] == 2
+    assert summary["tpe-asha"]["incumbent"]["trial_epochs_to"]["top1"]["median"] == 3
+    assert summary["tpe-asha"]["incumbent"]["regret"]["1"]["regret_median"] == 9.0
 
 
 def test_a_table_of_another_format_is_refused_in_one_line(tmp_path):
