@@ -300,6 +300,17 @@ def pack(rows: list[dict[str, Any]], s: Settings, out: Path, meta: dict[str, Any
     return table
 
 
+def previous_history(out: Path) -> list[dict[str, Any]]:
+    """The commands that built the table at ``out`` so far (none if there is none)."""
+    if not out.exists():
+        return []
+    try:
+        with gzip.open(out, "rt") as f:
+            return list(json.load(f).get("history", []))
+    except (OSError, ValueError):
+        return []
+
+
 def load_table(path: Path) -> dict[str, Any]:
     """A packed table (`pack`), refused in one line if it is not one this code reads."""
     try:
@@ -369,20 +380,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[curves] {n}/{len(todo)} {row['key']}: best {best} "
                   f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     device = torch.device(args.device)
-    meta = {"command": " ".join(["python", "-m", "benchmarks.curves", *sys.argv[1:]]),
+    this = {"command": " ".join(["python", "-m", "benchmarks.curves", *sys.argv[1:]]),
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_info(device), "load_after": load_snapshot(),
-            "workers": args.workers, "complete": not [j for j in jobs(s)
-                                                      if j.key not in {r["key"] for r in rows
-                                                                       if "error" not in r}]}
-    table = pack(rows, s, args.out, meta)
+            "workers": args.workers, "runs_added": len(rows) - len(done)}
+    # Every command that added runs, with its machine: a table may be built on several.
+    history = previous_history(args.out)
+    if this["runs_added"] or not history:
+        history.append(this)
+    complete = not [j for j in jobs(s) if j.key not in {r["key"] for r in rows
+                                                         if "error" not in r}]
+    table = pack(rows, s, args.out, {"history": history, "complete": complete})
     print(json.dumps({k: v for k, v in table["summary"].items() if k != "seed_noise"},
                      indent=1))
     if "seed_noise" in table["summary"]:
         sn = table["summary"]["seed_noise"]
         print(f"seed noise: sd {sn['sd_mean']:.2f} ppl (log {sn['sd_log_mean']:.4f}) over "
               f"{sn['configs']} configs x {sn['seeds_each']} seeds")
-    print(f"wrote {args.out} ({len(table['rows'])} runs, complete: {meta['complete']})")
+    print(f"wrote {args.out} ({len(table['rows'])} runs, complete: {complete})")
     return 0
 
 

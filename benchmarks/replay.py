@@ -523,8 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = json.loads(args.out.read_text()) if args.resume and args.out.exists() else None
     runs: list[dict[str, Any]] = list(previous["runs"]) if previous else []
     done = {(r["arm"], r["seed"]) for r in runs}
-    settings = {"table": str(args.table.name), "table_command": table.get("command"),
-                "table_machine": table.get("machine", {}).get("gpu") or "cpu",
+    settings = {"table": str(args.table.name),
+                "table_built_by": [{"command": h["command"], "runs_added": h["runs_added"],
+                                    "device": h["machine"].get("gpu") or "cpu"}
+                                   for h in table.get("history", [])],
                 "arms": {a: asdict(ARMS[a]) for a in args.arms}, "seeds": args.seeds,
                 "budget": args.budget, "budgets": args.budgets,
                 "concurrency": args.concurrency, "epochs": surrogate.epochs,

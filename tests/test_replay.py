@@ -125,3 +125,23 @@ def test_curve_caps_a_diverged_run():
     row = {"epochs": [{"val_ppl": 900.0}, {"val_ppl": float("nan")}]}
     assert curves.curve(row, 3) == [900.0, curves.DIVERGED_PPL, curves.DIVERGED_PPL]
     assert np.allclose(curves.best_so_far([3.0, 1.0, 2.0]), [3.0, 1.0, 1.0])
+
+
+@pytest.mark.slow
+def test_curves_trains_the_table_resumes_and_records_who_built_it(tmp_path):
+    """The real builder at a tiny size: real training on a PTB slice in a worker process."""
+    work, out = tmp_path / "w.jsonl", tmp_path / "t.json.gz"
+    argv = ["--configs", "2", "--noise-configs", "1", "--noise-seeds", "1", "--epochs", "2",
+            "--train-tokens", "2000", "--eval-tokens", "1000", "--workers", "1",
+            "--work", str(work), "--out", str(out)]
+    assert curves.main(argv) == 0
+    table = curves.load_table(out)
+    assert [r["key"] for r in table["rows"]] == ["warm", "d0", "d1", "d0-s2"]
+    assert all(len(r["epochs"]) == 2 and r["epochs"][1]["seconds"] > 0 for r in table["rows"])
+    assert table["complete"] and table["summary"]["seed_noise"]["configs"] == 1
+    assert [h["runs_added"] for h in table["history"]] == [4]
+    lines = work.read_text().splitlines()
+    work.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])  # killed mid-write
+    assert curves.main(argv) == 0  # trains the two runs it no longer has, and only those
+    table = curves.load_table(out)
+    assert len(table["rows"]) == 4 and [h["runs_added"] for h in table["history"]] == [4, 2]
