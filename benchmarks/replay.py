@@ -255,6 +255,7 @@ def replay_search(arm: Arm, seed: int, surrogate: Surrogate, budget_epochs: int,
     incumbent_seen, incumbent_true = math.inf, math.inf
     anytime: list[float] = []  # after each trial-epoch: the incumbent's noise-free objective
     tried: list[float] = []  # ... and the best noise-free objective of any trial so far
+    times: list[float] = []  # ... and the simulated seconds since the search started
     best_tried = math.inf
     finished_trials = 0
 
@@ -292,6 +293,7 @@ def replay_search(arm: Arm, seed: int, surrogate: Surrogate, budget_epochs: int,
         anytime.append(incumbent_true)
         best_tried = min(best_tried, t.best_true)
         tried.append(best_tried)
+        times.append(now)
         last = t.epoch >= surrogate.epochs
         result = {schema.EPOCH: t.epoch, schema.VAL_PPL: seen, schema.BEST_VAL_PPL: t.best_seen,
                   schema.EPOCHS_RUN: t.epoch, schema.EPOCH_SECONDS: t.seconds,
@@ -318,8 +320,34 @@ def replay_search(arm: Arm, seed: int, surrogate: Surrogate, budget_epochs: int,
                                        if ot.state.name == "PRUNED" and ot.intermediate_values)
     return {"arm": arm.name, "seed": seed, "trials_started": started, "study": states,
             "trials_finished": finished_trials, "trial_epochs": spent,
-            "simulated_seconds": round(now, 1), "anytime": [round(v, 2) for v in anytime],
-            "best_tried": [round(v, 2) for v in tried]}
+            "simulated_seconds": round(now, 1), "steps": steps_of(anytime, tried, times)}
+
+
+STEP_COLUMNS = ("trial_epoch", "incumbent", "best tried", "seconds")
+
+
+def steps_of(incumbent: Sequence[float], tried: Sequence[float],
+             times: Sequence[float | None]) -> list[list[Any]]:
+    """The anytime record, kept where it changes: one ``STEP_COLUMNS`` row at the first
+    trial-epoch and at each one after which the incumbent's or the best tried trial's
+    noise-free objective changed, and at the last one (both series are steps in between)."""
+    out: list[list[Any]] = []
+    last: tuple[float, float] | None = None
+    for k, (a, b, t) in enumerate(zip(incumbent, tried, times, strict=True), 1):
+        if (a, b) != last or k == len(incumbent):
+            out.append([k, round(a, 2), round(b, 2), None if t is None else round(t, 1)])
+            last = (a, b)
+    return out
+
+
+def series(run: dict[str, Any], column: str) -> np.ndarray:
+    """One column of a run's steps after every trial-epoch (1 .. the run's trial-epochs)."""
+    i = STEP_COLUMNS.index(column)
+    steps = run["steps"]
+    out = np.empty(steps[-1][0])
+    for row, nxt in zip(steps, [*steps[1:], [steps[-1][0] + 1]], strict=True):
+        out[row[0] - 1:nxt[0] - 1] = row[i]
+    return out
 
 
 # --- the space's reference values ------------------------------------------------------------
@@ -352,8 +380,15 @@ def space_reference(surrogate: Surrogate, spec: SpaceSpec, table: dict[str, Any]
 
 
 # --- the comparison --------------------------------------------------------------------------
-def epochs_to(anytime: Sequence[float], target: float) -> float:
-    return next((float(i + 1) for i, v in enumerate(anytime) if v <= target), math.inf)
+def epochs_to(values: Sequence[float], target: float) -> float:
+    return next((float(i + 1) for i, v in enumerate(values) if v <= target), math.inf)
+
+
+def seconds_to(run: dict[str, Any], column: str, target: float) -> float:
+    """Simulated seconds until ``column`` first reached ``target`` (inf: never)."""
+    i = STEP_COLUMNS.index(column)
+    return next((float(r[3]) for r in run["steps"] if r[i] <= target and r[3] is not None),
+                math.inf)
 
 
 def bootstrap_median(values: Sequence[float], reps: int = 2000,
@@ -362,10 +397,12 @@ def bootstrap_median(values: Sequence[float], reps: int = 2000,
     a = np.asarray(values, dtype=float)
     rng = np.random.default_rng(seed)
     meds = np.median(a[rng.integers(0, len(a), size=(reps, len(a)))], axis=1)
-    return float(np.median(a)), float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))
+    # "nearest": no interpolation between a finite median and inf (a target never reached)
+    lo, hi = np.quantile(meds, [0.025, 0.975], method="nearest")
+    return float(np.median(a)), float(lo), float(hi)
 
 
-SERIES = {"anytime": "incumbent", "best_tried": "best tried"}
+SERIES = ("incumbent", "best tried")
 
 
 def summarize(runs: list[dict[str, Any]], ref: dict[str, Any], budgets: Sequence[int],
@@ -379,25 +416,27 @@ def summarize(runs: list[dict[str, Any]], ref: dict[str, Any], budgets: Sequence
         mine = [r for r in runs if r["arm"] == name]
         arm: dict[str, Any] = {"seeds": len(mine), "trials_started_median": statistics.median(
             r["trials_started"] for r in mine)}
-        for key, label in SERIES.items():
-            series = [r[key] for r in mine if r.get(key)]
-            if not series:
-                continue
+        for label in SERIES:
+            curves = [series(r, label) for r in mine]
             per_budget = {}
             for b in budgets:
-                regret = [s[min(b * epochs, len(s)) - 1] - ref["optimum"] for s in series]
+                regret = [c[min(b * epochs, len(c)) - 1] - ref["optimum"] for c in curves]
                 med, lo, hi = bootstrap_median(regret)
                 q1, q3 = np.quantile(regret, [0.25, 0.75])
                 per_budget[str(b)] = {"regret_median": med, "ci95": [lo, hi],
                                       "iqr": [float(q1), float(q3)]}
-            reach = {}
+            reach, seconds = {}, {}
             for target in ("top1", "top5"):
-                to = [epochs_to(s, ref[target]) for s in series]
+                to = [epochs_to(c, ref[target]) for c in curves]
                 med, lo, hi = bootstrap_median(to)
                 reach[target] = {"median": med, "ci95": [lo, hi],
                                  "reached": sum(1 for x in to if math.isfinite(x)),
                                  "of": len(to)}
-            arm[label] = {"regret": per_budget, "trial_epochs_to": reach}
+                secs = [seconds_to(r, label, ref[target]) for r in mine]
+                med, lo, hi = bootstrap_median(secs)
+                seconds[target] = {"median": med, "ci95": [lo, hi]}
+            arm[label] = {"regret": per_budget, "trial_epochs_to": reach,
+                          "simulated_seconds_to": seconds}
         out[name] = arm
     return out
 
@@ -407,7 +446,7 @@ def _fmt(x: float) -> str:
 
 
 def print_table(summary: dict[str, Any], budgets: Sequence[int], epochs: int) -> None:
-    for label in SERIES.values():
+    for label in SERIES:
         print(f"\n{label}: regret (val ppl above the space's optimum), median [95% CI] over "
               f"seeds, at a budget of N full trials ({epochs} trial-epochs each)")
         print(f"{'arm':<15}" + "".join(f"{f'N={b}':>22}" for b in budgets))
@@ -424,7 +463,9 @@ def print_table(summary: dict[str, Any], budgets: Sequence[int], epochs: int) ->
                 r = arm[label]["trial_epochs_to"][t]
                 cells.append(f"{_fmt(r['median'])} [{_fmt(r['ci95'][0])}, "
                              f"{_fmt(r['ci95'][1])}] ({r['reached']}/{r['of']})")
-            print(f"{name:<15}{cells[0]:>30}{cells[1]:>30}")
+            sec = arm[label]["simulated_seconds_to"]["top1"]["median"]
+            print(f"{name:<15}{cells[0]:>30}{cells[1]:>30}   simulated s to top 1 %: "
+                  f"{_fmt(sec)}")
 
 
 def plot(runs: list[dict[str, Any]], ref: dict[str, Any], epochs: int, path: Path) -> None:
@@ -435,9 +476,9 @@ def plot(runs: list[dict[str, Any]], ref: dict[str, Any], epochs: int, path: Pat
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    for ax, (key, label) in zip(axes, SERIES.items(), strict=True):
+    for ax, label in zip(axes, SERIES, strict=True):
         for name in dict.fromkeys(r["arm"] for r in runs):
-            curves = [r[key] for r in runs if r["arm"] == name and r.get(key)]
+            curves = [series(r, label) for r in runs if r["arm"] == name]
             n = min(len(c) for c in curves)
             a = np.maximum(np.array([c[:n] for c in curves]) - ref["optimum"], 1e-3)
             x = np.arange(1, n + 1) / epochs
@@ -551,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, run in enumerate(pool.imap_unordered(_replay_job, todo), 1):
             runs.append(run)
             log(f"[{i}/{len(todo)}] {run['arm']} seed {run['seed']}: {run['trials_started']} "
-                f"trials, regret {run['anytime'][-1] - ref['optimum']:.1f}, {run['wall_s']} s")
+                f"trials, regret {run['steps'][-1][1] - ref['optimum']:.1f}, {run['wall_s']} s")
             if i % len(args.arms) == 0 or i == len(todo):
                 write()
     runs.sort(key=lambda r: (list(ARMS).index(r["arm"]), r["seed"]))

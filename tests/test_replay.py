@@ -75,10 +75,12 @@ def test_replayed_search_drives_the_real_searcher_and_asha(table, tmp_path):
     surrogate = replay.fit_surrogate(table, SPEC)
     run = replay.replay_search(replay.ARMS["tpe-asha"], 0, surrogate, 20 * EPOCHS, 2, tmp_path)
     assert run["trial_epochs"] == 20 * EPOCHS
-    assert len(run["anytime"]) == len(run["best_tried"]) == 20 * EPOCHS
+    incumbent, tried = replay.series(run, "incumbent"), replay.series(run, "best tried")
+    assert len(incumbent) == len(tried) == 20 * EPOCHS
     # the best trial tried is never worse than the one the search picks, and never gets worse
-    assert all(b <= a for a, b in zip(run["anytime"], run["best_tried"], strict=True))
-    assert run["best_tried"] == sorted(run["best_tried"], reverse=True)
+    assert (tried <= incumbent).all() and (np.diff(tried) <= 0).all()
+    seconds = replay.series(run, "seconds")
+    assert (np.diff(seconds) >= 0).all() and seconds[-1] == run["simulated_seconds"]
     assert run["trials_started"] > 20  # ASHA stopped some early: more trials than full ones
     study = run["study"]
     assert study["PRUNED"] > 0 and study["pruned_with_values"] == study["PRUNED"]
@@ -98,16 +100,21 @@ def test_tpe_with_asha_beats_random_search_where_the_answer_is_known(table, tmp_
     ref = replay.space_reference(surrogate, SPEC, table, n=2000)
     regret: dict[str, list[float]] = {}
     for arm in ("tpe-asha", "random"):
-        for seed in range(4):
-            run = replay.replay_search(replay.ARMS[arm], seed, surrogate, 25 * EPOCHS, 2,
+        for seed in range(3):
+            run = replay.replay_search(replay.ARMS[arm], seed, surrogate, 20 * EPOCHS, 2,
                                        tmp_path / f"{arm}{seed}")
-            regret.setdefault(arm, []).append(run["anytime"][-1] - ref["optimum"])
+            regret.setdefault(arm, []).append(run["steps"][-1][1] - ref["optimum"])
     assert statistics.median(regret["tpe-asha"]) < statistics.median(regret["random"])
+    steps = replay.steps_of([9.0, 5.0, 5.0, 1.0], [9.0, 5.0, 5.0, 1.0], [2.0, 4.0, 5.0, 7.5])
+    assert steps == [[1, 9.0, 9.0, 2.0], [2, 5.0, 5.0, 4.0], [4, 1.0, 1.0, 7.5]]
     summary = replay.summarize(
-        [{"arm": "tpe-asha", "seed": s, "trials_started": 1, "anytime": [9.0, 5.0, 1.0]}
-         for s in range(3)], {"optimum": 0.0, "top1": 1.0, "top5": 5.0}, [1, 3], 1)
+        [{"arm": "tpe-asha", "seed": s, "trials_started": 1, "steps": steps} for s in range(3)],
+        {"optimum": 0.0, "top1": 1.0, "top5": 5.0}, [1, 4], 1)
     assert summary["tpe-asha"]["incumbent"]["trial_epochs_to"]["top5"]["median"] == 2
-    assert summary["tpe-asha"]["incumbent"]["trial_epochs_to"]["top1"]["median"] == 3
+    assert summary["tpe-asha"]["incumbent"]["trial_epochs_to"]["top1"]["median"] == 4
+    assert summary["tpe-asha"]["incumbent"]["simulated_seconds_to"]["top1"]["median"] == 7.5
+    never = replay.bootstrap_median([3.0, math.inf, math.inf])
+    assert never[0] == math.inf and not any(math.isnan(x) for x in never)
     assert summary["tpe-asha"]["incumbent"]["regret"]["1"]["regret_median"] == 9.0
 
 
