@@ -78,4 +78,4 @@ def test_list_spaces_names_every_space(capsys):
     assert main(["--list-spaces"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names == ["awd_ptb", "awd_wt2", "gru_ptb", "gru_wt2", "zaremba_ptb", "compare_ptb",
-                     "smoke"]
+                     "smoke", "bench_ptb"]
