@@ -231,13 +231,6 @@ def curve(row: dict[str, Any], epochs: int) -> list[float]:
     return (vals + [DIVERGED_PPL] * epochs)[:epochs]
 
 
-def best_so_far(values: Sequence[float]) -> list[float]:
-    out: list[float] = []
-    for v in values:
-        out.append(min(v, out[-1]) if out else v)
-    return out
-
-
 def summarize(rows: list[dict[str, Any]], s: Settings) -> dict[str, Any]:
     """Seed noise against the spread across configurations, both on the search's objective
     (the best validation perplexity of the run) and on its log."""
