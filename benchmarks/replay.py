@@ -14,7 +14,7 @@ trials, or random; intermediate values; the paper configuration enqueued first) 
 scheduler is `search.tune.session.scheduler` (PersistentASHA, or FIFO), both built from
 `SearchOptions` as the driver builds them. What Ray Tune's controller does between them is done
 here in simulated time, in Tune's order (``TuneController._process_trial_result`` and
-``stop_trial``, Ray 2.5x): a result goes to the scheduler first; on CONTINUE to the searcher's
+``stop_trial``, read in Ray 2.60): a result goes to the scheduler first; on CONTINUE to the searcher's
 ``on_trial_result``; on STOP (ASHA's cut, or the last epoch) to the scheduler's and then the
 searcher's ``on_trial_complete`` with that result; a freed slot asks the searcher for the next
 trial at once. ``--concurrency`` trials run at a time; each epoch ends after the surrogate's
