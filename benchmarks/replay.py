@@ -14,11 +14,11 @@ trials, or random; intermediate values; the paper configuration enqueued first) 
 scheduler is `search.tune.session.scheduler` (PersistentASHA, or FIFO), both built from
 `SearchOptions` as the driver builds them. What Ray Tune's controller does between them is done
 here in simulated time, in Tune's order (``TuneController._process_trial_result`` and
-``stop_trial``, read in Ray 2.60): a result goes to the scheduler first; on CONTINUE to the searcher's
-``on_trial_result``; on STOP (ASHA's cut, or the last epoch) to the scheduler's and then the
-searcher's ``on_trial_complete`` with that result; a freed slot asks the searcher for the next
-trial at once. ``--concurrency`` trials run at a time; each epoch ends after the surrogate's
-seconds for it, so fast (small) configurations report sooner, as on a cluster.
+``stop_trial``, read in Ray 2.60): a result goes to the scheduler first; on CONTINUE to the
+searcher's ``on_trial_result``; on STOP (ASHA's cut, or the last epoch) to the scheduler's and
+then the searcher's ``on_trial_complete`` with that result; a freed slot asks the searcher for
+the next trial at once. ``--concurrency`` trials run at a time; each epoch ends after the
+surrogate's seconds for it, so fast (small) configurations report sooner, as on a cluster.
 
 Budgets are in trial-epochs (one epoch of one trial; a full trial is ``max_epochs`` of them).
 Each search runs until ``--budget`` full-trial equivalents are spent, and its anytime record is
