@@ -190,8 +190,12 @@ def study_states(outcome: SearchOutcome, study_storage: str, experiment: str) ->
     """The Optuna study's trial states, and how many trials (and how many of the PRUNED ones,
     those ASHA stopped) carry intermediate values: arm (b) must have none, and arm (a)'s
     pruned trials must have some, or (a) is (b) where it matters."""
-    study = optuna.load_study(study_name=f"{experiment}-{outcome.parent_run_id[:8]}",
-                              storage=study_storage)
+    # each run has its own study storage (its temporary folder), holding this search's study
+    # alone; the study's name carries a random suffix (`awdsearch.study_name` on the parent run)
+    names = optuna.get_all_study_names(study_storage)
+    if len(names) != 1:
+        raise RuntimeError(f"expected one study in {study_storage}, found {names}")
+    study = optuna.load_study(study_name=names[0], storage=study_storage)
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for t in trials:
