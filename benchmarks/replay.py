@@ -142,6 +142,9 @@ def base_rows(table: dict[str, Any], spec: SpaceSpec) -> list[dict[str, Any]]:
     return [r for r in table["rows"] if "error" not in r and r["seed"] == seed]
 
 
+DIVERGED_CUT = 5_000.0  # a recorded objective above this is a run that failed to learn
+
+
 def fidelity(table: dict[str, Any], spec: SpaceSpec, folds: int = 5) -> dict[str, Any]:
     """The surrogate on configurations it was not fitted to (k-fold): error of the log curve
     and of the log objective (the best epoch), and rank correlations of predicted against
@@ -183,8 +186,6 @@ def fidelity(table: dict[str, Any], spec: SpaceSpec, folds: int = 5) -> dict[str
     }
 
 
-DIVERGED_CUT = 5_000.0  # a recorded objective above this is a run that failed to learn
-
 
 # --- the arms --------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -219,7 +220,6 @@ DEFAULT_ARMS = ["tpe-asha", "random-asha", "random", "tpe", "tpe-asha-g3"]
 @dataclass
 class _Live:
     trial: Any
-    config: dict[str, Any]
     curve: np.ndarray  # noise-free
     seconds: float
     offset: float  # this trial's seed noise, a factor on the perplexity
@@ -273,7 +273,7 @@ def replay_search(arm: Arm, seed: int, surrogate: Surrogate, budget_epochs: int,
             sched.on_trial_add(None, trial)
             curves, seconds = surrogate.predict([config])
             offset = math.exp(rng.normal(0.0, surrogate.seed_sd_log))
-            live[trial_id] = _Live(trial, config, curves[0], float(seconds[0]), offset)
+            live[trial_id] = _Live(trial, curves[0], float(seconds[0]), offset)
             seq += 1
             heapq.heappush(events, (now + float(seconds[0]), seq, trial_id))
 

@@ -186,7 +186,7 @@ def report_times(results: list[dict[str, Any]]) -> list[float]:
     return [start + t for t in totals]
 
 
-def study_states(outcome: SearchOutcome, study_storage: str, experiment: str) -> dict[str, int]:
+def study_states(study_storage: str) -> dict[str, int]:
     """The Optuna study's trial states, and how many trials (and how many of the PRUNED ones,
     those ASHA stopped) carry intermediate values: arm (b) must have none, and arm (a)'s
     pruned trials must have some, or (a) is (b) where it matters."""
@@ -250,7 +250,7 @@ def run_arm(arm: Arm, seed: int, args: argparse.Namespace, workdir: Path) -> dic
         "best_within_budget": curve[-1] if curve else None,
         "best_so_far": curve,  # the best objective after each counted trial-epoch
         "best_overall": min((r["best_val_ppl"] for r in epochs), default=None),
-        "optuna": study_states(outcome, study_storage, experiment),
+        "optuna": study_states(study_storage),
         "epochs": epochs, "trials": trials,
     }
 
@@ -381,7 +381,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.max_epochs = get_space(args.space).max_epochs
     if min(args.seeds, args.budget, args.max_epochs, args.grace_period, args.concurrency,
            ) < 1 or args.train_tokens < 0 or args.oversample < 1:
-        p.error("counts must be >= 1 and --oversample >= 1")
+        p.error("counts must be >= 1, --train-tokens >= 0 and --oversample >= 1")
     if args.grace_period > args.max_epochs:
         p.error("--grace-period must be <= --max-epochs")
     return args
