@@ -11,6 +11,11 @@ nothing of MLflow.
 The perplexities are the trainer's own (`Trainer.final_metrics` with the split slices, bptt and
 batch sizes of the model's config: test at ``test_batch_size``, 1 unless the config says
 otherwise), so a search's best model gives its trial's final_val_ppl and final_test_ppl.
+
+``--cache W,θ,λ`` adds the continuous cache pointer (`awd.cache`), and an ensemble's file
+(`awd.ensemble`) evaluates as its weighted average: both score the splits sequentially at batch
+1 (`awd.posthoc`), so their plain test perplexity is the trainer's and their validation one is
+at batch 1.
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ from typing import cast
 
 import torch
 
+from awd.cache import CacheParams
 from awd.data import Corpus, load_corpus
 from awd.data.corpus import EOS
+from awd.ensemble import Ensemble, is_ensemble_file, load_ensemble
 from awd.errors import ConfigError, DataError, UserError, first_line
 from awd.models import LanguageModel
+from awd.posthoc import outputs_of, score
 from awd.progress import TokenBars
 from awd.trainer import ExportedModel, Trainer, load_exported, pick_device
 
@@ -36,6 +44,8 @@ EXPORT_FILE = "best_model.pt"
 EXPORT_IN_MODEL = f"extra_files/{EXPORT_FILE}"  # where MLflow's extra_files puts the export
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 UNK = "<unk>"
+TUNED = "tuned"  # --cache tuned: the values stored with the model
+Loaded = ExportedModel | Ensemble
 
 
 class ModelNotFoundError(UserError):
@@ -60,8 +70,9 @@ def local_export(path: Path) -> Path:
                              f"and {EXPORT_FILE})")
 
 
-def load_model(uri: str) -> ExportedModel:
-    """The exported model at a local path (the .pt file, or a folder holding one)."""
+def load_model(uri: str) -> Loaded:
+    """The exported model (or ensemble) at a local path (the .pt file, or a folder holding
+    one)."""
     if uri.startswith(MLFLOW_SCHEMES):
         raise ModelNotFoundError(f"{uri} is an MLflow model URI: python -m search.evaluate "
                                  "--model-uri URI downloads it from the tracking store")
@@ -69,7 +80,12 @@ def load_model(uri: str) -> ExportedModel:
     if not path.exists():
         raise ModelNotFoundError(f"{uri}: no such file (an MLflow model URI, models:/NAME/latest "
                                  "or runs:/<run id>/model, goes to python -m search.evaluate)")
-    return load_exported(local_export(path))
+    return read_export(local_export(path))
+
+
+def read_export(path: Path) -> Loaded:
+    """A single model's export, or an ensemble's file (`awd.ensemble`)."""
+    return load_ensemble(path) if is_ensemble_file(path) else load_exported(path)
 
 
 # --- evaluation and sampling -----------------------------------------------------------------
@@ -88,12 +104,14 @@ class Evaluation:
     test_tokens: int
 
 
-def check_vocabulary(exported: ExportedModel, corpus: Corpus, data: str) -> None:
+def check_vocabulary(exported: Loaded, corpus: Corpus, data: str) -> None:
     """Token ids mean nothing under another vocabulary: refuse instead of printing nonsense."""
     if corpus.vocab != exported.vocab:
+        dataset = exported.run.dataset if isinstance(exported, ExportedModel) else \
+            exported.dataset
         raise VocabularyMismatchError(
             f"the model's vocabulary ({len(exported.vocab):,} words) is not that of {data} "
-            f"({corpus.ntokens:,} words): the model was trained on {exported.run.dataset}")
+            f"({corpus.ntokens:,} words): the model was trained on {dataset}")
 
 
 def evaluate(exported: ExportedModel, corpus: Corpus, device: str = "auto",
@@ -174,6 +192,10 @@ def build_parser(prog: str = "python -m awd.evaluate",
                         help="sampling temperature (default 1: the model's distribution)")
     parser.add_argument("--no-eval", action="store_true",
                         help="only sample text (no dataset needed)")
+    parser.add_argument("--cache", default=None, metavar="W,THETA,LAMBDA",
+                        help="also evaluate with the continuous cache pointer (e.g. 2000,1.0,0.1"
+                        "; 'tuned': the values tuned for this model); both splits are then "
+                        "scored sequentially at batch 1")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -187,42 +209,110 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--temperature must be positive, got {args.temperature}")
     if args.no_eval and not args.generate:
         raise ConfigError("--no-eval without --generate N leaves nothing to do")
+    if args.cache is not None and args.cache != TUNED:
+        CacheParams.parse(args.cache)
+    if args.cache is not None and args.no_eval:
+        raise ConfigError("--cache with --no-eval: the cache needs an evaluation")
     pick_device(args.device)
 
 
-def run(args: argparse.Namespace, exported: ExportedModel) -> None:
-    """Evaluate ``exported`` on its dataset (or ``--data``) and sample from it, as asked."""
+def cache_values(args: argparse.Namespace, loaded: Loaded) -> CacheParams | None:
+    """``--cache``'s values: given, or ``tuned`` (an ensemble file keeps its own; a search's
+    registered version keeps its model's, which `search.evaluate` puts in ``args.cache``)."""
+    if args.cache is None:
+        return None
+    if args.cache != TUNED:
+        return CacheParams.parse(args.cache)
+    if isinstance(loaded, Ensemble) and loaded.cache is not None:
+        return loaded.cache
+    raise ConfigError("--cache tuned: no tuned cache values are stored with this model (a "
+                      "search's --cache-trials keeps them with its registered version: python "
+                      "-m search.evaluate --model-uri models:/NAME/VERSION --cache tuned)")
+
+
+def describe(loaded: Loaded) -> str:
+    if isinstance(loaded, ExportedModel):
+        return loaded.run.model
+    members = ", ".join(f"{n} ({w:.2f})" for n, w in zip(loaded.names, loaded.weights,
+                                                          strict=True))
+    return f"ensemble of {len(loaded.members)} [{members}]"
+
+
+def evaluate_sequential(loaded: Loaded, corpus: Corpus, data: str, cache: CacheParams | None,
+                        device: str, quiet: bool) -> dict[str, float | int | str]:
+    """Both splits at batch 1 (`awd.posthoc`), and with the cache if given: what an ensemble
+    and the cache report. Prints the lines; returns the JSON record."""
+    bars = None if quiet else TokenBars()
+    try:
+        outputs = outputs_of(loaded, corpus, device=device, progress=bars)
+    finally:
+        if bars is not None:
+            bars.close()
+    val, test = score(outputs["valid"], cache), score(outputs["test"], cache)
+    print(f"{describe(loaded)} on {data}: valid {val.tokens:,} tokens | test {test.tokens:,} "
+          "tokens (sequential, batch 1)")
+    print(f"val ppl {val.ppl:.2f} | test ppl {test.ppl:.2f}")
+    record: dict[str, float | int | str] = {
+        "val_ppl": val.ppl, "test_ppl": test.ppl, "val_tokens": val.tokens,
+        "test_tokens": test.tokens}
+    if cache is not None:
+        assert val.cache_ppl is not None and test.cache_ppl is not None
+        print(f"with cache {cache.as_text()}: val ppl {val.cache_ppl:.2f} | test ppl "
+              f"{test.cache_ppl:.2f}")
+        record.update({"cache": cache.as_text(), "cache_val_ppl": val.cache_ppl,
+                       "cache_test_ppl": test.cache_ppl})
+    return record
+
+
+def run(args: argparse.Namespace, loaded: Loaded) -> None:
+    """Evaluate ``loaded`` on its dataset (or ``--data``) and sample from it, as asked."""
+    if isinstance(loaded, Ensemble) and args.generate:
+        raise ConfigError("--generate samples from a single model, not an ensemble (evaluate "
+                          "the ensemble, or sample from one of its members)")
+    cache = cache_values(args, loaded)
     model: LanguageModel | None = None
     if not args.no_eval:
-        data = args.data or exported.run.dataset
+        data = args.data or (loaded.run.dataset if isinstance(loaded, ExportedModel)
+                             else loaded.dataset)
         corpus = load_corpus(data)
-        check_vocabulary(exported, corpus, data)
-        bars = None if args.quiet else TokenBars()
-        try:
-            result, model = evaluate(exported, corpus, args.device, bars)
-        finally:
-            if bars is not None:
-                bars.close()
-        train = exported.run.train
-        print(f"{exported.run.model} on {data}: {result.num_params:,} parameters | valid "
-              f"{result.val_tokens:,} tokens (batch {train.eval_batch_size}) | test "
-              f"{result.test_tokens:,} tokens (batch {train.test_batch_size})")
-        print(f"val ppl {result.val_ppl:.2f} | test ppl {result.test_ppl:.2f}")
-        print(json.dumps(asdict(result)), flush=True)
+        check_vocabulary(loaded, corpus, data)
+        if cache is not None or isinstance(loaded, Ensemble):
+            record = evaluate_sequential(loaded, corpus, data, cache, args.device, args.quiet)
+            print(json.dumps(record), flush=True)
+        else:
+            model = _evaluate_plain(loaded, corpus, data, args)
     if args.generate:
+        assert isinstance(loaded, ExportedModel)
         if model is None:
-            model = cast(LanguageModel, exported.build(pick_device(args.device)))
-        words = generate(model, exported.vocab, args.generate, args.prompt, args.seed,
+            model = cast(LanguageModel, loaded.build(pick_device(args.device)))
+        words = generate(model, loaded.vocab, args.generate, args.prompt, args.seed,
                          args.temperature)
         print(as_text([*args.prompt.split(), *words]))
 
 
-def _load_file(args: argparse.Namespace) -> ExportedModel:
+def _evaluate_plain(exported: ExportedModel, corpus: Corpus, data: str,
+                    args: argparse.Namespace) -> LanguageModel:
+    bars = None if args.quiet else TokenBars()
+    try:
+        result, model = evaluate(exported, corpus, args.device, bars)
+    finally:
+        if bars is not None:
+            bars.close()
+    train = exported.run.train
+    print(f"{exported.run.model} on {data}: {result.num_params:,} parameters | valid "
+          f"{result.val_tokens:,} tokens (batch {train.eval_batch_size}) | test "
+          f"{result.test_tokens:,} tokens (batch {train.test_batch_size})")
+    print(f"val ppl {result.val_ppl:.2f} | test ppl {result.test_ppl:.2f}")
+    print(json.dumps(asdict(result)), flush=True)
+    return model
+
+
+def _load_file(args: argparse.Namespace) -> Loaded:
     return load_model(args.model_uri)
 
 
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None,
-         load: Callable[[argparse.Namespace], ExportedModel] = _load_file) -> int:
+         load: Callable[[argparse.Namespace], Loaded] = _load_file) -> int:
     """The command line; ``parser`` and ``load`` let `search.evaluate` add MLflow model URIs."""
     args = (parser or build_parser()).parse_args(argv)
     try:

@@ -24,6 +24,7 @@ from search.lock import DriverLock
 from search.options import SearchOptions, resumed
 from search.results import TrialSummary, pick_best
 from search.stages import confirm
+from search.stages.posthoc import AfterTraining, after_training
 from search.state import SearchState
 from search.tracking.backfill import backfill
 from search.tracking.records import replay, spool_path
@@ -67,6 +68,7 @@ class SearchOutcome:
     confirmation: confirm.Confirmation | None = None  # with --confirm-top
     stopped_by: int | None = None  # the signal (SIGINT, SIGTERM) that stopped it before its end
     experiment_id: str | None = None  # the MLflow experiment (for the link to its runs)
+    after: AfterTraining | None = None  # with --cache-trials / --ensemble
 
     @property
     def produced_results(self) -> bool:
@@ -268,6 +270,7 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
     close_open_trials(client, runs, trials)
     best = None if stopped else pick_best(trials)
     confirmation = _confirm(opts, state, client, trials, ended=not stopped)
+    after = None
     with tempfile.TemporaryDirectory() as d:
         model = None
         if best is not None and best.checkpoint is not None:
@@ -277,7 +280,10 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
                 log.warning("the best trial's model is not logged: %s", e)
         write_summary(client, state.parent_run_id, state.gpus_per_trial, runs, trials, best,
                       model, stopped=stopped)
-    best_path = _write_best_config(opts, best) if best is not None else None
+        best_path = _write_best_config(opts, best) if best is not None else None
+        if not stopped:  # the winner's cache, the ensemble: after the results are safe
+            after = after_training(opts, state, client, trials, best, runs, confirmation,
+                                   model, Path(d))
     return SearchOutcome(trials, best, state.parent_run_id, state.tracking_uri,
                          opts.experiment_dir, best_path, confirmation, stopped_by,
-                         state.experiment_id)
+                         state.experiment_id, after)

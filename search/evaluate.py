@@ -5,7 +5,9 @@ The URI names an MLflow model: ``models:/NAME/latest``, ``models:/NAME/<version>
 ``models:/NAME@alias``, ``runs:/<run id>/model`` or a logged model's ``models:/m-<id>``; a local
 file or folder works too. Only the export inside the MLflow model is downloaded
 (`search.tracking.registry.download_export`), then read with ``weights_only`` by `awd.evaluate`:
-nothing from the store can run code here. Every other flag is `awd.evaluate`'s.
+nothing from the store can run code here. Every other flag is `awd.evaluate`'s;
+``--cache tuned`` takes the values a search's ``--cache-trials`` stored with the version (or
+run), and an ensemble's version carries its own.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from pathlib import Path
 
 from awd import evaluate
 from awd.errors import CheckpointError, first_line
-from awd.trainer import ExportedModel
 
 MODEL_HELP = ("models:/NAME/latest, models:/NAME/<version>, models:/NAME@alias, "
               "runs:/<run id>/model, an exported .pt file or a model folder")
@@ -31,17 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load(args: argparse.Namespace) -> ExportedModel:
-    """The export an MLflow model URI names (downloaded, then read), or a local file's."""
+def load(args: argparse.Namespace) -> evaluate.Loaded:
+    """The export an MLflow model URI names (downloaded, then read), or a local file's; with
+    ``--cache tuned``, the tuned values stored with it go into ``args.cache``."""
     if not args.model_uri.startswith(evaluate.MLFLOW_SCHEMES):
         return evaluate.load_model(args.model_uri)
-    from search.tracking.registry import download_export
+    from search.tracking.registry import download_export, tuned_cache
     from search.uris import resolve_tracking_uri
 
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
     with tempfile.TemporaryDirectory() as d:
-        path = download_export(args.model_uri, resolve_tracking_uri(args.tracking_uri), Path(d))
+        path = download_export(args.model_uri, tracking_uri, Path(d))
+        if args.cache == evaluate.TUNED:
+            args.cache = tuned_cache(args.model_uri, tracking_uri) or evaluate.TUNED
         try:
-            return evaluate.load_exported(path)
+            return evaluate.read_export(path)
         except CheckpointError as e:  # its message names a temporary file
             raise CheckpointError(f"{args.model_uri}: {first_line(e).split(': ', 1)[-1]}"
                                   ) from None

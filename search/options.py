@@ -67,6 +67,8 @@ class SearchOptions:
     top: int = 3  # how many of its best configurations to enqueue
     confirm_top: int = 0  # re-train this many best configurations with new seeds at the end
     seeds: int = 3  # seeds per confirmed configuration
+    cache_trials: int = 0  # tune the continuous cache of the winner with this many trials
+    ensemble: int = 0  # greedy ensemble selection of up to this many members at the end
     report_intermediate: bool = True  # every epoch's objective reaches Optuna (off: ablation)
     space_file: str | None = None  # a YAML space (absolute path); then `space` is its name
     space_sha256: str | None = None  # the file's space when the search started (`spec_digest`)
@@ -170,6 +172,8 @@ class SearchOptions:
         _check_int("--top", self.top, 1)
         _check_int("--confirm-top", self.confirm_top, 0)
         _check_int("--seeds", self.seeds, 1)
+        _check_int("--cache-trials", self.cache_trials, 0)
+        _check_int("--ensemble", self.ensemble, 0)
         _check_float("--cpus-per-trial", self.cpus_per_trial, above=0)
         _check_float("--gpus-per-trial", self.gpus_per_trial, at_least=0, optional=True)
         _check_float("--time-budget", self.time_budget, above=0, optional=True)
@@ -251,7 +255,7 @@ class SearchOptions:
 # --- resuming a saved search --------------------------------------------------------------
 # Flags a resumed search takes from the command line; every other one is the saved search's.
 RESUME_OVERRIDES = frozenset({"resume", "address", "best_config", "confirm_top", "seeds",
-                              "storage", "experiment"})
+                              "storage", "experiment", "cache_trials", "ensemble"})
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(SearchOptions)
                             if f.default is not MISSING}
 
@@ -289,6 +293,10 @@ def resumed(given: SearchOptions, saved: SearchOptions) -> SearchOptions:
     kept = {name: getattr(given, name) for name in RESUME_OVERRIDES}
     if not given.confirm_top:
         kept.update(confirm_top=saved.confirm_top, seeds=saved.seeds)
+    if not given.cache_trials:
+        kept.update(cache_trials=saved.cache_trials)
+    if not given.ensemble:
+        kept.update(ensemble=saved.ensemble)
     return replace(saved, **kept)
 
 
@@ -490,6 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "configuration with --seeds new seeds each (default 0: off)")
     p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"],
                    help="seeds per confirmed configuration (default %(default)s)")
+    p.add_argument("--cache-trials", type=int, default=DEFAULTS["cache_trials"], metavar="N",
+                   help="after the search, tune the winner's continuous cache (window, theta, "
+                   "lambda) with N trials on validation, the paper's values first; test is "
+                   "evaluated once (default 0: off)")
+    p.add_argument("--ensemble", type=int, default=DEFAULTS["ensemble"], metavar="K",
+                   help="after the search, average up to K of its completed models (greedy "
+                   "selection with replacement on validation) and register the ensemble "
+                   "(default 0: off)")
     p.add_argument("--set", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config field for every trial, e.g. --set train_tokens=200000 "
                    "(repeatable; any field of `python -m awd.train --help`)")

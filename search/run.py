@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # Ray, MLflow, torch and pandas load once a search starts, no
 
     from search.driver import SearchOutcome
     from search.stages.confirm import Confirmation
+    from search.stages.posthoc import AfterTraining
 
 SHOWN_PARAMS = ("model", "emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute",
                 "wdrop", "lr")
@@ -74,6 +75,38 @@ def confirmation_table(c: Confirmation) -> pd.DataFrame:
                      "seeds done": f"{r['completed']}/{r['runs']}",
                      "p vs paper": "—" if isnan(s.p_vs_paper) else f"{s.p_vs_paper:.3g}"})
     return pd.DataFrame(rows)
+
+
+def after_table(after: AfterTraining) -> pd.DataFrame:
+    """The best single model, + cache, the ensemble, ensemble + cache: val and test."""
+    import pandas as pd
+
+    rows = []
+    if after.cache is not None:
+        c, t = after.cache, after.cache.tuning
+        rows += [{"model": "best trial", "val ppl": t.val_ppl, "test ppl": c.test_ppl,
+                  "detail": ""},
+                 {"model": "best trial + cache", "val ppl": t.cache_val_ppl,
+                  "test ppl": c.cache_test_ppl,
+                  "detail": f"W,theta,lambda = {t.chosen.as_text()} ({len(t.trials)} trials)"}]
+    if after.ensemble is not None:
+        e = after.ensemble
+        members = ", ".join(f"{n} {w:.2f}" for n, w in zip(e.members, e.weights, strict=True))
+        if after.cache is None:
+            rows.append({"model": f"best single ({e.best_single})",
+                         "val ppl": e.best_single_val_ppl, "test ppl": e.best_single_test_ppl,
+                         "detail": ""})
+        rows.append({"model": f"ensemble of {len(e.members)}", "val ppl": e.val_ppl,
+                     "test ppl": e.test_ppl, "detail": members})
+        if e.cache is not None:
+            rows.append({"model": "ensemble + cache", "val ppl": e.cache_val_ppl,
+                         "test ppl": e.cache_test_ppl, "detail": e.cache.as_text()})
+        if e.model_uri:
+            rows[-1]["detail"] += f" -> {e.model_uri}"
+    frame = pd.DataFrame(rows)
+    for col in ("val ppl", "test ppl"):
+        frame[col] = frame[col].map(lambda v: f"{v:.2f}")
+    return frame
 
 
 def ui_hint(outcome: SearchOutcome) -> str:
@@ -136,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         with pd.option_context("display.width", 200, "display.max_columns", 30):
             print(confirmation_table(outcome.confirmation).to_string(index=False))
         print(f"Best vs paper: {outcome.confirmation.verdict.text}")
+    if outcome.after is not None and (outcome.after.cache or outcome.after.ensemble):
+        print("\nAfter training (sequential evaluation at batch 1; cache values and members "
+              "chosen on validation, test evaluated once):")
+        with pd.option_context("display.width", 200, "display.max_columns", 30):
+            print(after_table(outcome.after).to_string(index=False))
     print(f"\nBest configuration written to {outcome.best_config_path}")
     print(f"Compare the runs: {ui_hint(outcome)}")
     return 0

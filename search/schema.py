@@ -69,6 +69,26 @@ Parent run, with confirmation
            and of the paper configuration, the one-sided Welch p-value, 1/0 verdict)
   tags:    awdsearch.confirm_verdict (the verdict in words)
   artifacts: confirmation.json (every confirmed configuration's numbers)
+
+Cache (child) run, named "<space>-cache" (``--cache-trials N``, `search.stages.cache`): the
+continuous cache tuned on the winner, on validation only
+  tags:    awdsearch.role = "cache", awdsearch.cache (the chosen "W,θ,λ")
+  metrics: trial_window, trial_theta, trial_lambda, trial_val_ppl (step = the study's trial
+           number); once: cache_window, cache_theta, cache_lambda (chosen), trials, val_ppl and
+           test_ppl (the model alone, sequential at batch 1), cache_val_ppl, cache_test_ppl (test
+           evaluated once), outputs_seconds, seconds_per_trial, cached_test_seconds
+Ensemble (child) run, named "<space>-ensemble" (``--ensemble K``, `search.stages.ensemble`):
+greedy ensemble selection with replacement over the completed trials and re-trainings
+  tags:    awdsearch.role = "ensemble", awdsearch.ensemble_members (JSON: name, trial id, weight),
+           awdsearch.cache (the ensemble's own cache, where it helped on validation)
+  metrics: selection_val_ppl (step = selection step), members, candidates, val_ppl, test_ppl,
+           cache_val_ppl, cache_test_ppl (with its cache), best_single_val_ppl,
+           best_single_test_ppl, seconds
+  model:   the ensemble's file (`awd.ensemble`), registered as a version of
+           ``awdsearch-<space>-ensemble``
+Parent run, with either: metrics cache_val_ppl, cache_test_ppl, ensemble_val_ppl,
+           ensemble_test_ppl, ensemble_cache_val_ppl, ensemble_cache_test_ppl; tag
+           awdsearch.cache; the registered version of the winner: tag awdsearch.cache
 """
 
 # --- tags --------------------------------------------------------------------------------
@@ -100,6 +120,10 @@ ROLE_CONFIRM = "confirm"
 CONFIRM_RANK = "awdsearch.confirm_rank"  # the original trial's place in the ranking, 1 = best
 CONFIRM_PAPER = "awdsearch.confirm_paper"  # "true" on the paper configuration's confirmations
 CONFIRM_VERDICT = "awdsearch.confirm_verdict"  # parent run: best vs paper, in words
+ROLE_CACHE = "cache"  # the continuous cache tuned on the winner (`search.stages.cache`)
+ROLE_ENSEMBLE = "ensemble"  # greedy ensemble selection (`search.stages.ensemble`)
+CACHE_VALUES = "awdsearch.cache"  # "W,theta,lambda" chosen on validation: `--cache tuned`
+ENSEMBLE_MEMBERS = "awdsearch.ensemble_members"  # JSON list: name, trial id, weight
 STATUS_COMPLETED = "completed"
 STATUS_STOPPED = "stopped_early"
 STATUS_FAILED = "failed"
@@ -150,6 +174,15 @@ CONFIRM_SUMMARY_METRICS = (CONFIRM_RUNS, CONFIRM_COMPLETED, CONFIRM_GPU_HOURS,
                            CONFIRM_BEST_TEST_STD, CONFIRM_PAPER_VAL_MEAN, CONFIRM_PAPER_VAL_STD,
                            CONFIRM_PAPER_TEST_MEAN, CONFIRM_PAPER_TEST_STD, CONFIRM_P_VALUE,
                            CONFIRM_BETTER)
+
+# parent run, with --cache-trials / --ensemble (the stages' child runs have the same names)
+CACHE_VAL_PPL = "cache_val_ppl"
+CACHE_TEST_PPL = "cache_test_ppl"
+ENSEMBLE_VAL_PPL = "ensemble_val_ppl"
+ENSEMBLE_TEST_PPL = "ensemble_test_ppl"
+ENSEMBLE_CACHE_VAL_PPL = "ensemble_cache_val_ppl"
+ENSEMBLE_CACHE_TEST_PPL = "ensemble_cache_test_ppl"
+ENSEMBLE_MODEL_SUFFIX = "-ensemble"  # the ensembles' registered model: awdsearch-<space>-ensemble
 
 # --- the Optuna study ------------------------------------------------------------------------
 OPTUNA_TUNE_TRIAL_ID = "tune_trial_id"  # user attr of each study trial: the Tune (= MLflow) id

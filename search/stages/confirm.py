@@ -222,6 +222,8 @@ class Confirmation:
     runs: int
     completed: int
     gpu_hours: float
+    # the re-trainings themselves (their checkpoints: `search.stages.ensemble`'s candidates)
+    retrainings: list[TrialSummary] = field(default_factory=list, repr=False)
 
     @property
     def best(self) -> ConfigStats | None:
@@ -431,5 +433,6 @@ def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: 
         return None
     close_open_trials(client, child_runs(client, experiment_id, parent_run_id), summaries)
     result = summarize_runs(records, {t.trial_id: t.record() for t in trials})
+    result.retrainings = summaries
     log_confirmation(client, parent_run_id, result)
     return result

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 import mlflow.artifacts
@@ -38,6 +38,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from torch import nn
 
+from awd.ensemble import Ensemble
 from awd.errors import first_line
 from awd.evaluate import EXPORT_FILE, EXPORT_IN_MODEL, ModelNotFoundError
 from awd.trainer import ExportedModel, load_exported
@@ -207,11 +208,18 @@ def log_model(client: MlflowClient, best: BestModel, exported: ExportedModel) ->
 
 def _log_pytorch_model(client: MlflowClient, best: BestModel, exported: ExportedModel,
                        model_id: str) -> None:
+    _log_module(client, best.run_id, model_id, NextWordLogProbs(exported.build()).eval(),
+                best.export_file, len(exported.vocab))
+
+
+def _log_module(client: MlflowClient, run_id: str, model_id: str, module: nn.Module,
+                export_file: Path, vocab: int) -> None:
+    """``module`` as MLflow's pt2 program, with ``export_file`` as the file `awd.evaluate`
+    reads (extra_files/best_model.pt)."""
     with tempfile.TemporaryDirectory() as d:
-        export = best.export_file
+        export = export_file
         if export.name != EXPORT_FILE:  # the name `awd.evaluate` looks for
             export = Path(shutil.copyfile(export, Path(d) / EXPORT_FILE))
-        vocab = len(exported.vocab)
         with _EXPORTING, _fluent_tracking_uri(client.tracking_uri), \
                 warnings.catch_warnings(), _root_logging_kept():
             import mlflow.pytorch  # here, not at import: see `_root_logging_kept`
@@ -219,10 +227,10 @@ def _log_pytorch_model(client: MlflowClient, best: BestModel, exported: Exported
             # torch.export notes that nn.LSTM caches its weight list: harmless, not ours
             warnings.filterwarnings("ignore", message="The tensor attributes", category=UserWarning)
             mlflow.pytorch.log_model(
-                NextWordLogProbs(exported.build()).eval(), name=schema.LOGGED_MODEL_NAME,
-                run_id=best.run_id, model_id=model_id, serialization_format="pt2",
-                signature=signature(vocab), input_example=input_example(vocab),
-                extra_files=[str(export)], pip_requirements=pip_requirements())
+                module, name=schema.LOGGED_MODEL_NAME, run_id=run_id, model_id=model_id,
+                serialization_format="pt2", signature=signature(vocab),
+                input_example=input_example(vocab), extra_files=[str(export)],
+                pip_requirements=pip_requirements())
 
 
 def register(client: MlflowClient, best: BestModel, exported: ExportedModel,
@@ -295,6 +303,88 @@ def _tag_runs(client: MlflowClient, best: BestModel, uri: str) -> None:
             client.set_tag(run_id, schema.MODEL_URI, uri)
     except Exception as e:
         log.warning("the runs are not tagged with the best model %s (%s)", uri, first_line(e))
+
+
+# --- an ensemble (`search.stages.ensemble`) -------------------------------------------------
+class EnsembleLogProbs(nn.Module):
+    """An ensemble as one tensor in, one out: log Σ_m w_m·p_m(next word), each member from the
+    zero state (`NextWordLogProbs` of each)."""
+
+    def __init__(self, ensemble: Ensemble) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(NextWordLogProbs(m.build()) for m in ensemble.members)
+        weights = torch.tensor(ensemble.weights, dtype=torch.float32)
+        self.register_buffer("log_weights", torch.log(weights / weights.sum()))
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        per_member = torch.stack([m(token_ids) for m in self.members])
+        log_weights = cast(torch.Tensor, self.log_weights)
+        return torch.logsumexp(per_member + log_weights.view(-1, 1, 1, 1), dim=0)
+
+
+def publish_ensemble(client: MlflowClient, run_id: str, space: str, ensemble_file: Path,
+                     ensemble: Ensemble, tags: dict[str, str], description: str) -> str | None:
+    """Log the ensemble on its stage's run and register it as a version of
+    ``awdsearch-<space>-ensemble``; returns its URI (None, with a warning, if the store refuses:
+    the stage's numbers are logged already). Once per run: a resumed stage finds its version."""
+    name = registered_model_name(space) + schema.ENSEMBLE_MODEL_SUFFIX
+    try:
+        for version in client.search_model_versions(f"name = '{name}'"):
+            if version.run_id == run_id:
+                return f"models:/{name}/{version.version}"
+        experiment_id = client.get_run(run_id).info.experiment_id
+        model = client.create_logged_model(experiment_id, name=schema.LOGGED_MODEL_NAME,
+                                           source_run_id=run_id, tags=tags)
+        try:
+            _log_module(client, run_id, str(model.model_id), EnsembleLogProbs(ensemble).eval(),
+                        ensemble_file, len(ensemble.vocab))
+        except Exception:
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        try:
+            client.create_registered_model(
+                name, description=f"the ensemble of each awdsearch search of space {space}")
+        except MlflowException as e:
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        with _fluent_tracking_uri(client.tracking_uri):
+            version = client.create_model_version(
+                name, source=f"models:/{model.model_id}", run_id=run_id, tags=tags,
+                description=description, await_creation_for=REGISTRATION_WAIT_S,
+                model_id=str(model.model_id))
+        return f"models:/{name}/{version.version}"
+    except Exception as e:
+        log.warning("the ensemble is not registered in MLflow (%s: %s)", type(e).__name__,
+                    first_line(e))
+        return None
+
+
+def tuned_cache(uri: str, tracking_uri: str) -> str | None:
+    """The cache values (`schema.CACHE_VALUES`, "W,θ,λ") kept with the MLflow model ``uri``
+    names: its registered version's tag, else its run's; None if it has none."""
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    kind, _, rest = uri.partition(":/")
+    rest = rest.strip("/")
+    try:
+        if kind == "runs":
+            return client.get_run(rest.partition("/")[0]).data.tags.get(schema.CACHE_VALUES)
+        name, _, version = rest.partition("/")
+        name, _, alias = name.partition("@")
+        if alias:
+            found = client.get_model_version_by_alias(name, alias)
+        elif version == "latest":
+            versions = client.search_model_versions(
+                f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
+            if not versions:
+                return None
+            found = versions[0]
+        elif version.isdigit():
+            found = client.get_model_version(name, version)
+        else:
+            return None
+        return found.tags.get(schema.CACHE_VALUES)
+    except MlflowException as e:
+        raise ModelNotFoundError(f"{uri}: {first_line(e)}") from None
 
 
 # --- reading a model back: `python -m search.evaluate` -------------------------------------

@@ -22,7 +22,13 @@ from mlflow.tracking import MlflowClient
 from awd.errors import UserError, first_line
 from search import schema
 from search.results import TrialSummary, gpu_hours, objective, status_counts
-from search.tracking.conventions import dataset_ref, experiment_tags, log_dataset, source_tags
+from search.tracking.conventions import (
+    dataset_ref,
+    experiment_tags,
+    inherited_tags,
+    log_dataset,
+    source_tags,
+)
 from search.tracking.registry import BestModel, publish_best_model
 from search.uris import is_server, server_problem, sqlite_path
 
@@ -98,6 +104,23 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
         [experiment_id], filter_string=f"tags.`{schema.PARENT_RUN_ID}` = '{parent_run_id}'",
         max_results=50_000)
     return {r.data.tags[schema.TRIAL_ID]: r for r in runs if schema.TRIAL_ID in r.data.tags}
+
+
+def stage_run(client: MlflowClient, experiment_id: str, parent_run_id: str, role: str,
+              name: str) -> str:
+    """The child run of a stage after the search (role ``cache``, ``ensemble``): the one an
+    earlier, killed driver started, else a new one named "<space>-<name>"."""
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{schema.PARENT_RUN_ID}` = '{parent_run_id}' "
+        f"AND tags.`{schema.ROLE}` = '{role}'", max_results=1)
+    if found:
+        return str(found[0].info.run_id)
+    parent = client.get_run(parent_run_id)
+    space = parent.data.tags.get(schema.SPACE, "search")
+    run = client.create_run(experiment_id, run_name=f"{space}-{name}", tags={
+        **inherited_tags(parent.data.tags), schema.PARENT_RUN_ID: parent_run_id,
+        schema.ROLE: role})
+    return str(run.info.run_id)
 
 
 def trial_summary_metrics(result: Mapping[str, Any]) -> dict[str, float]:

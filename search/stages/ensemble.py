@@ -1,0 +1,188 @@
+"""Model averaging after a search: ``--ensemble K`` (`awd.ensemble`).
+
+The candidates are the search's completed trials and its ``--confirm-top`` re-trainings (their
+best weights, exported from their checkpoints by the driver). Each is run once over validation
+(sequential, batch 1); greedy ensemble selection with replacement (Caruana et al. 2004) picks up
+to K members on validation from those stored probabilities alone. The members alone are then run
+over test, and test is evaluated once. The first pick of greedy selection is the best single
+candidate on validation, so the best single model's numbers come with the ensemble's.
+
+With ``--cache-trials N`` the ensemble gets a cache of its own, tuned like the winner's
+(`search.stages.cache.tune_cache`, study ``<study name>-ensemble-cache``) over the last-layer
+outputs of its heaviest member: kept only where it lowers validation perplexity.
+
+MLflow: a child run with role ``ensemble`` (`schema`: members and weights, the selection's
+validation perplexity at each step, val/test with and without the cache, costs), and the
+ensemble's file (`awd.ensemble.write_ensemble`) registered as a version of
+``awdsearch-<space>-ensemble``, which ``python -m search.evaluate --model-uri`` reads back to
+the same numbers. Ray-free.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+
+from awd.cache import CacheParams, SplitOutputs, cached_loss
+from awd.data import load_corpus
+from awd.ensemble import Ensemble, check_compatible, greedy_selection, write_ensemble
+from awd.posthoc import ensemble_outputs, model_outputs
+from awd.trainer import load_exported, perplexity
+from search import schema
+from search.stages.cache import StudyPlace, tune_cache
+from search.tracking.registry import publish_ensemble
+from search.tracking.store import stage_run
+
+log = logging.getLogger(__name__)
+
+STUDY_SUFFIX = "-ensemble-cache"
+ENSEMBLE_FILE = "ensemble.pt"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trained model the ensemble may take: its name, its search trial, its export."""
+
+    name: str
+    trial_id: str
+    export_file: Path
+
+
+@dataclass
+class EnsembleReport:
+    members: list[str]
+    weights: list[float]
+    candidates: int
+    selection_val_ppl: list[float]  # after each greedy step
+    val_ppl: float
+    test_ppl: float
+    best_single: str
+    best_single_val_ppl: float
+    best_single_test_ppl: float
+    cache: CacheParams | None  # the ensemble's own, where it helped on validation
+    cache_val_ppl: float
+    cache_test_ppl: float
+    seconds: float
+    model_uri: str | None = None
+    run_id: str = ""
+
+    def summary(self) -> dict[str, float]:
+        return {"members": float(len(self.members)), "candidates": float(self.candidates),
+                "val_ppl": self.val_ppl, "test_ppl": self.test_ppl,
+                schema.CACHE_VAL_PPL: self.cache_val_ppl,
+                schema.CACHE_TEST_PPL: self.cache_test_ppl,
+                "best_single_val_ppl": self.best_single_val_ppl,
+                "best_single_test_ppl": self.best_single_test_ppl, "seconds": self.seconds}
+
+    def member_rows(self, candidates: list[Candidate]) -> list[dict[str, object]]:
+        by_name = {c.name: c for c in candidates}
+        return [{"name": n, "trial_id": by_name[n].trial_id, "weight": w}
+                for n, w in zip(self.members, self.weights, strict=True)]
+
+
+def _light(outputs: SplitOutputs) -> SplitOutputs:
+    """Only what selection reads (the hidden states of every candidate would not fit)."""
+    return SplitOutputs(torch.empty(0), outputs.targets, outputs.logprob)
+
+
+def ensemble_stage(client: MlflowClient, candidates: list[Candidate], size: int, *,
+                   experiment_id: str, parent_run_id: str, space: str, study: StudyPlace,
+                   cache_trials: int, workdir: Path,
+                   device: str = "auto") -> EnsembleReport | None:
+    """Select, evaluate, log and register the ensemble of up to ``size`` members."""
+    if not candidates:
+        log.warning("--ensemble: no completed trial to average; no ensemble")
+        return None
+    start = time.perf_counter()
+    models = [load_exported(c.export_file) for c in candidates]
+    names = [c.name for c in candidates]
+    check_compatible(models, names)
+    corpus = load_corpus(models[0].run.dataset)
+    valid = [_light(model_outputs(m, corpus, ["valid"], device)["valid"]) for m in models]
+    selection = greedy_selection(torch.stack([v.logprob for v in valid]), size)
+    chosen = selection.members
+    ensemble = Ensemble([models[i] for i in chosen], [selection.weights[i] for i in chosen],
+                        [names[i] for i in chosen])
+    pointer = chosen[ensemble.pointer_member]
+    # the members over test; the pointer member's validation outputs again, with its states
+    test = {i: model_outputs(models[i], corpus, ["test"], device)["test"] for i in chosen}
+    if cache_trials:
+        valid[pointer] = model_outputs(models[pointer], corpus, ["valid"], device)["valid"]
+    order = [chosen.index(pointer)] + [k for k in range(len(chosen)) if chosen[k] != pointer]
+    ens_valid = ensemble_outputs([valid[chosen[k]] for k in order],
+                                 [ensemble.weights[k] for k in order], 0,
+                                 [ensemble.names[k] for k in order])
+    ens_test = ensemble_outputs([test[chosen[k]] for k in order],
+                                [ensemble.weights[k] for k in order], 0,
+                                [ensemble.names[k] for k in order])
+    first = best_single(valid)
+    cache, cache_val, cache_test = None, math.nan, math.nan
+    val_ppl = perplexity(ens_valid.loss())
+    if cache_trials:
+        tuning = tune_cache(ens_valid, study.open(STUDY_SUFFIX), cache_trials,
+                            CacheParams.paper(models[0].run.dataset))
+        if tuning.cache_val_ppl < val_ppl:  # it helps on validation: keep it
+            cache, cache_val = tuning.chosen, tuning.cache_val_ppl
+            cache_test = perplexity(cached_loss(ens_test, cache))  # test: once
+        else:
+            log.info("the ensemble's cache does not help on validation (%.2f vs %.2f): left "
+                     "out", tuning.cache_val_ppl, val_ppl)
+    ensemble = Ensemble(ensemble.members, ensemble.weights, ensemble.names, cache)
+    report = EnsembleReport(
+        members=ensemble.names, weights=ensemble.weights, candidates=len(candidates),
+        selection_val_ppl=[perplexity(x) for x in selection.losses], val_ppl=val_ppl,
+        test_ppl=perplexity(ens_test.loss()), best_single=names[first],
+        best_single_val_ppl=perplexity(valid[first].loss()),
+        best_single_test_ppl=perplexity(test[first].loss()), cache=cache,
+        cache_val_ppl=cache_val, cache_test_ppl=cache_test,
+        seconds=time.perf_counter() - start)
+    path = write_ensemble(ensemble, workdir / ENSEMBLE_FILE)
+    report.run_id = _log(client, experiment_id, parent_run_id, report, candidates)
+    tags = {schema.MODEL_PARENT_RUN_ID: parent_run_id, schema.DATASET: ensemble.dataset,
+            schema.SPACE: space, schema.MODEL_VAL_PPL: repr(report.val_ppl),
+            schema.MODEL_TEST_PPL: repr(report.test_ppl),
+            schema.ENSEMBLE_MEMBERS: json.dumps(report.member_rows(candidates))}
+    if cache is not None:
+        tags[schema.CACHE_VALUES] = cache.as_text()
+    report.model_uri = publish_ensemble(
+        client, report.run_id, space, path, ensemble, tags,
+        f"ensemble of {len(chosen)} of search run {parent_run_id}: val ppl "
+        f"{report.val_ppl:.2f}, test ppl {report.test_ppl:.2f}")
+    if report.model_uri:
+        client.set_tag(report.run_id, schema.MODEL_URI, report.model_uri)
+    return report
+
+
+def best_single(valid: list[SplitOutputs]) -> int:
+    """The candidate greedy selection picks first: the best single one on validation."""
+    singles = [v.loss() for v in valid]
+    return min(range(len(singles)), key=lambda i: (singles[i], i))
+
+
+def _log(client: MlflowClient, experiment_id: str, parent_run_id: str, report: EnsembleReport,
+         candidates: list[Candidate]) -> str:
+    run_id = stage_run(client, experiment_id, parent_run_id, schema.ROLE_ENSEMBLE, "ensemble")
+    now = int(time.time() * 1000)
+    logged = len(client.get_metric_history(run_id, "selection_val_ppl"))
+    metrics = [Metric("selection_val_ppl", v, now, step)
+               for step, v in enumerate(report.selection_val_ppl) if step >= logged]
+    metrics += [Metric(k, v, now, 0) for k, v in report.summary().items() if math.isfinite(v)]
+    tags = [RunTag(schema.ENSEMBLE_MEMBERS, json.dumps(report.member_rows(candidates)))]
+    if report.cache is not None:
+        tags.append(RunTag(schema.CACHE_VALUES, report.cache.as_text()))
+    client.log_batch(run_id, metrics=metrics, tags=tags)
+    client.set_terminated(run_id, "FINISHED")
+    parent = {schema.ENSEMBLE_VAL_PPL: report.val_ppl, schema.ENSEMBLE_TEST_PPL: report.test_ppl,
+              schema.ENSEMBLE_CACHE_VAL_PPL: report.cache_val_ppl,
+              schema.ENSEMBLE_CACHE_TEST_PPL: report.cache_test_ppl}
+    client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in parent.items()
+                                             if math.isfinite(v)])
+    return run_id

@@ -1,0 +1,207 @@
+"""The continuous cache and model averaging (awd.cache, awd.ensemble, awd.posthoc) on tiny
+trained models: the cache's math against a per-token implementation written here, λ = 0 and a
+one-member ensemble against the plain evaluation, greedy selection, the ensemble file, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import pattern_text, write_corpus
+
+from awd.cache import CacheParams, SplitOutputs, cache_prob, cached_loss
+from awd.data import load_corpus
+from awd.ensemble import (
+    Ensemble,
+    greedy_selection,
+    is_ensemble_file,
+    load_ensemble,
+    mixture_logprob,
+    write_ensemble,
+)
+from awd.errors import CheckpointError, ConfigError
+from awd.posthoc import ensemble_outputs, model_outputs, outputs_of, score
+from awd.trainer import Trainer, load_exported, perplexity
+
+TRAIN = {"batch_size": 8, "eval_batch_size": 1, "test_batch_size": 1, "bptt": 15,
+         "device": "cpu", "seed": 3}
+AWD = {"model": "awd_lstm", "emsize": 24, "nhid": 32, "nlayers": 2, "dropout": 0.1,
+       "dropouth": 0.1, "dropouti": 0.1, "dropoute": 0.05, "wdrop": 0.1, "lr": 30.0}
+ZAREMBA = {"model": "zaremba", "preset": "small", "nhid": 24, "nlayers": 2, "dropout": 0.0,
+           "lr": 0.3, "optimizer": "ntasgd"}
+
+
+def bursty_text(blocks: int) -> str:
+    """Each block repeats a few sentences with rare words: what a cache should catch."""
+    lines = []
+    for b in range(blocks):
+        rare = [f"name{b}x{i}" for i in range(3)]
+        for r in range(4):
+            lines.append(f" the cat sat on {rare[r % 3]} mat \n")
+            lines.append(f" a dog ran in {rare[(r + 1) % 3]} park \n")
+    return "".join(lines)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bursty")
+    return load_corpus(write_corpus(folder, pattern_text(20) + bursty_text(12), bursty_text(6),
+                                    bursty_text(6)), use_cache=False)
+
+
+def trained(corpus, overrides: dict, epochs: int = 2, seed: int = 3, tmp_path=None):
+    trainer = Trainer({**TRAIN, **overrides, "epochs": epochs, "seed": seed}, corpus)
+    trainer.fit()
+    path = trainer.export_best(tmp_path / f"{overrides['model']}-{seed}.pt")
+    return trainer, load_exported(path)
+
+
+@pytest.fixture(scope="module")
+def awd_model(corpus, tmp_path_factory):
+    return trained(corpus, AWD, tmp_path=tmp_path_factory.mktemp("awd"))
+
+
+@pytest.fixture(scope="module")
+def zaremba_models(corpus, tmp_path_factory):
+    d = tmp_path_factory.mktemp("zaremba")
+    return [trained(corpus, ZAREMBA, epochs=3, seed=s, tmp_path=d)[1] for s in (1, 2)]
+
+
+def plain_cached_loss(outputs: SplitOutputs, window: int, theta: float, lam: float) -> float:
+    """The cache as Grave et al. write it, one position at a time."""
+    h, y = outputs.hidden.double(), outputs.targets.tolist()
+    total = 0.0
+    for t in range(len(y)):
+        p = math.exp(float(outputs.logprob[t]))
+        past = range(max(0, t - window), t)
+        if past:
+            scores = [theta * float(h[t] @ h[i]) for i in past]
+            top = max(scores)
+            weights = [math.exp(s - top) for s in scores]
+            p_cache = sum(w for w, i in zip(weights, past, strict=True) if y[i] == y[t]) / sum(
+                weights)
+            p = (1 - lam) * p + lam * p_cache
+        total -= math.log(p)
+    return total / len(y)
+
+
+def test_outputs_at_lambda_zero_are_the_plain_evaluation(awd_model, corpus):
+    trainer, exported = awd_model
+    outputs = model_outputs(exported, corpus, device="cpu")
+    final = trainer.final_metrics()  # test at batch 1, the same windows
+    assert score(outputs["test"]).ppl == pytest.approx(final["test_ppl"], rel=1e-6)
+    trainer.model.load_state_dict(exported.state_dict)
+    assert outputs["valid"].loss() == pytest.approx(trainer.evaluate("valid"), rel=1e-6)
+    lam0 = score(outputs["test"], CacheParams(50, 1.0, 0.0))
+    assert lam0.cache_ppl == pytest.approx(final["test_ppl"], rel=1e-6)
+    assert outputs["test"].hidden.shape == (outputs["test"].tokens, 24)  # the last layer's
+
+
+@pytest.mark.parametrize("window,theta,lam", [(7, 0.5, 0.3), (40, 2.0, 0.1), (1, 0.0, 0.9),
+                                              (2000, 1.0, 0.25)])
+def test_cache_matches_a_per_token_implementation(awd_model, corpus, window, theta, lam):
+    outputs = model_outputs(awd_model[1], corpus, ["test"], device="cpu")["test"]
+    expected = plain_cached_loss(outputs, window, theta, lam)
+    got = cached_loss(outputs, CacheParams(window, theta, lam))
+    assert perplexity(got) == pytest.approx(perplexity(expected), rel=1e-5)
+
+
+def test_blocks_do_not_change_the_result(awd_model, corpus):
+    outputs = model_outputs(awd_model[1], corpus, ["test"], device="cpu")["test"]
+    whole = cache_prob(outputs.hidden, outputs.targets, 30, 1.5, chunk=10_000)
+    for chunk in (1, 7, 64):
+        assert torch.allclose(cache_prob(outputs.hidden, outputs.targets, 30, 1.5, chunk),
+                              whole, rtol=1e-9, atol=1e-12)
+    assert whole[0] == 0  # the first word has no cache
+
+
+def test_the_cache_helps_on_bursty_text(awd_model, corpus):
+    """Rare names repeat within a block: the cache predicts them, the weak model cannot."""
+    outputs = model_outputs(awd_model[1], corpus, ["test"], device="cpu")["test"]
+    plain = score(outputs).ppl
+    assert score(outputs, CacheParams(100, 0.0, 0.3)).cache_ppl < 0.9 * plain
+
+
+def test_one_member_ensemble_is_the_model(zaremba_models, corpus, tmp_path):
+    model = zaremba_models[0]
+    plain = model_outputs(model, corpus, device="cpu")
+    one = Ensemble([model], [1.0], ["a"])
+    assert load_ensemble(write_ensemble(one, tmp_path / "one.pt")).weights == [1.0]
+    alone = outputs_of(one, corpus, device="cpu")
+    for split in ("valid", "test"):
+        assert alone[split].loss() == pytest.approx(plain[split].loss(), rel=1e-12)
+
+
+def test_two_member_average_and_its_file(zaremba_models, corpus, tmp_path):
+    a, b = zaremba_models
+    oa, ob = (model_outputs(m, corpus, device="cpu") for m in (a, b))
+    mixed = ensemble_outputs([oa["test"], ob["test"]], [0.25, 0.75], pointer=1)
+    expected = torch.log(0.25 * oa["test"].logprob.exp() + 0.75 * ob["test"].logprob.exp())
+    assert torch.allclose(mixed.logprob, expected, rtol=1e-12)
+    assert mixed.hidden is ob["test"].hidden
+    # averaging probabilities never loses to the worse member (Jensen), here beats both or ties
+    assert mixed.loss() <= max(oa["test"].loss(), ob["test"].loss())
+
+    ens = Ensemble([a, b], [0.25, 0.75], ["a", "b"], CacheParams(20, 0.5, 0.2))
+    path = write_ensemble(ens, tmp_path / "ens.pt")
+    assert is_ensemble_file(path) and not is_ensemble_file(tmp_path / "nothing.pt")
+    back = load_ensemble(path)
+    assert back.weights == [0.25, 0.75] and back.names == ["a", "b"]
+    assert back.cache == CacheParams(20, 0.5, 0.2) and back.pointer_member == 1
+    again = outputs_of(back, corpus, ["test"], device="cpu")["test"]
+    assert torch.equal(again.logprob, mixed.logprob)
+
+
+def test_greedy_selection_known_answer():
+    # three candidates over four tokens: c0 is good on tokens 0-1, c1 on 2-3, c2 is mediocre
+    p = torch.tensor([[0.9, 0.9, 0.1, 0.1], [0.1, 0.1, 0.9, 0.9], [0.4, 0.4, 0.4, 0.4]])
+    sel = greedy_selection(p.log(), 4)
+    # step 1: c2 (loss 0.916 < 1.204); step 2: adding c0 or c1 ties, the first is kept: c0;
+    # step 3: c1 (the three together); step 4 is worse than step 3 for every pick
+    assert sel.losses[0] == pytest.approx(-math.log(0.4))
+    assert sel.best_step == 2
+    assert sel.weights == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    assert sel.loss == pytest.approx(-math.log(1.4 / 3))
+    assert sel.members == [0, 1, 2]
+    # the chosen weights give the loss selection says
+    got = -mixture_logprob(p.log(), sel.weights).mean()
+    assert float(got) == pytest.approx(sel.loss)
+
+
+def test_greedy_selection_with_replacement_repeats_the_best():
+    p = torch.tensor([[0.5, 0.5, 0.5], [0.01, 0.01, 0.02]])
+    sel = greedy_selection(p.log(), 3)
+    assert sel.weights == [1.0, 0.0] and sel.best_step == 0  # adding anything only hurts
+
+
+@pytest.mark.parametrize("text,message", [
+    ("0,1,0.1", "window"), ("-5,1,0.1", "window"), ("2.5,1,0.1", "whole number"),
+    ("100,-1,0.1", "theta"), ("100,nan,0.1", "theta"), ("100,1,1.5", "lambda"),
+    ("100,1,-0.1", "lambda"), ("100,1,nan", "lambda"), ("100,1", "W,theta,lambda"),
+    ("a,b,c", "three numbers"), ("100,inf,0.1", "theta")])
+def test_bad_cache_values_are_refused(text, message):
+    with pytest.raises(ConfigError, match=message):
+        CacheParams.parse(text)
+
+
+def test_ensemble_refuses_other_vocabularies_and_slices(zaremba_models, awd_model, tmp_path):
+    a = zaremba_models[0]
+    other = type(a)(a.run, [*a.vocab[:-1], "zzz"], a.state_dict)
+    with pytest.raises(ConfigError, match="another vocabulary"):
+        Ensemble([a, other], [0.5, 0.5], ["a", "other"])
+    from dataclasses import replace
+    sliced = type(a)(replace(a.run, train=replace(a.run.train, eval_tokens=100)), a.vocab,
+                     a.state_dict)
+    with pytest.raises(ConfigError, match="share the dataset"):
+        Ensemble([a, sliced], [0.5, 0.5], ["a", "sliced"])
+    with pytest.raises(ConfigError, match="weights"):
+        mixture_logprob(torch.zeros(2, 3), [0.0, 0.0])
+
+
+def test_a_single_model_file_is_not_an_ensemble(zaremba_models, tmp_path, corpus):
+    trainer = Trainer({**TRAIN, **ZAREMBA, "epochs": 1}, corpus)
+    path = trainer.export_best(tmp_path / "single.pt")
+    assert not is_ensemble_file(path)
+    with pytest.raises(CheckpointError, match="not an ensemble written by awdsearch"):
+        load_ensemble(path)
