@@ -66,7 +66,12 @@ class CacheParams:
         return cls(int(window), theta, lam)
 
     def as_text(self) -> str:
-        return f"{self.window},{self.theta:g},{self.lam:g}"
+        """Every digit (what is stored: `parse` gives the same values back)."""
+        return f"{self.window},{self.theta!r},{self.lam!r}"
+
+    def shown(self) -> str:
+        """Short, for tables."""
+        return f"W {self.window}, θ {self.theta:.3g}, λ {self.lam:.3g}"
 
     def as_dict(self) -> dict[str, float]:
         return {"cache_window": self.window, "cache_theta": self.theta, "cache_lambda": self.lam}

@@ -257,7 +257,7 @@ def evaluate_sequential(loaded: Loaded, corpus: Corpus, data: str, cache: CacheP
         "test_tokens": test.tokens}
     if cache is not None:
         assert val.cache_ppl is not None and test.cache_ppl is not None
-        print(f"with cache {cache.as_text()}: val ppl {val.cache_ppl:.2f} | test ppl "
+        print(f"with cache {cache.shown()}: val ppl {val.cache_ppl:.2f} | test ppl "
               f"{test.cache_ppl:.2f}")
         record.update({"cache": cache.as_text(), "cache_val_ppl": val.cache_ppl,
                        "cache_test_ppl": test.cache_ppl})

@@ -7,7 +7,7 @@ import shlex
 import signal
 import sys
 from math import isnan, nan
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from awd.errors import UserError
 from search import schema
@@ -81,14 +81,14 @@ def after_table(after: AfterTraining) -> pd.DataFrame:
     """The best single model, + cache, the ensemble, ensemble + cache: val and test."""
     import pandas as pd
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     if after.cache is not None:
         c, t = after.cache, after.cache.tuning
         rows += [{"model": "best trial", "val ppl": t.val_ppl, "test ppl": c.test_ppl,
                   "detail": ""},
                  {"model": "best trial + cache", "val ppl": t.cache_val_ppl,
                   "test ppl": c.cache_test_ppl,
-                  "detail": f"W,theta,lambda = {t.chosen.as_text()} ({len(t.trials)} trials)"}]
+                  "detail": f"{t.chosen.shown()} ({len(t.trials)} trials)"}]
     if after.ensemble is not None:
         e = after.ensemble
         members = ", ".join(f"{n} {w:.2f}" for n, w in zip(e.members, e.weights, strict=True))
@@ -100,7 +100,7 @@ def after_table(after: AfterTraining) -> pd.DataFrame:
                      "test ppl": e.test_ppl, "detail": members})
         if e.cache is not None:
             rows.append({"model": "ensemble + cache", "val ppl": e.cache_val_ppl,
-                         "test ppl": e.cache_test_ppl, "detail": e.cache.as_text()})
+                         "test ppl": e.cache_test_ppl, "detail": e.cache.shown()})
         if e.model_uri:
             rows[-1]["detail"] += f" -> {e.model_uri}"
     frame = pd.DataFrame(rows)

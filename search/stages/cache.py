@@ -91,7 +91,11 @@ def tune_cache(valid: SplitOutputs, study: optuna.Study, trials: int,
                first: CacheParams) -> CacheTuning:
     """Run the study until it has ``trials`` finished trials (``first`` is the first of them),
     each scored on ``valid`` alone."""
-    if not study.trials:
+    state = optuna.trial.TrialState
+    for t in study.trials:  # a killed driver's trial in progress (one driver per search)
+        if t.state == state.RUNNING:
+            study.tell(t.number, state=state.FAIL)
+    if not any(t.state in (state.COMPLETE, state.WAITING) for t in study.trials):
         study.enqueue_trial({"window": first.window, "theta": first.theta,
                              "lambda": first.lam})
     seconds: list[float] = []
@@ -102,10 +106,10 @@ def tune_cache(valid: SplitOutputs, study: optuna.Study, trials: int,
         seconds.append(time.perf_counter() - start)
         return value if math.isfinite(value) else math.inf
 
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    done = [t for t in study.trials if t.state == state.COMPLETE]
     if len(done) < trials:
         study.optimize(objective, n_trials=trials - len(done))
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    done = [t for t in study.trials if t.state == state.COMPLETE]
     done.sort(key=lambda t: t.number)
     best = min(done, key=lambda t: (float(t.value), t.number))  # type: ignore[arg-type]
     seconds.sort()
