@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from awd.errors import first_line
 from reports import ablation, importance, plots, references, tables, trials
+from reports.after import section as after_section
 from reports.confirmation import section as confirmation_section
 from reports.load import ReportData, load
 from reports.render import (
@@ -192,7 +193,8 @@ def document(data: ReportData, out: Path) -> tuple[Document, pd.DataFrame]:
     sections.append(Section("Trials and cost", [
         "GPU-h = sum over trials of train_seconds × gpus_per_trial / 3600; Train h = sum of "
         "train_seconds / 3600.", cost]))
-    sections.extend(s for s in [confirmation_section(data)] if s is not None)
+    sections.extend(s for s in [confirmation_section(data), after_section(data)]
+                    if s is not None)
     curves: list[Block] = [*plots.learning_curves(data, out)]
     sections.append(Section("Learning curves", curves or
                             ["No validation perplexity was recorded per epoch."]))

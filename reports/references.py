@@ -99,3 +99,23 @@ def _match(model: str, dataset: str, preset: str, finetuned: bool, path: Path) -
     if ref.finetuned:
         return Match(ref, "published with fine-tuning; the run was not fine-tuned")
     return Match(ref, "published without fine-tuning; the run was fine-tuned")
+
+
+@dataclass(frozen=True)
+class AfterTraining:
+    """A published number of what comes after training: the cache, model averaging."""
+
+    model: str
+    dataset: str
+    what: str
+    val_ppl: float
+    test_ppl: float
+    citation: str
+
+
+@cache
+def after_training(path: Path = REFERENCES_FILE) -> tuple[AfterTraining, ...]:
+    data = json.loads(Path(path).read_text())
+    return tuple(AfterTraining(r["model"], normalize_dataset(r["dataset"]), r["what"],
+                               float(r["val_ppl"]), float(r["test_ppl"]), r["citation"])
+                 for r in data.get("after_training", []))

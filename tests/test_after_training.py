@@ -89,7 +89,7 @@ def _runs(uri: str) -> tuple[MlflowClient, dict[str, list]]:
 
 
 def test_killed_in_the_cache_stage_the_resume_finishes_the_same_study(resumed):
-    cwd, at_kill, _, uri = resumed
+    _, at_kill, _, uri = resumed
     assert 3 <= at_kill < CACHE_TRIALS  # the kill came in the middle of the stage
     client, runs = _runs(uri)
     parent = runs[schema.ROLE_SEARCH][0]
@@ -178,3 +178,24 @@ def test_the_ensemble_is_selected_logged_and_registered(resumed):
         assert got["cache_test_ppl"] == pytest.approx(m[schema.CACHE_TEST_PPL], rel=1e-9)
     assert len(client.search_model_versions("name = 'awdsearch-smoke-ensemble'")) == 1
     assert "ensemble of" in again.stdout and "After training" in again.stdout
+
+
+def test_the_report_has_the_after_training_section_with_the_papers_beside(resumed):
+    cwd, _, _, uri = resumed
+    out = cwd / "report"
+    proc = subprocess.run(_cmd("reports", "--experiment", "after", "--tracking-uri", uri,
+                               "--out", str(out), "--no-log"), cwd=cwd, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = (out / "report.md").read_text()
+    section = text.split("## After training: cache and ensembles", 1)[1].split("\n## ", 1)[0]
+    _, runs = _runs(uri)
+    (cache,) = runs[schema.ROLE_CACHE]
+    (ens,) = runs[schema.ROLE_ENSEMBLE]
+    chosen = CacheParams.parse(cache.data.tags[schema.CACHE_VALUES])
+    assert f"| after | best trial + cache | {cache.data.metrics[schema.CACHE_VAL_PPL]:,.2f} | " \
+           f"{cache.data.metrics[schema.CACHE_TEST_PPL]:,.2f} | {chosen.shown()}" in section
+    assert f"| {ens.data.metrics['val_ppl']:,.2f} | {ens.data.metrics['test_ppl']:,.2f} |" \
+        in section
+    assert "| AWD-LSTM + continuous cache | ptb | 53.90 | 52.80 |" in section
+    assert "| 2 medium, averaged | ptb | 80.60 | 77.00 |" in section
