@@ -63,9 +63,17 @@ def awd_model(corpus, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def zaremba_models(corpus, tmp_path_factory):
+def zaremba_files(corpus, tmp_path_factory):
+    """Two exports of Zaremba LSTMs trained with different seeds."""
     d = tmp_path_factory.mktemp("zaremba")
-    return [trained(corpus, ZAREMBA, epochs=3, seed=s, tmp_path=d)[1] for s in (1, 2)]
+    for s in (1, 2):
+        trained(corpus, ZAREMBA, epochs=3, seed=s, tmp_path=d)
+    return [d / f"zaremba-{s}.pt" for s in (1, 2)]
+
+
+@pytest.fixture(scope="module")
+def zaremba_models(zaremba_files):
+    return [load_exported(p) for p in zaremba_files]
 
 
 def plain_cached_loss(outputs: SplitOutputs, window: int, theta: float, lam: float) -> float:
@@ -205,3 +213,71 @@ def test_a_single_model_file_is_not_an_ensemble(zaremba_models, tmp_path, corpus
     assert not is_ensemble_file(path)
     with pytest.raises(CheckpointError, match="not an ensemble written by awdsearch"):
         load_ensemble(path)
+
+
+# --- the command line: python -m awd.evaluate --cache ---------------------------------------
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    from awd import evaluate
+
+    code = evaluate.main(["--quiet", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_evaluate_with_cache_prints_both_and_matches_the_api(zaremba_models, zaremba_files,
+                                                            corpus, capsys, monkeypatch):
+    import json
+
+    import awd.evaluate as cli
+    model = zaremba_models[0]
+    monkeypatch.setattr(cli, "load_corpus", lambda data: corpus)
+    code, out, err = _cli(["--model-uri", str(zaremba_files[0]), "--cache", "30,0.5,0.2"],
+                          capsys)
+    assert code == 0, err
+    record = json.loads(out.strip().splitlines()[-1])
+    expected = model_outputs(model, corpus, device="cpu")
+    assert record["test_ppl"] == pytest.approx(score(expected["test"]).ppl, rel=1e-12)
+    assert record["cache_test_ppl"] == pytest.approx(
+        score(expected["test"], CacheParams(30, 0.5, 0.2)).cache_ppl, rel=1e-12)
+    assert CacheParams.parse(record["cache"]) == CacheParams(30, 0.5, 0.2)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--cache", "0,1,0.1"], "window"),
+    (["--cache", "100,-1,0.1"], "theta"),
+    (["--cache", "100,1,2"], "lambda"),
+    (["--cache", "100,1,nan"], "lambda"),
+    (["--cache", "tuned"], "no tuned cache values are stored with this model"),
+    (["--cache", "100,1,0.1", "--no-eval", "--generate", "3"], "--cache with --no-eval"),
+])
+def test_bad_cache_input_is_one_line_and_writes_nothing(args, message, zaremba_files, corpus,
+                                                        capsys, monkeypatch):
+    import awd.evaluate as cli
+    monkeypatch.setattr(cli, "load_corpus", lambda data: corpus)
+    folder = zaremba_files[0].parent
+    before = sorted(folder.iterdir())
+    code, _, err = _cli(["--model-uri", str(zaremba_files[0]), *args], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert sorted(folder.iterdir()) == before
+
+
+def test_an_ensemble_file_evaluates_and_refuses_to_sample(zaremba_models, corpus, tmp_path,
+                                                         capsys, monkeypatch):
+    import json
+
+    import awd.evaluate as cli
+    monkeypatch.setattr(cli, "load_corpus", lambda data: corpus)
+    a, b = zaremba_models
+    path = write_ensemble(Ensemble([a, b], [0.5, 0.5], ["a", "b"], CacheParams(20, 0.5, 0.2)),
+                          tmp_path / "ens.pt")
+    code, out, err = _cli(["--model-uri", str(path), "--cache", "tuned"], capsys)
+    assert code == 0, err
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["cache"] == CacheParams(20, 0.5, 0.2).as_text()
+    assert "ensemble of 2" in out
+    code, _, err = _cli(["--model-uri", str(path), "--generate", "5"], capsys)
+    assert code == 2 and "not an ensemble" in err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    code, _, err = _cli(["--model-uri", str(junk)], capsys)
+    assert code == 2 and "not a model exported by awdsearch" in err
