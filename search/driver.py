@@ -24,7 +24,7 @@ from search.lock import DriverLock
 from search.options import SearchOptions, resumed
 from search.results import TrialSummary, pick_best
 from search.stages import confirm
-from search.stages.posthoc import AfterTraining, after_training
+from search.stages.after import AfterTraining, after_training
 from search.state import SearchState
 from search.tracking.backfill import backfill
 from search.tracking.records import replay, spool_path

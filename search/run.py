@@ -19,8 +19,8 @@ if TYPE_CHECKING:  # Ray, MLflow, torch and pandas load once a search starts, no
     import pandas as pd
 
     from search.driver import SearchOutcome
+    from search.stages.after import AfterTraining
     from search.stages.confirm import Confirmation
-    from search.stages.posthoc import AfterTraining
 
 SHOWN_PARAMS = ("model", "emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute",
                 "wdrop", "lr")
