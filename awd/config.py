@@ -26,6 +26,17 @@ MAX_WIDTH = 1 << 16  # emsize, nhid
 MAX_LAYERS = 64
 MAX_PARAMS = 1 << 31  # parameters without the vocabulary's embedding and softmax
 MAX_SEED = 2**32 - 1  # NumPy's legacy seeding takes 32 bits
+MAX_INT = 2**31 - 1  # any other whole number: epochs, batch sizes, token counts ...
+MAX_EPOCHS = 1_000_000
+MAX_FLOAT = 3.4028234663852886e38  # float32's largest: the weights' dtype must hold every value
+MAX_NAME = 4096  # a dataset name or folder (PATH_MAX)
+SHOWN = 60  # characters of an offending value an error message quotes
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to `SHOWN` characters: an error line stays one short line."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else f"{text[:SHOWN]}... ({len(text):,} characters)"
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -39,19 +50,35 @@ def _finite(value: float) -> bool:
     return isinstance(value, int) or math.isfinite(value)
 
 
+def _in_bounds(value: float) -> bool:
+    """Within what the run's numbers can be: int32 for whole numbers, float32 for the rest."""
+    return value <= (MAX_INT if isinstance(value, int) else MAX_FLOAT)
+
+
 def _check_positive(name: str, value: float) -> None:
-    if not (_finite(value) and value > 0):
-        raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+    if not (_finite(value) and value > 0 and _in_bounds(value)):
+        raise ConfigError(f"{name} must be a finite number > 0{_bound_text(value)}, "
+                          f"got {_short_number(value)}")
 
 
 def _check_non_negative(name: str, value: float) -> None:
-    if not (_finite(value) and value >= 0):
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+    if not (_finite(value) and value >= 0 and _in_bounds(value)):
+        raise ConfigError(f"{name} must be a finite number >= 0{_bound_text(value)}, "
+                          f"got {_short_number(value)}")
+
+
+def _bound_text(value: float) -> str:
+    return f" and <= {MAX_INT:,}" if isinstance(value, int) else " that float32 can hold"
+
+
+def _short_number(value: float) -> str:
+    text = str(value)
+    return text if len(text) <= SHOWN else f"{text[:12]}... ({len(text):,} digits)"
 
 
 def _check_at_most(name: str, value: int, bound: int) -> None:
     if value > bound:
-        raise ConfigError(f"{name} must be <= {bound:,}, got {value:,}")
+        raise ConfigError(f"{name} must be <= {bound:,}, got {_short_number(value)}")
 
 
 def _check_param_count(count: int, sizes: str) -> None:
@@ -193,9 +220,13 @@ class TrainConfig:
         for name in ("lr", "clip", "nonmono", "lr_decay", "min_seq_len"):
             _check_positive(name, getattr(self, name))
         for name in ("wdecay", "alpha", "beta", "finetune_epochs", "train_tokens", "eval_tokens",
-                     "max_seq_len", "decay_start", "seed"):
+                     "max_seq_len", "decay_start"):
             _check_non_negative(name, getattr(self, name))
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise ConfigError(f"seed must be a whole number >= 0, got {shown(self.seed)}")
         _check_at_most("seed", self.seed, MAX_SEED)
+        _check_at_most("epochs", self.epochs, MAX_EPOCHS)
+        _check_at_most("finetune_epochs", self.finetune_epochs, MAX_EPOCHS)
         if self.lr_decay < 1:
             raise ConfigError(f"lr_decay divides the lr: it must be >= 1, got {self.lr_decay}")
         if self.min_seq_len > self.bptt:
@@ -205,13 +236,13 @@ class TrainConfig:
                               f"min_seq_len ({self.min_seq_len})")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
-                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {shown(self.optimizer)}"
             )
         if self.finetune_epochs and self.optimizer != "ntasgd":
             raise ConfigError("finetune_epochs is NT-ASGD's fine-tuning stage: it needs "
                               f"optimizer ntasgd, not {self.optimizer}")
         if not DEVICE.fullmatch(self.device):
-            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {shown(self.device)}")
 
 
 @dataclass(frozen=True)
@@ -226,9 +257,11 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
-        if not isinstance(self.dataset, str) or not self.dataset.strip():
-            raise ConfigError(f"dataset must be a dataset name or folder, got {self.dataset!r}")
+            raise ConfigError(f"unknown model {shown(self.model)}; known: {', '.join(MODELS)}")
+        if not isinstance(self.dataset, str) or not self.dataset.strip() \
+                or len(self.dataset) > MAX_NAME or "\x00" in self.dataset:
+            raise ConfigError(f"dataset must be a dataset name or folder, got "
+                              f"{shown(self.dataset)}")
         self.arch.validate()
         self.train.validate()
         return self
@@ -245,7 +278,7 @@ def preset(model: str, dataset: str = "ptb", size: str = "") -> RunConfig:
     wt2 = canonical_dataset(dataset) == "wikitext-2"
     if model in ("awd_lstm", "awd_gru"):
         if size:
-            raise ConfigError(f"preset {size!r} is a zaremba size; {model} has no sizes (its "
+            raise ConfigError(f"preset {shown(size)} is a zaremba size; {model} has no sizes (its "
                               "preset is the paper's model for the dataset)")
         cls = AWDLSTMConfig if model == "awd_lstm" else AWDGRUConfig
         if wt2:  # reference README: WT2 uses dropouth 0.2, dropouti 0.65, batch 80, 750 epochs
@@ -269,12 +302,14 @@ def preset(model: str, dataset: str = "ptb", size: str = "") -> RunConfig:
             seed=1111,
         )
         return RunConfig(model, dataset, arch, train, preset=size).validate()
-    raise ConfigError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    raise ConfigError(f"unknown model {shown(model)}; known: {', '.join(MODELS)}")
 
 
 def _coerce(name: str, value: Any, like: Any) -> Any:
     """Convert a value (possibly a CLI string) to the type of the field's default."""
     try:
+        if isinstance(value, bool) and not isinstance(like, bool):
+            raise ValueError(value)  # JSON's true is not the number 1
         if isinstance(like, bool):
             if isinstance(value, str):
                 if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
@@ -293,7 +328,7 @@ def _coerce(name: str, value: Any, like: Any) -> Any:
         return type(like)(value)
     except (TypeError, ValueError, OverflowError):
         expected = type(like).__name__
-        raise ConfigError(f"{name}: cannot use {value!r} (expected {expected})") from None
+        raise ConfigError(f"{name}: cannot use {shown(value)} (expected {expected})") from None
 
 
 def from_flat(flat: dict[str, Any]) -> RunConfig:
@@ -314,7 +349,7 @@ def from_flat(flat: dict[str, Any]) -> RunConfig:
             train_over[key] = _coerce(key, value, getattr(base.train, key))
         else:
             known = sorted([*arch_fields, *train_fields])
-            raise ConfigError(f"unknown config field {key!r} for {model}; known: {known}")
+            raise ConfigError(f"unknown config field {shown(key)} for {model}; known: {known}")
     return dataclasses.replace(
         base, arch=replace(base.arch, **arch_over), train=replace(base.train, **train_over)
     ).validate()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -44,6 +45,7 @@ EXPORT_FILE = "best_model.pt"
 EXPORT_IN_MODEL = f"extra_files/{EXPORT_FILE}"  # where MLflow's extra_files puts the export
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 UNK = "<unk>"
+MAX_GENERATE = 100_000  # words one --generate samples (one model step each)
 TUNED = "tuned"  # --cache tuned: the values stored with the model
 Loaded = ExportedModel | Ensemble
 
@@ -149,8 +151,8 @@ def generate(model: LanguageModel, vocab: list[str], words: int, prompt: str = "
     """``words`` words sampled one at a time after ``prompt``, each from the model's next-word
     distribution at ``temperature`` (below 1: more likely words; above: more varied), with a
     generator of its own seeded by ``seed``: the same arguments give the same text."""
-    if not temperature > 0:  # NaN too
-        raise ConfigError(f"--temperature must be positive, got {temperature}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"--temperature must be a finite number > 0, got {temperature}")
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -203,10 +205,11 @@ def build_parser(prog: str = "python -m awd.evaluate",
 
 def check_args(args: argparse.Namespace) -> None:
     """Bad flags are refused before any model is read or downloaded."""
-    if args.generate < 0:
-        raise ConfigError(f"--generate must be 0 or more words, got {args.generate}")
-    if not args.temperature > 0:
-        raise ConfigError(f"--temperature must be positive, got {args.temperature}")
+    if not 0 <= args.generate <= MAX_GENERATE:
+        raise ConfigError(f"--generate must be 0 to {MAX_GENERATE:,} words, got "
+                          f"{args.generate:,}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ConfigError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if args.no_eval and not args.generate:
         raise ConfigError("--no-eval without --generate N leaves nothing to do")
     if args.cache is not None and args.cache != TUNED:

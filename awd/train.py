@@ -75,17 +75,29 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k not in skip and v is not None}
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """A flat run config from a JSON file: one object of field names to values."""
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {path.stat().st_size:,} bytes: a run "
+                              f"config is a few hundred (limit {MAX_CONFIG_BYTES:,})")
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}): save it "
+                          "as UTF-8 JSON") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"config file {path} is not valid JSON: {e.msg} at line {e.lineno}, "
                           f"column {e.colno}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply: a run config is one flat "
+                          "object of field names to values") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold one JSON object of config fields, "
                           f"not a {type(data).__name__}")

@@ -24,7 +24,7 @@ from awd.errors import first_line
 from reports.errors import ReportError
 from search import schema
 from search.results import parse_param, status_counts
-from search.uris import is_server, server_problem, sqlite_path, sqlite_uri
+from search.uris import HEALTH_TIMEOUT_S, is_server, server_problem, sqlite_path, sqlite_uri
 
 FINISHED = (schema.STATUS_COMPLETED, schema.STATUS_STOPPED)
 REQUIRED = {  # metrics a trial of each status must have (schema: "metrics once")
@@ -98,7 +98,7 @@ def open_client(uri: str) -> MlflowClient:
     if path is not None and not path.is_file():
         raise ReportError(f"no MLflow database at {path} (pass --tracking-uri or set "
                           "MLFLOW_TRACKING_URI)")
-    problem = server_problem(uri, timeout=10) if is_server(uri) else None
+    problem = server_problem(uri, timeout=HEALTH_TIMEOUT_S) if is_server(uri) else None
     if problem is not None:  # in seconds, not after MLflow's retries
         raise ReportError(f"cannot reach the MLflow tracking server at {uri} ({problem})")
     try:

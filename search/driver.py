@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import tempfile
 import threading
@@ -46,7 +45,7 @@ from search.tune.console import SearchConsole
 from search.tune.grid import summarize
 from search.tune.searcher import default_study_storage, searcher_for
 from search.tune.trainable import export_best_model
-from search.uris import resolve_tracking_uri
+from search.uris import fail_fast_http, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from ray.tune import Tuner
@@ -166,9 +165,6 @@ def _confirm(opts: SearchOptions, state: SearchState, client: MlflowClient,
         concurrency=session.default_concurrency(replace(opts, num_samples=max(runs, 1)), gpus))
 
 
-# MLflow's HTTP client retries a request 7 times with backoff (minutes) before it gives up; the
-# search's outbox retries on its own, so a request to a server that is away fails fast.
-MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 DRAIN_S = 120.0  # at the end, how long to wait for MLflow to take what is still queued
 
 
@@ -176,8 +172,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     """Run (or resume) a search and write its summary to MLflow; returns what happened. One
     driver per search: a second one fails at once (`search.lock`)."""
     opts.validate()
-    for name, value in MLFLOW_HTTP_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    fail_fast_http()
     state = _saved_state(opts.experiment_dir) if opts.resume else None
     uri = state.tracking_uri if state else resolve_tracking_uri(opts.tracking_uri)
     check_data((resumed(opts, state.options) if state else opts).space_spec.dataset)

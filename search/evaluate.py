@@ -38,9 +38,20 @@ def load(args: argparse.Namespace) -> evaluate.Loaded:
     if not args.model_uri.startswith(evaluate.MLFLOW_SCHEMES):
         return evaluate.load_model(args.model_uri)
     from search.tracking.registry import download_export, tuned_cache
-    from search.uris import resolve_tracking_uri
+    from search.uris import (
+        HEALTH_TIMEOUT_S,
+        fail_fast_http,
+        is_server,
+        resolve_tracking_uri,
+        server_problem,
+    )
 
+    fail_fast_http()
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    problem = server_problem(tracking_uri, HEALTH_TIMEOUT_S) if is_server(tracking_uri) else None
+    if problem is not None:  # in seconds, not after MLflow's retries
+        raise evaluate.ModelNotFoundError(f"cannot reach the MLflow tracking server at "
+                                          f"{tracking_uri} ({problem})")
     with tempfile.TemporaryDirectory() as d:
         path = download_export(args.model_uri, tracking_uri, Path(d))
         if args.cache == evaluate.TUNED:

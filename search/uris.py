@@ -51,6 +51,19 @@ def resolve_tracking_uri(uri: str | None = None, env: Mapping[str, str] | None =
     return uri
 
 
+# MLflow's HTTP client retries a request 7 times with backoff (minutes) before it gives up: every
+# command fails fast instead (a search's outbox retries on its own).
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+HEALTH_TIMEOUT_S = 10.0
+
+
+def fail_fast_http() -> None:
+    """MLflow's HTTP client gives up within seconds (unless the user's environment says
+    otherwise)."""
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 def server_problem(uri: str, timeout: float) -> str | None:
     """Why the MLflow server at ``uri`` fails its health check (``GET /health`` answered 200
     within ``timeout`` s), or None: seconds, where MLflow's own client retries for minutes."""

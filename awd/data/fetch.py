@@ -287,6 +287,12 @@ def import_local(
     src = Path(source).expanduser()
     if not src.exists():
         raise DataError(f"cannot import {spec.name}: {src} does not exist")
+    # checked even when the dataset is installed already: a wrong --from is said, not skipped
+    if src.is_dir():
+        find_split_files(src)
+    elif not (zipfile.is_zipfile(src) or tarfile.is_tarfile(src)):
+        raise DataError(f"cannot import {spec.name} from {src}: it is neither a folder of "
+                        "splits nor a zip or tar archive")
 
     def fill(staging: Path) -> str:
         log(f"importing {src}")

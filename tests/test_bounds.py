@@ -1,0 +1,105 @@
+"""Values too large, of the wrong kind or too deep fail as one short line, before any data is
+loaded or any server waited on (issue 22's bounds): configs, config files, awd.evaluate's
+sampling flags, an unreachable tracking server, a --from that is not a dataset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from awd.config import from_flat
+from awd.data.fetch import import_local
+from awd.errors import ConfigError, DataError
+
+BIG = "9" * 5_000_000
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"lr": 1e308}, "lr must be a finite number > 0 that float32 can hold"),
+    ({"wdecay": 1e308}, "wdecay must be a finite number >= 0 that float32 can hold"),
+    ({"clip": 3.5e38}, "clip must be"),
+    ({"lr": True}, "lr: cannot use True (expected float)"),
+    ({"epochs": True}, "epochs: cannot use True"),
+    ({"epochs": 1e308}, "epochs must be"),
+    ({"epochs": 2_000_000}, "epochs must be <= 1,000,000"),
+    ({"batch_size": 2**40}, "batch_size must be"),
+    ({"seed": BIG}, "seed: cannot use"),
+    ({"dataset": "x" * 5_000_000}, "dataset must be a dataset name or folder"),
+    ({"dataset": "a\x00b"}, "dataset must be"),
+    ({"optimizer": "o" * 5_000_000}, "optimizer must be one of"),
+    ({"lr": "fast"}, "lr: cannot use 'fast'"),
+])
+def test_bad_config_values_are_one_short_line(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        from_flat({"model": "awd_lstm", **overrides})
+    text = str(e.value)
+    assert message in text
+    assert len(text) < 300 and "\n" not in text
+
+
+def test_an_unknown_model_or_field_is_quoted_short():
+    for flat in ({"model": "m" * 1_000_000}, {"model": "awd_lstm", "k" * 1_000_000: 1}):
+        with pytest.raises(ConfigError) as e:
+            from_flat(flat)
+        assert "(1,000,002 characters)" in str(e.value)  # a prefix, then the size
+        assert len(str(e.value)) < 1000  # the list of known fields included
+
+
+def _train(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "awd.train", *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{\"model\": \"awd_lstm\", \"note\": \"caf\xe9\"}".encode("latin-1"), "not UTF-8"),
+    (("[" * 100_000 + "]" * 100_000).encode(), "nests too deeply"),
+    (json.dumps({"model": "awd_lstm", "lr": 1e308}).encode(), "float32 can hold"),
+    (json.dumps({"model": "awd_lstm", "lr": True}).encode(), "lr: cannot use True"),
+    (json.dumps({"model": "awd_lstm", "seed": "9" * 500_000}).encode(), "seed: cannot use"),
+    (b"{\"model\": \"awd_lstm\", \"x\": \"" + b"y" * 2_000_000 + b"\"}", "limit 1,048,576"),
+])
+def test_config_files_that_cannot_work_are_refused_before_the_data(content, message, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    env = {"AWD_DATA_DIR": str(tmp_path / "no-data-here"), "PATH": "/usr/bin:/bin"}
+    proc = _train("--config", str(path), cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert len(proc.stderr) < 400 and "no-data-here" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--generate", "1000000000000"], "--generate must be 0 to 100,000 words"),
+    (["--generate", "3", "--temperature", "inf"], "--temperature must be a finite number"),
+    (["--generate", "3", "--temperature", "nan"], "--temperature must be a finite number"),
+])
+def test_sampling_flags_have_bounds(args, message):
+    from awd import evaluate
+
+    proc = subprocess.run([sys.executable, "-m", "awd.evaluate", "--model-uri", "nowhere.pt",
+                           *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert evaluate.MAX_GENERATE == 100_000
+
+
+def test_an_unreachable_tracking_server_is_one_line_within_seconds():
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "search.evaluate", "--model-uri",
+                           "models:/awdsearch-smoke/1", "--tracking-uri", "http://127.0.0.1:1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "cannot reach the MLflow tracking server at http://127.0.0.1:1" in proc.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_a_from_that_is_not_a_dataset_is_refused_even_when_installed(tmp_path):
+    junk = tmp_path / "passwd"
+    junk.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(DataError, match="neither a folder of splits nor a zip or tar"):
+        import_local("ptb", junk, dest=tmp_path / "ptb")
+    with pytest.raises(DataError):
+        import_local("ptb", tmp_path, dest=tmp_path / "ptb2")  # a folder without splits
