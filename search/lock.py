@@ -7,6 +7,8 @@ also names the holder (host, pid, start time) for the error message, and a file 
 gone is simply taken over. Searches in an object store (``s3://...``) have no file to lock: the
 lock is then taken in the local user cache folder, which protects against a second driver on
 the same machine only.
+
+`creation_lock` serialises the opening of a SQLite store (MLflow's, Optuna's) across processes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -26,6 +30,7 @@ from search import storage
 from search.errors import SearchError
 
 LOCK_FILE = "driver.lock"
+CREATION_WAIT_S = 300.0  # how long a command waits for another to finish creating a store
 
 
 def lock_path(experiment_dir: str) -> Path:
@@ -86,3 +91,31 @@ def _holder(fd: int) -> str:
         return f"pid {info['pid']} on {info['host']}, since {info['since']}"
     except (OSError, ValueError, KeyError):
         return "holder unknown"
+
+
+@contextmanager
+def creation_lock(database: Path, wait_s: float = CREATION_WAIT_S) -> Iterator[None]:
+    """Held while a process opens (and so may create or upgrade) a SQLite store: MLflow's and
+    Optuna's table creation is not safe against a second process doing the same, so two
+    commands started together on a new ``mlflow.db`` or ``optuna.db`` take turns. The lock is
+    ``<file>.lock`` beside the database (the kernel's ``flock``: it dies with its process)."""
+    path = database.with_name(database.name + ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SearchError(f"{database} has been locked by another command for "
+                                      f"{wait_s:.0f} s (creating its tables?); try again") \
+                        from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -36,6 +36,7 @@ from awd.data import load_corpus
 from awd.posthoc import model_outputs
 from awd.trainer import load_exported, perplexity
 from search import schema
+from search.study_storage import open_storage
 from search.tracking.store import stage_run
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ class StudyPlace:
     def open(self, suffix: str) -> optuna.Study:
         """The study ``<search study><suffix>``: created, or the one a killed stage left."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        return optuna.create_study(study_name=self.search_study + suffix, storage=self.storage,
+        return optuna.create_study(study_name=self.search_study + suffix,
+                                   storage=open_storage(self.storage),
                                    direction="minimize",
                                    sampler=optuna.samplers.TPESampler(seed=self.seed),
                                    load_if_exists=True)

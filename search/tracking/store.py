@@ -13,6 +13,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from mlflow.tracking import MlflowClient
 
 from awd.errors import UserError, first_line
 from search import schema
+from search.errors import SearchError
+from search.lock import creation_lock
 from search.results import TrialSummary, gpu_hours, objective, status_counts
 from search.tracking.conventions import (
     dataset_ref,
@@ -45,8 +48,12 @@ def open_store(uri: str) -> None:
     checks come first, before Ray: `check_tracking_location`."""
     if is_server(uri):
         return
+    db = sqlite_path(uri)
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with creation_lock(db) if db is not None else nullcontext():
+            MlflowClient(uri).search_experiments(max_results=1)
+    except SearchError:
+        raise
     except Exception as e:
         raise TrackingError(f"cannot use MLflow tracking URI {uri}: {first_line(e)}") from None
 

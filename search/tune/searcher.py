@@ -21,10 +21,9 @@ from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from awd.errors import first_line
 from search import schema
-from search.errors import SearchError
 from search.options import SearchOptions
+from search.study_storage import open_storage
 from search.uris import sqlite_path, sqlite_uri
 from spaces import Space
 
@@ -144,13 +143,8 @@ def make_searcher(space: Space, overrides: dict[str, Any], seed: int, study_name
     """TPE (multivariate, grouped for conditional spaces, constant liar) or random, seeded,
     over a study kept in ``storage_url`` (in memory if None), with the paper configuration
     enqueued first and then ``warm_starts`` (configurations of earlier searches)."""
-    storage: optuna.storages.BaseStorage
-    try:
-        storage = (optuna.storages.RDBStorage(storage_url) if storage_url
-                   else optuna.storages.InMemoryStorage())
-    except Exception as e:  # SQLAlchemy's errors for a bad URL, a missing folder, a dead server
-        raise SearchError(f"cannot open the Optuna study storage {storage_url}: "
-                          f"{first_line(e)}") from None
+    storage: optuna.storages.BaseStorage = (open_storage(storage_url) if storage_url
+                                            else optuna.storages.InMemoryStorage())
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
