@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from awd.data.corpus import verify_data
 from awd.errors import CheckpointError, DataError
-from search import schema
+from search import schema, storage
 from search.errors import SearchError
 from search.lock import DriverLock
 from search.options import SearchOptions, resumed
@@ -189,6 +189,11 @@ def _saved_state(experiment_dir: str) -> SearchState:
     state = SearchState.load(experiment_dir)
     if not session.can_restore(experiment_dir):
         raise SearchError(f"nothing to resume at {experiment_dir} (no saved search there)")
+    damaged = storage.damaged_tune_state(experiment_dir)
+    if damaged is not None:  # Tune would restart the search from zero: refused, nothing changed
+        raise SearchError(f"the search's saved state at {experiment_dir} is damaged: {damaged}; "
+                          "nothing was changed. Put back a copy of that file, or start a new "
+                          "search with --experiment NAME")
     return state
 
 

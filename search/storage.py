@@ -95,3 +95,66 @@ def write_text(location: str, text: str) -> None:
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(path) as f:
         f.write(text.encode())
+
+
+# --- Tune's saved state, checked before a restore --------------------------------------------
+# Tune restores from the newest of each; one it cannot read makes it restart the experiment
+# from zero under the same name (issue 22), so they are checked first, without running them.
+TUNE_STATE_JSON = ("experiment_state-*.json",)
+TUNE_STATE_PICKLES = ("tuner.pkl", "searcher-state-*.pkl", "search_gen_state-*.json")  # a pickle
+
+
+def _newest(folder: Path, pattern: str) -> Path | None:
+    found = sorted(folder.glob(pattern))
+    return found[-1] if found else None
+
+
+def pickle_problem(data: bytes) -> str | None:
+    """Why ``data`` is not one whole pickle (None: it is), found by reading its opcodes with
+    `pickletools`, which executes nothing: a truncated or garbled file fails here."""
+    import pickletools
+
+    try:
+        ops = list(pickletools.genops(data))
+    except Exception as e:  # ValueError for a truncated stream, others for garbage
+        return f"not a whole pickle ({str(e).strip() or type(e).__name__})"
+    if not ops or ops[-1][0].name != "STOP":
+        return "not a whole pickle (no STOP opcode)"
+    end = (ops[-1][2] or 0) + 1
+    if data[end:].strip(b"\x00"):
+        return f"{len(data) - end:,} bytes after the pickle's end"
+    return None
+
+
+def damaged_tune_state(experiment_dir: str) -> str | None:
+    """Which of Tune's saved state files of a local search cannot be read, and why (None: all
+    can, or the search lives at a URI, where Tune's own restore is left to check)."""
+    import json
+
+    if is_uri(experiment_dir):
+        return None
+    folder = Path(experiment_dir)
+    for pattern in TUNE_STATE_JSON:
+        path = _newest(folder, pattern)
+        if path is None:
+            continue
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            return f"{path.name} ({first_line_of(e)})"
+    for pattern in TUNE_STATE_PICKLES:
+        path = _newest(folder, pattern)
+        if path is None:
+            continue
+        try:
+            problem = pickle_problem(path.read_bytes())
+        except OSError as e:
+            problem = e.strerror or str(e)
+        if problem:
+            return f"{path.name} ({problem})"
+    return None
+
+
+def first_line_of(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
