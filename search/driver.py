@@ -25,7 +25,7 @@ from search.results import TrialSummary, pick_best
 from search.stages import confirm
 from search.stages.after import AfterTraining, after_training
 from search.state import SearchState
-from search.tracking.backfill import backfill
+from search.tracking.backfill import backfill, trial_results
 from search.tracking.records import replay, spool_path
 from search.tracking.registry import quiet_export_notes, warm_up_export
 from search.tracking.store import (
@@ -68,6 +68,7 @@ class SearchOutcome:
     stopped_by: int | None = None  # the signal (SIGINT, SIGTERM) that stopped it before its end
     experiment_id: str | None = None  # the MLflow experiment (for the link to its runs)
     after: AfterTraining | None = None  # with --cache-trials / --ensemble
+    unsynced: tuple[str, ...] = ()  # spools MLflow has not taken yet: --resume must finish
 
     @property
     def produced_results(self) -> bool:
@@ -262,11 +263,12 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
         best_path = _write_best_config(opts, best) if best is not None else None
         return SearchOutcome(trials, best, state.parent_run_id, state.tracking_uri,
                              opts.experiment_dir, best_path, None, stopped_by,
-                             state.experiment_id)
+                             state.experiment_id, unsynced=tuple(map(str, left)))
     backfill(state.tracking_uri, opts.experiment_dir, state.experiment_id, state.parent_run_id,
              opts.space, {"gpus_per_trial": state.gpus_per_trial})
+    on_disk = {trial_id for trial_id, _ in trial_results(opts.experiment_dir)}
     runs = prune_child_runs(client, state.experiment_id, state.parent_run_id,
-                            {t.trial_id for t in trials})
+                            {t.trial_id for t in trials}, on_disk)
     close_open_trials(client, runs, trials)
     best = None if stopped else pick_best(trials)
     confirmation = _confirm(opts, state, client, trials, ended=not stopped)

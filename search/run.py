@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if outcome.stopped_by is not None:
         return _stopped(outcome, argv if argv is not None else sys.argv[1:])
+    if outcome.unsynced:
+        return _unsynced(outcome, argv if argv is not None else sys.argv[1:])
     if not outcome.produced_results:
         failed = [t for t in outcome.trials if t.error]
         reason = f"; the first failure: {failed[0].error}" if failed else ""
@@ -179,14 +181,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+EXIT_UNSYNCED = 75  # sysexits' EX_TEMPFAIL: the search ran, MLflow has not got all of it yet
+
+
+def _resume_command(argv: list[str]) -> str:
+    return " ".join(["python -m search.run", *map(shlex.quote, argv)]
+                    + ([] if "--resume" in argv else ["--resume"]))
+
+
+def _unsynced(outcome: SearchOutcome, argv: list[str]) -> int:
+    """A search that ended while MLflow could not take its last results: they are on disk,
+    the summary and the model wait for --resume; not a success (exit `EXIT_UNSYNCED`)."""
+    where = outcome.best_config_path or "no best configuration yet"
+    print(f"\nerror: the search ended but MLflow ({outcome.tracking_uri}) has not taken all its "
+          f"results; they are kept in {', '.join(outcome.unsynced)} ({where}). Once MLflow is "
+          f"back, finish it with:\n  {_resume_command(argv)}", file=sys.stderr)
+    return EXIT_UNSYNCED
+
+
 def _stopped(outcome: SearchOutcome, argv: list[str]) -> int:
     """A search stopped by a signal: how far it got, how to go on; the shell's exit status
     for that signal (130 for SIGINT, 143 for SIGTERM)."""
     signum = outcome.stopped_by or signal.SIGINT
     counts = status_counts(t.status for t in outcome.trials)
     done = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    again = " ".join(["python -m search.run", *map(shlex.quote, argv)]
-                     + ([] if "--resume" in argv else ["--resume"]))
+    again = _resume_command(argv)
     print(f"\nSearch stopped by {signal.Signals(signum).name} before its end ({done or 'no trials'}"
           f"); no best configuration written. Continue it with:\n  {again}", file=sys.stderr)
     print(f"Compare the runs so far: {ui_hint(outcome)}", file=sys.stderr)

@@ -159,6 +159,24 @@ def test_runs_of_trials_ray_never_kept_are_deleted_and_one_run_per_trial_stays(s
     assert len(alive) == 3 and confirm_run.info.run_id in {r.info.run_id for r in alive}
 
 
+def test_runs_holding_results_are_never_deleted_even_if_ray_forgot_their_trial(store):
+    """A restore that lost Tune's state must not take MLflow's results with it (issue 22)."""
+    client, exp, parent = store
+    done = child(client, exp, parent, "old-done", schema.STATUS_COMPLETED)
+    on_disk = child(client, exp, parent, "old-partial")  # result.json still on disk
+    ghost = child(client, exp, parent, "ghost")  # nothing anywhere: the phantom case
+    new = child(client, exp, parent, "new")
+    kept = prune_child_runs(client, exp, parent, {"new"}, on_disk={"old-partial"})
+    assert set(kept) == {"new"} and kept["new"].info.run_id == new
+    assert client.get_run(ghost).info.lifecycle_stage == "deleted"
+    for run_id in (done, on_disk):
+        assert client.get_run(run_id).info.lifecycle_stage == "active"
+    partial = client.get_run(on_disk)
+    assert partial.info.status == "KILLED"
+    assert partial.data.tags[schema.STATUS] == schema.STATUS_INTERRUPTED
+    assert client.get_run(done).data.tags[schema.STATUS] == schema.STATUS_COMPLETED
+
+
 def test_a_stopped_search_is_killed_partial_and_its_interrupted_trials_reopen(store):
     client, exp, parent = store
     run_a = child(client, exp, parent, "a")
@@ -225,6 +243,24 @@ def test_a_search_in_which_no_trial_produced_a_result_exits_1_with_the_first_rea
     err = capsys.readouterr().err
     assert "error: no trial produced a result (2 trials, 2 failed; the first failure: " \
            "DataError: gone)" in err
+
+
+def test_an_end_that_mlflow_did_not_take_is_not_a_success(monkeypatch, capsys, tmp_path):
+    """Results still spooled at the end: exit 75 with the --resume command, not 0 (issue 22)."""
+    import search.driver
+    import search.run
+    from search.driver import SearchOutcome
+
+    done = [TrialSummary("a", schema.STATUS_COMPLETED, {}, {
+        schema.FINISHED: True, schema.FINAL_VAL_PPL: 90.0, schema.FINAL_TEST_PPL: 88.0}, None,
+        None)]
+    outcome = SearchOutcome(done, done[0], "p", "http://127.0.0.1:9/", "/x",
+                            tmp_path / "best.json", unsynced=("/x/mlflow_spool.jsonl",))
+    monkeypatch.setattr(search.driver, "run_search", lambda opts: outcome)
+    assert search.run.main(["--space", "smoke"]) == search.run.EXIT_UNSYNCED == 75
+    err = capsys.readouterr().err
+    assert "has not taken all its results; they are kept in /x/mlflow_spool.jsonl" in err
+    assert "python -m search.run --space smoke --resume" in err
 
 
 def test_the_parser_takes_every_default_from_search_options():

@@ -165,11 +165,13 @@ def run_state(status: str) -> str:
 
 
 def prune_child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
-                     trial_ids: set[str]) -> dict[str, Run]:
+                     trial_ids: set[str], on_disk: set[str] = frozenset()) -> dict[str, Run]:  # type: ignore[assignment]
     """One run per trial that Ray knows, by trial id. A driver killed between creating a
     trial's run and Tune's next snapshot of its state leaves a run for a trial that the resumed
     search never heard of (Tune asks for it anew, under a new id): such runs, and second runs
-    of one trial, are deleted."""
+    of one trial, are deleted; but a run of an unknown trial that left results on disk
+    (``on_disk``: trial ids in Ray's result files) or that completed is never deleted: it is
+    kept (closed: finished if it completed, else interrupted)."""
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`{schema.PARENT_RUN_ID}` = '{parent_run_id}'",
         max_results=50_000, order_by=["attributes.start_time ASC"])
@@ -180,6 +182,17 @@ def prune_child_runs(client: MlflowClient, experiment_id: str, parent_run_id: st
             continue  # confirmation runs have their own bookkeeping
         if trial_id in trial_ids and trial_id not in kept:
             kept[trial_id] = run
+            continue
+        completed = run.data.tags.get(schema.STATUS) == schema.STATUS_COMPLETED
+        if trial_id not in trial_ids and (trial_id in on_disk or completed):
+            log.warning("MLflow: run %s of trial %s is not one Ray resumed, but it holds "
+                        "results: kept", run.info.run_id, trial_id)
+            if run.info.status == "RUNNING" and completed:
+                client.set_terminated(run.info.run_id, "FINISHED")
+            elif run.info.status == "RUNNING":
+                client.log_batch(run.info.run_id, tags=[
+                    RunTag(schema.STATUS, schema.STATUS_INTERRUPTED)])
+                client.set_terminated(run.info.run_id, "KILLED")
             continue
         why = "a second run of its trial" if trial_id in kept else "its trial is unknown to Ray"
         log.info("MLflow: deleting run %s of trial %s (%s)", run.info.run_id, trial_id, why)
