@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="zaremba size: small, medium (default), large")
     parser.add_argument("--save", type=Path, default=None, help="write the trainer checkpoint here")
     parser.add_argument("--resume", type=Path, default=None, help="resume from a checkpoint")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no epoch lines: only the final summary")
     _field_flags(parser)
     return parser
 

@@ -69,6 +69,8 @@ class SearchOutcome:
     experiment_id: str | None = None  # the MLflow experiment (for the link to its runs)
     after: AfterTraining | None = None  # with --cache-trials / --ensemble
     unsynced: tuple[str, ...] = ()  # spools MLflow has not taken yet: --resume must finish
+    study: tuple[str, str] | None = None  # the Optuna study: (storage URL, study name)
+    model_uri: str | None = None  # the winner's registered version (models:/NAME/VERSION)
 
     @property
     def produced_results(self) -> bool:
@@ -263,7 +265,8 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
         best_path = _write_best_config(opts, best) if best is not None else None
         return SearchOutcome(trials, best, state.parent_run_id, state.tracking_uri,
                              opts.experiment_dir, best_path, None, stopped_by,
-                             state.experiment_id, unsynced=tuple(map(str, left)))
+                             state.experiment_id, unsynced=tuple(map(str, left)),
+                             study=(state.study_storage, state.study_name))
     backfill(state.tracking_uri, opts.experiment_dir, state.experiment_id, state.parent_run_id,
              opts.space, {"gpus_per_trial": state.gpus_per_trial})
     on_disk = {trial_id for trial_id, _ in trial_results(opts.experiment_dir)}
@@ -282,10 +285,12 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
                 log.warning("the best trial's model is not logged: %s", e)
         write_summary(client, state.parent_run_id, state.gpus_per_trial, runs, trials, best,
                       model, stopped=stopped)
+        model_uri = client.get_run(state.parent_run_id).data.tags.get(schema.MODEL_URI)
         best_path = _write_best_config(opts, best) if best is not None else None
         if not stopped:  # the winner's cache, the ensemble: after the results are safe
             after = after_training(opts, state, client, trials, best, runs, confirmation,
                                    model, Path(d))
     return SearchOutcome(trials, best, state.parent_run_id, state.tracking_uri,
                          opts.experiment_dir, best_path, confirmation, stopped_by,
-                         state.experiment_id, after)
+                         state.experiment_id, after, study=(state.study_storage, state.study_name),
+                         model_uri=model_uri)

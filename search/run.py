@@ -177,8 +177,25 @@ def main(argv: list[str] | None = None) -> int:
         with pd.option_context("display.width", 200, "display.max_columns", 30):
             print(after_table(outcome.after).to_string(index=False))
     print(f"\nBest configuration written to {outcome.best_config_path}")
+    if outcome.model_uri:
+        print(winner_line(outcome.model_uri, opts.experiment_name))
+    if outcome.study is not None:
+        storage, name = outcome.study
+        print(f"Optuna study: optuna.load_study(study_name={name!r}, storage={storage!r})")
     print(f"Compare the runs: {ui_hint(outcome)}")
     return 0
+
+
+def winner_line(model_uri: str, experiment: str) -> str:
+    """Where the winner is registered, its search's alias, and the command that loads it."""
+    from search.tracking.registry import search_alias
+
+    if model_uri.count("/") != 2:  # logged, not registered
+        return f"Winner: {model_uri}: python -m search.evaluate --model-uri {model_uri}"
+    name = model_uri[len("models:/"):].split("/")[0]
+    by_alias = f"models:/{name}@{search_alias(experiment)}"
+    return (f"Winner: {model_uri} (alias {by_alias}; models:/{name}@best is the best of all "
+            f"searches of the space): python -m search.evaluate --model-uri {by_alias}")
 
 
 EXIT_UNSYNCED = 75  # sysexits' EX_TEMPFAIL: the search ran, MLflow has not got all of it yet

@@ -27,6 +27,8 @@ from search.tracking.registry import (
     NextWordLogProbs,
     publish_best_model,
     register,
+    search_alias,
+    set_aliases,
 )
 from search.tracking.store import ensure_experiment, start_parent_run, write_summary
 
@@ -170,6 +172,25 @@ def test_each_search_adds_a_version_with_its_own_tags(registered):
     assert tags[schema.MODEL_PARENT_RUN_ID] == "another-parent" and tags[schema.TRIAL_ID] == "t9"
     assert tags[schema.MODEL_VAL_PPL] == "12.5" and schema.MODEL_TEST_PPL not in tags
     assert client.get_model_version(NAME, "1").tags[schema.MODEL_PARENT_RUN_ID] == parent
+
+
+def test_each_search_has_an_alias_and_the_space_a_best_one(registered, capsys):
+    """Issue 21: `latest` is whichever search ran last; the search's alias and `best` are
+    handles that mean something."""
+    work, uri, client, final, _, _ = registered
+    assert str(client.get_model_version_by_alias(NAME, "tiny-search").version) == "1"
+    aliases = set_aliases(client, NAME, "1", "tiny-search")  # as a search's end sets them
+    scored = {str(v.version): float(v.tags[schema.MODEL_VAL_PPL])
+              for v in client.search_model_versions(f"name = '{NAME}'")}
+    best = min(scored, key=lambda v: scored[v])
+    assert str(client.get_model_version_by_alias(NAME, "best").version) == best
+    assert aliases == ["tiny-search"] + (["best"] if best == "1" else [])
+    code, out, err = run_evaluate(capsys, "--model-uri", f"models:/{NAME}@tiny-search",
+                                  "--data", str(work / "data"), "--tracking-uri", uri)
+    assert code == 0, err
+    assert printed_metrics(out)["test_ppl"] == pytest.approx(final["test_ppl"])
+    assert search_alias("a.b c") == "a_b_c" and search_alias("latest") == "search-latest"
+    assert search_alias("v12") == "search-v12" and search_alias("best") == "search-best"
 
 
 def test_closing_a_search_again_registers_nothing_more(registered, caplog):

@@ -70,6 +70,16 @@ def test_smoke_search_prints_best_trials_and_the_mlflow_ui_command(smoke):
     assert f"mlflow ui --backend-store-uri {uri}" in proc.stdout
     best = json.loads((cwd / "best_config_smoke.json").read_text())
     from_flat(best)  # a valid, complete trial config
+    # the winner's handle and the study's (issue 21): what a newcomer types next
+    client = MlflowClient(uri)
+    parent = next(r for r in client.search_runs(
+        [client.get_experiment_by_name("smoke").experiment_id])
+        if r.data.tags.get(schema.ROLE) == schema.ROLE_SEARCH)
+    version_uri = parent.data.tags[schema.MODEL_URI]
+    assert f"Winner: {version_uri} (alias models:/awdsearch-smoke@smoke;" in proc.stdout
+    assert "python -m search.evaluate --model-uri models:/awdsearch-smoke@smoke" in proc.stdout
+    name = parent.data.tags[schema.STUDY_NAME]
+    assert f"Optuna study: optuna.load_study(study_name={name!r}, " in proc.stdout
 
 
 def test_parent_run_has_search_tags_and_config(smoke):

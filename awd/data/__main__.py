@@ -27,7 +27,15 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     if args.source is not None:
         path = import_local(args.name, args.source, args.dest, args.force, log=_say)
     else:
-        path = fetch(args.name, args.url, args.dest, args.force, timeout=args.timeout, log=_say)
+        try:
+            path = fetch(args.name, args.url, args.dest, args.force, timeout=args.timeout,
+                         log=_say)
+        except DataError as e:
+            if "cannot download" not in str(e):
+                raise
+            raise DataError(f"{e}; on a machine without internet, copy the archive (or a "
+                            f"folder of its splits) here and import it: python -m awd.data "
+                            f"fetch {args.name} --from PATH") from None
     print(path)
     return 0
 

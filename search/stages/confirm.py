@@ -352,7 +352,9 @@ def resumable(opts: SearchOptions, parent_run_id: str) -> bool:
 
 
 def _trial_name(trial: Any) -> str:
-    return f"confirm_{trial.config[KEY]['run'].get('model', 'trial')}_{trial.trial_id}"
+    """``confirm_<original trial>_s<seed>_<id>``: which trial it re-trains, with which seed."""
+    entry = trial.config[KEY]
+    return f"confirm_{entry.get('confirm_of', 'trial')}_s{entry.get('seed', '?')}_{trial.trial_id}"
 
 
 def _run_config(config: dict[str, Any]) -> dict[str, Any]:

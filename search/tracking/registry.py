@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -280,8 +281,45 @@ def publish_best_model(client: MlflowClient, best: BestModel) -> str | None:
     except Exception as e:
         log.warning("the best model is logged (%s) but not registered (%s: %s)", uri,
                     type(e).__name__, first_line(e))
+    else:
+        try:
+            set_aliases(client, str(version.name), str(version.version), best.experiment_name)
+        except Exception as e:
+            log.warning("the best model %s has no aliases (%s)", uri, first_line(e))
     _tag_runs(client, best, uri)
     return uri
+
+
+BEST_ALIAS = "best"  # the version with the lowest validation perplexity of a registered model
+
+
+def search_alias(experiment: str) -> str:
+    """The alias of a search's version: its experiment's name, in the characters MLflow takes
+    (`models:/awdsearch-smoke@my_search`); never a reserved name."""
+    alias = re.sub(r"[^\w-]", "_", experiment)[:200] or "search"
+    if alias.lower() in ("latest", BEST_ALIAS) or re.fullmatch(r"[vV]\d+", alias):
+        alias = f"search-{alias}"
+    return alias
+
+
+def set_aliases(client: MlflowClient, name: str, version: str, experiment: str) -> list[str]:
+    """The search's own alias on its version, and `BEST_ALIAS` on the version of ``name`` with
+    the lowest validation perplexity (its ``awdsearch.val_ppl`` tag); returns the version's."""
+    own = search_alias(experiment)
+    client.set_registered_model_alias(name, own, version)
+    scored = []
+    for v in client.search_model_versions(f"name = '{name}'"):
+        try:
+            scored.append((float(v.tags[schema.MODEL_VAL_PPL]), int(v.version)))
+        except (KeyError, ValueError):
+            continue
+    aliases = [own]
+    if scored:
+        best = min(scored)[1]
+        client.set_registered_model_alias(name, BEST_ALIAS, str(best))
+        if str(best) == str(version):
+            aliases.append(BEST_ALIAS)
+    return aliases
 
 
 def _published_uri(client: MlflowClient, best: BestModel) -> str | None:
