@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import tempfile
 import threading
@@ -180,11 +181,29 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     uri = state.tracking_uri if state else resolve_tracking_uri(opts.tracking_uri)
     check_data((resumed(opts, state.options) if state else opts).space_spec.dataset)
     check_tracking_location(uri)  # the store itself is opened while Ray starts (`_run`)
+    if (opts.address is None or opts.address == "local") and state is None:
+        check_local_resources(opts)  # before Ray starts and before the lock
     with DriverLock(opts.experiment_dir):  # nothing is written to a search before this
         if state is None:
             return _run(opts, uri, None)
         state = _saved_state(opts.experiment_dir)  # as the lock holder sees it
         return _run(resumed(opts, state.options), uri, state)
+
+
+def check_local_resources(opts: SearchOptions) -> None:
+    """A local search runs on this machine, whose CPUs and GPUs are known before Ray starts:
+    a trial it cannot hold is refused in a second, not after Ray's start (issue 21)."""
+    import torch
+
+    cpus = os.cpu_count() or 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if opts.cpus_per_trial > cpus:
+        raise SearchError(f"--cpus-per-trial {opts.cpus_per_trial:g}: this machine has {cpus} "
+                          "CPUs (a local search runs here; --address joins a cluster)")
+    if opts.gpus_per_trial and opts.gpus_per_trial > gpus:
+        raise SearchError(f"--gpus-per-trial {opts.gpus_per_trial:g}: this machine has "
+                          f"{gpus or 'no'} GPU{'s' if gpus != 1 else ''} (a local search runs "
+                          "here; --address joins a cluster with GPUs)")
 
 
 def _saved_state(experiment_dir: str) -> SearchState:

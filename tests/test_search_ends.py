@@ -184,20 +184,23 @@ def test_trials_that_cannot_succeed_fail_once_with_their_reason(tmp_path, monkey
 
 # --- resources that never come, an address nobody answers ---------------------------------------
 @pytest.mark.parametrize("flags, message", [
-    (["--cpus-per-trial", "100"], "a trial needs 100 CPU"),
-    (["--gpus-per-trial", "1"], "and 1 GPU"),
+    (["--cpus-per-trial", "100"], "--cpus-per-trial 100: this machine has"),
+    (["--gpus-per-trial", "1"], "--gpus-per-trial 1: this machine has no GPUs"),
 ])
 def test_resources_the_local_cluster_can_never_give_fail_in_seconds(tmp_path, capsys, flags,
                                                                     message):
+    """Refused before Ray starts and before the driver's lock (issue 21): nothing is left."""
     began = time.monotonic()
     try:
         code = main(["--space", "smoke", "--storage", str(tmp_path / "rr"), "--tracking-uri",
                      f"sqlite:///{tmp_path / 'm.db'}", *flags])
+        assert not ray.is_initialized()
     finally:
         ray.shutdown()
     errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
     assert code == 2 and len(errors) == 1 and message in errors[0]
     assert time.monotonic() - began < 30
+    assert not (tmp_path / "rr").exists() and not (tmp_path / "m.db").exists()
 
 
 # --- a corrupt checkpoint -------------------------------------------------------------------------
