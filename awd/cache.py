@@ -27,8 +27,10 @@ from awd.errors import ConfigError
 
 CHUNK = 512  # query positions per block: a block costs CHUNK x (CHUNK + W) scores
 
-# The papers' values: the first trial of a tuning (Merity et al.'s README uses W 500 on PTB).
+# The first trial of a tuning: Merity et al. 2018's values (PTB: window 2000, θ 1.0, λ 0.1; the
+# awd-lstm-lm README's PTB command uses window 500; WikiText-2: 3785, 0.662, 0.1279).
 PAPER_VALUES = {"ptb": (2000, 1.0, 0.1), "wikitext-2": (3785, 0.662, 0.1279)}
+MAX_THETA = 1e4  # θ·h_t·h_i beyond this only picks the single most similar position
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,9 @@ class CacheParams:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ConfigError(f"cache window W must be a whole number of positions ≥ 1, got "
                               f"{self.window!r}")
-        if not (math.isfinite(self.theta) and self.theta >= 0):
-            raise ConfigError(f"cache theta must be a finite number ≥ 0, got {self.theta!r}")
+        if not (math.isfinite(self.theta) and 0 <= self.theta <= MAX_THETA):
+            raise ConfigError(f"cache theta must be a number from 0 to {MAX_THETA:g}, got "
+                              f"{self.theta!r}")
         if not (math.isfinite(self.lam) and 0.0 <= self.lam <= 1.0):
             raise ConfigError(f"cache lambda must be in [0, 1], got {self.lam!r}")
 

@@ -46,7 +46,8 @@ def check_aligned(outputs: Sequence[SplitOutputs], names: Sequence[str]) -> None
 def mixture_logprob(logprobs: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
     """log Σ_m w_m·p_m(target) per position, for member log-probabilities (M, N)."""
     w = torch.tensor(weights, dtype=torch.float64)
-    if w.numel() != logprobs.size(0) or not torch.all(w >= 0) or not w.sum() > 0:
+    if w.numel() != logprobs.size(0) or not torch.all(torch.isfinite(w) & (w >= 0)) \
+            or not w.sum() > 0:
         raise ConfigError(f"ensemble weights must be {logprobs.size(0)} numbers ≥ 0 with a "
                           f"positive sum, got {list(weights)}")
     w = w / w.sum()
@@ -59,9 +60,11 @@ def mixture_logprob(logprobs: torch.Tensor, weights: Sequence[float]) -> torch.T
 @dataclass(frozen=True)
 class Selection:
     """Greedy selection's result: the weight of every candidate (0 for those never picked), the
-    validation loss after each step, and the step whose ensemble is kept."""
+    candidate picked at each step, the validation loss after each step, and the step whose
+    ensemble is kept. The first pick is the best single candidate."""
 
     weights: list[float]
+    picks: list[int]
     losses: list[float]
     best_step: int
 
@@ -69,33 +72,33 @@ class Selection:
     def members(self) -> list[int]:
         return [i for i, w in enumerate(self.weights) if w > 0]
 
-    @property
-    def loss(self) -> float:
-        return self.losses[self.best_step]
+
+MAX_SIZE = 1000  # --ensemble K: auto-sklearn uses 50, AutoGluon 25 ("no gain above")
 
 
 def greedy_selection(logprobs: torch.Tensor, size: int) -> Selection:
     """Caruana's selection with replacement over candidates' log-probabilities (M, N): ``size``
     steps, each adding the candidate whose addition gives the lowest mean validation loss (the
-    first of equals); the ensemble kept is the best of the steps."""
-    if size < 1:
-        raise ConfigError(f"--ensemble must be 1 or more members, got {size}")
+    first of equals; a candidate with a non-finite loss only if nothing else is left); the
+    ensemble kept is the best of the steps."""
+    if not 1 <= size <= MAX_SIZE:
+        raise ConfigError(f"--ensemble must be 1 to {MAX_SIZE} members, got {size}")
     probs = logprobs.double().exp()
     total = torch.zeros(probs.size(1), dtype=torch.float64)
-    counts = [0] * probs.size(0)
+    picks: list[int] = []
     losses: list[float] = []
-    history: list[list[int]] = []
     for step in range(1, size + 1):
         candidate = -torch.log((total[None, :] + probs) / step).mean(dim=1)
         candidate = torch.nan_to_num(candidate, nan=math.inf)
         pick = int(torch.argmin(candidate))
-        counts[pick] += 1
+        picks.append(pick)
         total += probs[pick]
         losses.append(float(candidate[pick]))
-        history.append(list(counts))
     best = min(range(len(losses)), key=lambda s: (losses[s], s))
-    kept = history[best]
-    return Selection([c / (best + 1) for c in kept], losses, best)
+    counts = [0] * probs.size(0)
+    for pick in picks[:best + 1]:
+        counts[pick] += 1
+    return Selection([c / (best + 1) for c in counts], picks, losses, best)
 
 
 # --- the ensemble as a file ------------------------------------------------------------------
@@ -109,8 +112,13 @@ class Ensemble:
     cache: CacheParams | None = None
 
     def __post_init__(self) -> None:
-        if not self.members or len(self.members) != len(self.weights):
-            raise ConfigError("an ensemble needs one weight per member, and at least one")
+        if not self.members or not len(self.members) == len(self.weights) == len(self.names):
+            raise ConfigError("an ensemble needs one weight and one name per member, and at "
+                              "least one member")
+        if not all(math.isfinite(w) and w >= 0 for w in self.weights) or \
+                not sum(self.weights) > 0:
+            raise ConfigError(f"an ensemble's weights must be finite, >= 0 and not all 0, got "
+                              f"{self.weights}")
         check_compatible(self.members, self.names)
 
     @property

@@ -9,7 +9,6 @@ perplexity may differ slightly from the trainer's, which validates at ``eval_bat
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -67,12 +66,11 @@ def outputs_of(model: ExportedModel | Ensemble, corpus: Corpus, splits: Sequence
 
 @dataclass(frozen=True)
 class Scored:
-    """Perplexity of a split without and with the cache, and the seconds each took."""
+    """Perplexity of a split without and with the cache."""
 
     tokens: int
     ppl: float
     cache_ppl: float | None = None
-    cache_seconds: float | None = None
 
 
 def score(outputs: SplitOutputs, cache: CacheParams | None = None) -> Scored:
@@ -80,6 +78,4 @@ def score(outputs: SplitOutputs, cache: CacheParams | None = None) -> Scored:
     plain = perplexity(outputs.loss())
     if cache is None:
         return Scored(outputs.tokens, plain)
-    start = time.perf_counter()
-    cached = perplexity(cached_loss(outputs, cache))
-    return Scored(outputs.tokens, plain, cached, time.perf_counter() - start)
+    return Scored(outputs.tokens, plain, perplexity(cached_loss(outputs, cache)))

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 SCHEDULERS = ("asha", "none")
 SAMPLERS = ("tpe", "random")
 MAX_SEED = 2**32 - 1  # numpy's (and so Optuna's) largest seed
+MAX_CACHE_TRIALS = 10_000  # each a pass over the stored validation outputs
+MAX_ENSEMBLE = 1000  # greedy steps (awd.ensemble.MAX_SIZE)
 MAX_NAME = 200
 # An MLflow experiment name that is also one folder under --storage.
 EXPERIMENT_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,{MAX_NAME - 1}}}")
@@ -172,8 +174,8 @@ class SearchOptions:
         _check_int("--top", self.top, 1)
         _check_int("--confirm-top", self.confirm_top, 0)
         _check_int("--seeds", self.seeds, 1)
-        _check_int("--cache-trials", self.cache_trials, 0)
-        _check_int("--ensemble", self.ensemble, 0)
+        _check_int("--cache-trials", self.cache_trials, 0, MAX_CACHE_TRIALS)
+        _check_int("--ensemble", self.ensemble, 0, MAX_ENSEMBLE)
         _check_float("--cpus-per-trial", self.cpus_per_trial, above=0)
         _check_float("--gpus-per-trial", self.gpus_per_trial, at_least=0, optional=True)
         _check_float("--time-budget", self.time_budget, above=0, optional=True)

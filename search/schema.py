@@ -73,14 +73,17 @@ Parent run, with confirmation
 Cache (child) run, named "<space>-cache" (``--cache-trials N``, `search.stages.cache`): the
 continuous cache tuned on the winner, on validation only
   tags:    awdsearch.role = "cache", awdsearch.cache (the chosen "W,θ,λ")
-  metrics: trial_window, trial_theta, trial_lambda, trial_val_ppl (step = the study's trial
-           number); once: cache_window, cache_theta, cache_lambda (chosen), trials, val_ppl and
-           test_ppl (the model alone, sequential at batch 1), cache_val_ppl, cache_test_ppl (test
-           evaluated once), outputs_seconds, seconds_per_trial, cached_test_seconds
+  metrics: trial_window, trial_theta, trial_lambda, trial_val_ppl (step = the trial's place
+           among the study's finished trials, 0 = the paper's values); once: cache_window,
+           cache_theta, cache_lambda (chosen), trials, val_ppl and test_ppl (the model alone,
+           sequential at batch 1), cache_val_ppl, cache_test_ppl (test evaluated once),
+           outputs_seconds, seconds_per_trial, cached_test_seconds
 Ensemble (child) run, named "<space>-ensemble" (``--ensemble K``, `search.stages.ensemble`):
 greedy ensemble selection with replacement over the completed trials and re-trainings
   tags:    awdsearch.role = "ensemble", awdsearch.ensemble_members (JSON: name, trial id, weight),
-           awdsearch.cache (the ensemble's own cache, where it helped on validation)
+           awdsearch.ensemble_size (K asked for), awdsearch.ensemble_best_single (the best
+           single candidate), awdsearch.cache (the ensemble's own cache, where it helped on
+           validation), awdsearch.model_uri (its registered version)
   metrics: selection_val_ppl (step = selection step), members, candidates, val_ppl, test_ppl,
            cache_val_ppl, cache_test_ppl (with its cache), best_single_val_ppl,
            best_single_test_ppl, seconds
@@ -124,6 +127,8 @@ ROLE_CACHE = "cache"  # the continuous cache tuned on the winner (`search.stages
 ROLE_ENSEMBLE = "ensemble"  # greedy ensemble selection (`search.stages.ensemble`)
 CACHE_VALUES = "awdsearch.cache"  # "W,theta,lambda" chosen on validation: `--cache tuned`
 ENSEMBLE_MEMBERS = "awdsearch.ensemble_members"  # JSON list: name, trial id, weight
+ENSEMBLE_SIZE = "awdsearch.ensemble_size"  # the --ensemble K the stage ran with
+ENSEMBLE_BEST_SINGLE = "awdsearch.ensemble_best_single"  # the best single candidate's name
 STATUS_COMPLETED = "completed"
 STATUS_STOPPED = "stopped_early"
 STATUS_FAILED = "failed"

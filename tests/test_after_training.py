@@ -199,3 +199,25 @@ def test_the_report_has_the_after_training_section_with_the_papers_beside(resume
         in section
     assert "| AWD-LSTM + continuous cache | ptb | 53.90 | 52.80 |" in section
     assert "| 2 medium, averaged | ptb | 80.60 | 77.00 |" in section
+
+
+def test_resuming_a_finished_search_reuses_its_stages(resumed):
+    """Last in this file: it resumes the search once more. A finished stage is not run again:
+    no new cache trial, no second test evaluation, no second ensemble version."""
+    cwd, _, _, uri = resumed
+    client, before = _runs(uri)
+    (cache,) = before[schema.ROLE_CACHE]
+    (ens,) = before[schema.ROLE_ENSEMBLE]
+    again = subprocess.run(_cmd("search.run", *ARGS, "--resume"), cwd=cwd, env=_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    client, after = _runs(uri)
+    assert [r.info.run_id for r in after[schema.ROLE_CACHE]] == [cache.info.run_id]
+    assert [r.info.run_id for r in after[schema.ROLE_ENSEMBLE]] == [ens.info.run_id]
+    for run_id, key in ((cache.info.run_id, schema.CACHE_TEST_PPL),
+                        (cache.info.run_id, "seconds_per_trial"),
+                        (ens.info.run_id, "test_ppl")):
+        assert len(client.get_metric_history(run_id, key)) == 1, key
+    assert len(client.get_metric_history(cache.info.run_id, "trial_val_ppl")) == CACHE_TRIALS
+    assert len(client.search_model_versions("name = 'awdsearch-smoke-ensemble'")) == 1
+    assert "ensemble of" in again.stdout  # the reused stages are reported all the same

@@ -148,8 +148,6 @@ def test_two_member_average_and_its_file(zaremba_models, corpus, tmp_path):
     expected = torch.log(0.25 * oa["test"].logprob.exp() + 0.75 * ob["test"].logprob.exp())
     assert torch.allclose(mixed.logprob, expected, rtol=1e-12)
     assert mixed.hidden is ob["test"].hidden
-    # averaging probabilities never loses to the worse member (Jensen), here beats both or ties
-    assert mixed.loss() <= max(oa["test"].loss(), ob["test"].loss())
 
     ens = Ensemble([a, b], [0.25, 0.75], ["a", "b"], CacheParams(20, 0.5, 0.2))
     path = write_ensemble(ens, tmp_path / "ens.pt")
@@ -170,11 +168,22 @@ def test_greedy_selection_known_answer():
     assert sel.losses[0] == pytest.approx(-math.log(0.4))
     assert sel.best_step == 2
     assert sel.weights == pytest.approx([1 / 3, 1 / 3, 1 / 3])
-    assert sel.loss == pytest.approx(-math.log(1.4 / 3))
-    assert sel.members == [0, 1, 2]
+    assert sel.losses[sel.best_step] == pytest.approx(-math.log(1.4 / 3))
+    assert sel.members == [0, 1, 2] and sel.picks[:3] == [2, 0, 1]
     # the chosen weights give the loss selection says
     got = -mixture_logprob(p.log(), sel.weights).mean()
-    assert float(got) == pytest.approx(sel.loss)
+    assert float(got) == pytest.approx(sel.losses[sel.best_step])
+
+
+def test_greedy_selection_picks_a_candidate_twice_when_that_is_best():
+    # A is right on two tokens of three, B on the third: 2 x A + 1 x B beats A + B and A alone
+    p = torch.tensor([[0.9, 0.9, 0.05], [0.05, 0.05, 0.9]])
+    sel = greedy_selection(p.log(), 3)
+    assert sel.picks == [0, 1, 0] and sel.best_step == 2
+    assert sel.weights == pytest.approx([2 / 3, 1 / 3])
+    expected = -torch.log(torch.tensor([1.85, 1.85, 1.0], dtype=torch.float64) / 3).mean()
+    assert sel.losses[2] == pytest.approx(float(expected))
+    assert sel.losses[2] < sel.losses[1] < sel.losses[0]
 
 
 def test_greedy_selection_with_replacement_repeats_the_best():
@@ -187,7 +196,7 @@ def test_greedy_selection_with_replacement_repeats_the_best():
     ("0,1,0.1", "window"), ("-5,1,0.1", "window"), ("2.5,1,0.1", "whole number"),
     ("100,-1,0.1", "theta"), ("100,nan,0.1", "theta"), ("100,1,1.5", "lambda"),
     ("100,1,-0.1", "lambda"), ("100,1,nan", "lambda"), ("100,1", "W,theta,lambda"),
-    ("a,b,c", "three numbers"), ("100,inf,0.1", "theta")])
+    ("a,b,c", "three numbers"), ("100,inf,0.1", "theta"), ("100,1e5,0.1", "theta")])
 def test_bad_cache_values_are_refused(text, message):
     with pytest.raises(ConfigError, match=message):
         CacheParams.parse(text)

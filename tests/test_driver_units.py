@@ -175,6 +175,7 @@ def test_runs_holding_results_are_never_deleted_even_if_ray_forgot_their_trial(s
     assert partial.info.status == "KILLED"
     assert partial.data.tags[schema.STATUS] == schema.STATUS_INTERRUPTED
     assert client.get_run(done).data.tags[schema.STATUS] == schema.STATUS_COMPLETED
+    assert client.get_run(done).info.status == "FINISHED"
 
 
 def test_a_stopped_search_is_killed_partial_and_its_interrupted_trials_reopen(store):

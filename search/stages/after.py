@@ -8,14 +8,15 @@ is recomputed and finds its registered version)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from awd.errors import CheckpointError, first_line
+from awd.errors import CheckpointError, UserError, first_line
 from search import schema
 from search.options import SearchOptions
 from search.results import TrialSummary
@@ -64,17 +65,38 @@ def after_training(opts: SearchOptions, state: SearchState, client: MlflowClient
         return AfterTraining(None, None)
     study = StudyPlace(state.study_storage, state.study_name, opts.seed)
     cache = None
-    if opts.cache_trials and winner_file is not None and best is not None:
+    if opts.cache_trials and (winner_file is None or best is None):
+        log.warning("--cache-trials: the search has no exported winner; no cache")
+    elif opts.cache_trials and winner_file is not None and best is not None:
         best_run = runs.get(best.trial_id)
         model_uri = client.get_run(state.parent_run_id).data.tags.get(schema.MODEL_URI)
-        cache = cache_stage(client, winner_file, experiment_id=state.experiment_id,
-                            parent_run_id=state.parent_run_id, trials=opts.cache_trials,
-                            model_run_id=best_run.info.run_id if best_run else None,
-                            model_uri=model_uri, study=study)
+        winner = winner_file
+        cache = _stage("the cache", lambda: cache_stage(
+            client, winner, experiment_id=state.experiment_id,
+            parent_run_id=state.parent_run_id, trials=opts.cache_trials,
+            model_run_id=best_run.info.run_id if best_run else None, model_uri=model_uri,
+            study=study))
     ensemble = None
     if opts.ensemble:
-        ensemble = ensemble_stage(
+        ensemble = _stage("the ensemble", lambda: ensemble_stage(
             client, candidates_of(trials, confirmation, workdir), opts.ensemble,
             experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
-            space=opts.space, cache_trials=opts.cache_trials, workdir=workdir, study=study)
+            space=opts.space, cache_trials=opts.cache_trials, workdir=workdir, study=study))
     return AfterTraining(cache, ensemble)
+
+
+T = TypeVar("T")
+
+
+def _stage(what: str, run: Callable[[], T]) -> T | None:
+    """A stage that fails costs only its own result: the search's are written already. One
+    line says why, and that --resume runs it again."""
+    try:
+        return run()
+    except UserError as e:
+        log.warning("%s after the search failed: %s (--resume runs it again)", what,
+                    first_line(e))
+    except Exception as e:  # MLflow, torch (out of memory ...): not the search's fault either
+        log.warning("%s after the search failed: %s: %s (--resume runs it again)", what,
+                    type(e).__name__, first_line(e))
+    return None

@@ -6,10 +6,13 @@ The winner's export is run once over validation and test (sequential, batch 1:
 the first trial is the paper's values (`awd.cache.PAPER_VALUES`), the rest TPE's, seeded by the
 search's seed. The study lives in the search's study storage as ``<study name>-cache``, so
 ``--resume`` of a search killed during this stage continues it (its finished trials kept). Test
-is evaluated once, with the chosen values.
+is evaluated once, with the chosen values. A stage a driver finished is not run again by
+``--resume`` (unless more trials are asked for: the study then goes on, and the new choice is
+logged with its own test evaluation).
 
 MLflow: a child run of the search with role ``cache`` (`schema.ROLE_CACHE`): every trial's
-values and validation perplexity as metrics at step = trial number, the chosen values and the
+values and validation perplexity as metrics (step: the trial's place among the study's finished
+trials, 0 = the paper's values), the chosen values and the
 val/test perplexities with and without the cache, and the costs (seconds of the outputs pass,
 per trial, of the cached test evaluation). The chosen values are also the tag
 ``awdsearch.cache`` ("W,θ,λ") of the parent run, the best trial's run and the registered version:
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from awd.cache import CacheParams, SplitOutputs, cached_loss
@@ -37,7 +40,7 @@ from awd.posthoc import model_outputs
 from awd.trainer import load_exported, perplexity
 from search import schema
 from search.study_storage import open_storage
-from search.tracking.store import stage_run
+from search.tracking.store import finished_stage_run, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +144,33 @@ class CacheReport:
                 "cached_test_seconds": self.cached_test_seconds}
 
 
+    @classmethod
+    def from_run(cls, client: MlflowClient, run: Run) -> CacheReport:
+        """The report a finished stage logged (a resumed search does not run it again)."""
+        m, run_id = run.data.metrics, run.info.run_id
+        history = {k: [h.value for h in sorted(client.get_metric_history(run_id, k),
+                                                 key=lambda h: h.step)]
+                   for k in ("trial_window", "trial_theta", "trial_lambda", "trial_val_ppl")}
+        trials = [(CacheParams(int(w), t, lam), v) for w, t, lam, v in zip(
+            history["trial_window"], history["trial_theta"], history["trial_lambda"],
+            history["trial_val_ppl"], strict=True)]
+        tuning = CacheTuning(trials, CacheParams.parse(run.data.tags[schema.CACHE_VALUES]),
+                             m["val_ppl"], m[schema.CACHE_VAL_PPL],
+                             m.get("seconds_per_trial", math.nan))
+        return cls(tuning, m["test_ppl"], m[schema.CACHE_TEST_PPL],
+                   m.get("outputs_seconds", math.nan), m.get("cached_test_seconds", math.nan),
+                   run_id)
+
+
 def cache_stage(client: MlflowClient, export_file: Path, *, experiment_id: str,
                 parent_run_id: str, study: StudyPlace, trials: int,
                 model_run_id: str | None, model_uri: str | None,
                 device: str = "auto") -> CacheReport:
-    """Tune the cache of the model in ``export_file`` (the search's winner) and log it."""
+    """Tune the cache of the model in ``export_file`` (the search's winner) and log it; a
+    stage a driver finished with at least ``trials`` trials is reused as it was."""
+    done = finished_stage_run(client, experiment_id, parent_run_id, schema.ROLE_CACHE)
+    if done is not None and done.data.metrics.get("trials", 0) >= trials:
+        return CacheReport.from_run(client, done)
     exported = load_exported(export_file)
     corpus = load_corpus(exported.run.dataset)
     start = time.perf_counter()
@@ -185,7 +210,7 @@ def log_tuning(client: MlflowClient, experiment_id: str, parent_run_id: str, rol
                     Metric("trial_theta", params.theta, now, step),
                     Metric("trial_lambda", params.lam, now, step),
                     Metric("trial_val_ppl", ppl, now, step)]
-    metrics += [Metric(k, float(v), now, 0) for k, v in summary.items()]
+    metrics += [Metric(k, float(v), now, 0) for k, v in summary.items() if math.isfinite(v)]
     for i in range(0, len(metrics), 900):  # MLflow takes 1,000 metrics per batch
         client.log_batch(run_id, metrics=metrics[i:i + 900])
     client.log_batch(run_id, tags=[RunTag(schema.CACHE_VALUES, tuning.chosen.as_text())])

@@ -407,6 +407,9 @@ def tuned_cache(uri: str, tracking_uri: str) -> str | None:
         if kind == "runs":
             return client.get_run(rest.partition("/")[0]).data.tags.get(schema.CACHE_VALUES)
         name, _, version = rest.partition("/")
+        if name.startswith("m-") and not version:  # a logged model: its run's
+            run_id = client.get_logged_model(name).source_run_id
+            return client.get_run(run_id).data.tags.get(schema.CACHE_VALUES) if run_id else None
         name, _, alias = name.partition("@")
         if alias:
             found = client.get_model_version_by_alias(name, alias)

@@ -130,6 +130,16 @@ def stage_run(client: MlflowClient, experiment_id: str, parent_run_id: str, role
     return str(run.info.run_id)
 
 
+def finished_stage_run(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                       role: str) -> Run | None:
+    """The stage's run if a driver finished it (a resumed search reuses it as it is)."""
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{schema.PARENT_RUN_ID}` = '{parent_run_id}' "
+        f"AND tags.`{schema.ROLE}` = '{role}' AND attributes.status = 'FINISHED'",
+        max_results=1)
+    return found[0] if found else None
+
+
 def trial_summary_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """A trial run's once-only metrics, all taken from the trial's last Tune result."""
     summary = {name: float(result[name]) for name in (schema.EPOCHS_RUN, schema.TRAIN_SECONDS)
