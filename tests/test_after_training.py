@@ -132,6 +132,8 @@ def test_the_cache_is_chosen_on_validation_and_helps_there(resumed):
     assert parent.data.metrics[schema.CACHE_TEST_PPL] == m[schema.CACHE_TEST_PPL]
 
 
+# The driver and a fresh process may sum float32 logits in another order (threads): the same
+# numbers to ~1e-9, so read back "the same" to 1e-6.
 def _evaluate(cwd: Path, uri: str, *extra: str) -> dict:
     proc = subprocess.run(_cmd("search.evaluate", "--model-uri", uri, "--quiet", *extra),
                           cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
@@ -146,10 +148,10 @@ def test_the_winner_with_its_tuned_cache_reads_back_from_the_registry(resumed):
     got = _evaluate(cwd, "models:/awdsearch-smoke/latest", "--cache", "tuned")
     assert got["cache"] == cache.data.tags[schema.CACHE_VALUES]
     m = cache.data.metrics
-    assert got["val_ppl"] == pytest.approx(m["val_ppl"], rel=1e-9)
-    assert got["test_ppl"] == pytest.approx(m["test_ppl"], rel=1e-9)
-    assert got["cache_val_ppl"] == pytest.approx(m[schema.CACHE_VAL_PPL], rel=1e-9)
-    assert got["cache_test_ppl"] == pytest.approx(m[schema.CACHE_TEST_PPL], rel=1e-9)
+    assert got["val_ppl"] == pytest.approx(m["val_ppl"], rel=1e-6)
+    assert got["test_ppl"] == pytest.approx(m["test_ppl"], rel=1e-6)
+    assert got["cache_val_ppl"] == pytest.approx(m[schema.CACHE_VAL_PPL], rel=1e-6)
+    assert got["cache_test_ppl"] == pytest.approx(m[schema.CACHE_TEST_PPL], rel=1e-6)
 
 
 def test_the_ensemble_is_selected_logged_and_registered(resumed):
@@ -172,10 +174,10 @@ def test_the_ensemble_is_selected_logged_and_registered(resumed):
     assert version.startswith("models:/awdsearch-smoke-ensemble/")
     got = _evaluate(cwd, version, "--cache", "tuned") if schema.CACHE_VALUES in ens.data.tags \
         else _evaluate(cwd, version)
-    assert got["val_ppl"] == pytest.approx(m["val_ppl"], rel=1e-9)
-    assert got["test_ppl"] == pytest.approx(m["test_ppl"], rel=1e-9)
+    assert got["val_ppl"] == pytest.approx(m["val_ppl"], rel=1e-6)
+    assert got["test_ppl"] == pytest.approx(m["test_ppl"], rel=1e-6)
     if schema.CACHE_VALUES in ens.data.tags:
-        assert got["cache_test_ppl"] == pytest.approx(m[schema.CACHE_TEST_PPL], rel=1e-9)
+        assert got["cache_test_ppl"] == pytest.approx(m[schema.CACHE_TEST_PPL], rel=1e-6)
     assert len(client.search_model_versions("name = 'awdsearch-smoke-ensemble'")) == 1
     assert "ensemble of" in again.stdout and "After training" in again.stdout
 
