@@ -21,9 +21,11 @@ if TYPE_CHECKING:  # Ray, MLflow, torch and pandas load once a search starts, no
     from search.driver import SearchOutcome
     from search.stages.after import AfterTraining
     from search.stages.confirm import Confirmation
+    from spaces import Space
 
 SHOWN_PARAMS = ("model", "emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute",
-                "wdrop", "lr")
+                "wdrop", "lr")  # a space not declared as a SpaceSpec (a define function)
+NOT_APPLICABLE = "—"
 
 
 def list_spaces() -> str:
@@ -34,24 +36,70 @@ def list_spaces() -> str:
                      for name, space in SPACES.items())
 
 
-def results_table(outcome: SearchOutcome, top: int = 10) -> pd.DataFrame:
-    """The best trial (by `search.results.pick_best`) first, then the rest by best_val_ppl."""
+def searched(space: Space, config: dict[str, Any]) -> dict[str, Any]:
+    """The values a trial's config holds for the space's searched parameters, in the space's
+    order; a parameter of a condition that does not apply to the trial (another model's) is
+    absent."""
+    from spaces.spec import spec_of
+
+    spec = spec_of(space)
+    if spec is None:
+        return {k: config[k] for k in SHOWN_PARAMS if k in config}
+    params = [p.name for p in spec.parameters]
+    for condition in spec.active(config):
+        params += [p.name for p in condition.parameters if p.name not in params]
+    names = (["model"] if spec.model_param is not None else []) + params
+    return {k: config[k] for k in names if k in config}
+
+
+def searched_names(space: Space) -> list[str]:
+    """Every parameter the space searches, in its order (the model first when it is one)."""
+    from spaces.spec import spec_of
+
+    spec = spec_of(space)
+    if spec is None:
+        return list(SHOWN_PARAMS)
+    names = ["model"] if spec.model_param is not None else []
+    for p in (*spec.parameters, *(p for c in spec.conditions for p in c.parameters)):
+        if p.name not in names:
+            names.append(p.name)
+    return names
+
+
+def shown_value(value: Any) -> str:
+    """A parameter as a newcomer reads it: integers as integers, floats to 3 significant
+    digits, — where it does not apply."""
+    if value is None or (isinstance(value, float) and isnan(value)):
+        return NOT_APPLICABLE
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return str(value) if isinstance(value, int) else f"{value:.3g}"
+
+
+def results_table(outcome: SearchOutcome, space: Space, top: int = 10) -> pd.DataFrame:
+    """The best trial (by `search.results.pick_best`) first, then the rest by best_val_ppl;
+    every searched parameter of the space, — where one does not apply to a trial."""
     import pandas as pd
 
+    names = searched_names(space)
     rows = []
     for t in outcome.trials:
+        values = searched(space, t.config)
         row = {"trial": t.trial_id, "status": t.status,
-               "epochs": t.metrics.get(schema.EPOCHS_RUN),
+               "epochs": shown_value(t.metrics.get(schema.EPOCHS_RUN)),
                schema.BEST_VAL_PPL: t.metrics.get(schema.BEST_VAL_PPL),
                schema.FINAL_VAL_PPL: t.metrics.get(schema.FINAL_VAL_PPL),
                schema.FINAL_TEST_PPL: t.metrics.get(schema.FINAL_TEST_PPL),
                "_rank": 0 if t is outcome.best else 1}
-        row.update({k: t.config[k] for k in SHOWN_PARAMS if k in t.config})
+        row.update({k: shown_value(values.get(k)) for k in names})
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
     frame = frame.sort_values(["_rank", schema.BEST_VAL_PPL], na_position="last")
+    for col in (schema.BEST_VAL_PPL, schema.FINAL_VAL_PPL, schema.FINAL_TEST_PPL):
+        frame[col] = frame[col].map(lambda v: NOT_APPLICABLE if v is None or isnan(v)
+                                    else f"{v:.2f}")
     return frame.drop(columns="_rank").head(top)
 
 
@@ -165,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nBest trials:")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(results_table(outcome).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print(results_table(outcome, opts.space_spec).to_string(index=False))
     if outcome.confirmation is not None:
         print("\nConfirmation (new seeds; final perplexities, mean ± sample std):")
         with pd.option_context("display.width", 200, "display.max_columns", 30):

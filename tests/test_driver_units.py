@@ -264,6 +264,34 @@ def test_an_end_that_mlflow_did_not_take_is_not_a_success(monkeypatch, capsys, t
     assert "python -m search.run --space smoke --resume" in err
 
 
+def test_the_best_trials_table_shows_every_searched_parameter_and_dashes(monkeypatch):
+    """Issue 21: the space's own parameters (not a fixed list), — where one does not apply to
+    a trial's model, integers as integers."""
+    from search.driver import SearchOutcome
+    from search.run import results_table
+    from spaces import get_space
+
+    space = get_space("smoke")
+    awd = {"model": "awd_lstm", "emsize": 32, "nhid": 64, "dropout": 0.4, "dropouth": 0.25,
+           "dropouti": 0.4, "dropoute": 0.1, "wdrop": 0.5, "lr": 10.0, "nlayers": 2}
+    zar = {"model": "zaremba", "nhid": 48, "dropout": 0.1234, "lr": 1.0, "preset": "small"}
+    trials = [TrialSummary("a", schema.STATUS_COMPLETED, awd, {
+        schema.EPOCHS_RUN: 3, schema.BEST_VAL_PPL: 500.0, schema.FINAL_VAL_PPL: 500.0,
+        schema.FINAL_TEST_PPL: 490.0}, None, None),
+        TrialSummary("z", schema.STATUS_STOPPED, zar, {schema.EPOCHS_RUN: 1,
+                                                       schema.BEST_VAL_PPL: 900.0}, None, None)]
+    outcome = SearchOutcome(trials, trials[0], "p", "sqlite:////x/mlflow.db", "/x", None)
+    table = results_table(outcome, space)
+    assert list(table.columns)[6:] == ["model", "nhid", "dropout", "lr", "emsize", "dropouth",
+                                       "dropouti", "dropoute", "wdrop"]
+    z = table[table["trial"] == "z"].iloc[0]
+    a = table[table["trial"] == "a"].iloc[0]
+    assert z["emsize"] == "—" and z["wdrop"] == "—" and z["nhid"] == "48"
+    assert z["dropout"] == "0.123" and z[schema.FINAL_VAL_PPL] == "—" and z["epochs"] == "1"
+    assert a["emsize"] == "32" and a[schema.FINAL_TEST_PPL] == "490.00"
+    assert table.iloc[0]["trial"] == "a"  # the best first
+
+
 def test_the_parser_takes_every_default_from_search_options():
     parsed = vars(build_parser().parse_args([]))
     for f in fields(SearchOptions):
