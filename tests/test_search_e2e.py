@@ -82,6 +82,19 @@ def test_smoke_search_prints_best_trials_and_the_mlflow_ui_command(smoke):
     assert f"Optuna study: optuna.load_study(study_name={name!r}, " in proc.stdout
 
 
+def test_the_watch_command_prints_every_epoch_ray_has(smoke):
+    """`python -m search.watch` on the finished search: one line per (trial, epoch) Ray has."""
+    cwd, _, _ = smoke
+    done = subprocess.run([sys.executable, "-m", "search.watch", "smoke", "--once"], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = sorted((x.split()[0].rsplit("_", 1)[-1], int(x.split()[2]))
+                  for x in done.stdout.splitlines())
+    expected = sorted((trial, r["epoch"]) for trial, rows in
+                      tune_rows(cwd / "ray_results" / "smoke").items() for r in rows)
+    assert seen == expected and seen
+
+
 def test_parent_run_has_search_tags_and_config(smoke):
     _, _, uri = smoke
     _, parents, children = runs_of(uri, "smoke")
