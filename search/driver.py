@@ -22,6 +22,7 @@ from search import schema, storage
 from search.errors import SearchError
 from search.lock import DriverLock
 from search.options import SearchOptions, resumed
+from search.plan import make_plan
 from search.results import TrialSummary, pick_best
 from search.stages import confirm
 from search.stages.after import AfterTraining, after_training
@@ -232,8 +233,10 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutc
     if state is None:
         gpus = session.default_gpus_per_trial(opts)
         session.check_resources(opts, opts.cpus_per_trial, gpus)
-        tuner, state = _start_new(opts, client, uri, gpus,
-                                  session.default_concurrency(opts, gpus))
+        concurrency = session.default_concurrency(opts, gpus)
+        for line in make_plan(opts, concurrency, gpus).lines():
+            print(line, flush=True)
+        tuner, state = _start_new(opts, client, uri, gpus, concurrency)
         _warm_up_export()
         return _finish(opts, client, state, *session.fit(tuner))
     session.check_resources(opts, opts.cpus_per_trial, state.gpus_per_trial)

@@ -452,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a search space declared in YAML (see --show-space, and "
                        "spaces/examples/); its name names the experiment")
     p.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the search's plan and its estimated time on this machine (a "
+                   "few timed training windows), then exit: nothing starts, nothing is written")
     p.add_argument("--show-space", metavar="NAME",
                    help="print a built-in space as a --space-file file and exit")
     p.add_argument("--num-samples", type=int, default=DEFAULTS["num_samples"],
@@ -517,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> SearchOptions:
     from spaces import load_space_file, spec_digest
 
-    values = {k: v for k, v in vars(args).items() if k not in ("list_spaces", "show_space")}
+    values = {k: v for k, v in vars(args).items()
+              if k not in ("list_spaces", "show_space", "dry_run")}
     values["fixed"] = tuple(values.get("fixed") or ())
     if values.get("space_file") is not None:
         # Absolute: a resumed search re-reads it from wherever it is started.

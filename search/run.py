@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from awd.errors import UserError
 from search import schema
-from search.options import build_parser, options_from_args
+from search.options import SearchOptions, build_parser, options_from_args
 from search.results import status_counts
 from search.uris import is_server
 
@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             print(show_space(args.show_space), end="")
             return 0
         opts = options_from_args(args)
+        if args.dry_run:
+            return dry_run(opts)
         from search.driver import run_search  # Ray, MLflow, torch: once the options are good
 
         outcome = run_search(opts)
@@ -232,6 +234,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Optuna study: optuna.load_study(study_name={name!r}, storage={storage!r})")
     print(f"Compare the runs: {ui_hint(outcome)}")
     return 0
+
+
+def dry_run(opts: SearchOptions) -> int:
+    """The plan and its cost on this machine; nothing starts, nothing is written."""
+    from search.plan import concurrency_here, make_plan
+
+    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else _local_gpus()
+    plan = make_plan(opts, concurrency_here(opts, gpus), gpus, measure=True)
+    print("\n".join(plan.lines()))
+    if plan.epoch_seconds is None:
+        print("  (no timing: the dataset is not there yet; python -m awd.data fetch "
+              f"{plan.dataset})")
+    return 0
+
+
+def _local_gpus() -> float:
+    import torch
+
+    return 1.0 if torch.cuda.is_available() else 0.0
 
 
 def winner_line(model_uri: str, experiment: str) -> str:

@@ -24,6 +24,7 @@ from ray.tune.search import Searcher
 from search import schema, storage
 from search.errors import SearchError
 from search.options import SearchOptions
+from search.plan import ASHA_REDUCTION_FACTOR
 from search.tune.console import quiet_ray, quiet_trainable
 from search.tune.scheduler import PersistentASHA
 from search.tune.trainable import train_trial
@@ -31,7 +32,6 @@ from search.tune.trainable import train_trial
 log = logging.getLogger(__name__)
 
 RUNGS_FILE = "asha_rungs.json"
-ASHA_REDUCTION_FACTOR = 3
 
 
 # --- the cluster ---------------------------------------------------------------------------
