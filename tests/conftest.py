@@ -21,7 +21,23 @@ settings.register_profile("awdsearch", derandomize=True, deadline=None)
 settings.load_profile("awdsearch")
 
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("AWD_DATA_DIR", str(REPO.parent / "shared" / "data"))
+
+
+def _default_data_dir() -> Path:
+    """$AWD_DATA_DIR; else the folder `python -m awd.data fetch` fills (the product's own
+    default), where a user who ran the README's first command has the data; else the shared
+    folder beside the clone (CI's)."""
+    from awd.data.registry import data_root
+
+    fetched = data_root()
+    shared = REPO.parent / "shared" / "data"
+    if (fetched / "ptb").is_dir() or not shared.is_dir():
+        return fetched
+    return shared
+
+
+if not os.environ.get("AWD_DATA_DIR"):
+    os.environ["AWD_DATA_DIR"] = str(_default_data_dir())
 DATA_DIR = Path(os.environ["AWD_DATA_DIR"]).expanduser()
 
 

@@ -343,3 +343,16 @@ def test_python_m_awd_data_exits_2_with_one_error_line(tmp_path):
     assert len(errors) == 1 and url in errors[0]
     assert "Traceback" not in proc.stderr
     assert_nothing_left(dest)
+
+
+def test_the_tests_find_the_data_the_user_fetched(tmp_path, monkeypatch):
+    """Issue 21: with $AWD_DATA_DIR unset, the tests read where `python -m awd.data fetch` put
+    the data (the product's default), not only the shared folder beside the clone."""
+    import conftest
+
+    monkeypatch.delenv("AWD_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fetched = tmp_path / "cache" / "awdsearch" / "data"
+    assert conftest._default_data_dir() in (fetched, conftest.REPO.parent / "shared" / "data")
+    (fetched / "ptb").mkdir(parents=True)
+    assert conftest._default_data_dir() == fetched
