@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 import threading
@@ -273,6 +274,35 @@ def _catch_up(opts: SearchOptions, state: SearchState) -> None:
 
 def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: ResultGrid,
             stopped_by: int | None) -> SearchOutcome:
+    """`_close`, stoppable: a Ctrl-C or SIGTERM while the search is being closed (the winner's
+    export, the stages after it) ends the driver at once, the parent KILLED and partial, with
+    the signal's exit status; --resume finishes what was left (issue 21)."""
+    caught: list[int] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        caught.append(signum)
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
+    try:
+        return _close(opts, client, state, grid, stopped_by)
+    except KeyboardInterrupt:
+        signum = caught[0] if caught else int(signal.SIGINT)
+        try:
+            client.set_tag(state.parent_run_id, schema.PARTIAL, "true")
+            client.set_terminated(state.parent_run_id, "KILLED")
+        except Exception as e:  # the store is away: --resume closes it
+            log.warning("the parent run is not marked KILLED (%s)", e)
+        return SearchOutcome(summarize(grid), None, state.parent_run_id, state.tracking_uri,
+                             opts.experiment_dir, None, None, signum, state.experiment_id)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _close(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: ResultGrid,
+           stopped_by: int | None) -> SearchOutcome:
     """The end of a search, or of its part before a signal stopped it: close every trial's run
     (and drop runs of trials Ray never kept), then the parent's summary. A stopped search is
     KILLED, has no best trial yet and writes no best configuration: --resume goes on."""

@@ -364,3 +364,30 @@ def test_the_export_warm_up_leaves_the_warning_filters_alone(monkeypatch):
     registry.quiet_export_notes()  # the driver's, on the main thread
     assert any(f[0] == "ignore" and f[1] is not None and f[1].pattern == "The tensor attributes"
                for f in warnings.filters)
+
+
+def test_a_tuning_killed_mid_trial_is_continued_with_its_finished_trials(tmp_path):
+    """A SIGKILL in the cache stage leaves a RUNNING study trial: the next driver closes it as
+    failed and goes on from the finished ones, the paper's values still the first."""
+    import optuna
+    import torch
+
+    from awd.cache import CacheParams, SplitOutputs
+    from search.stages.cache import StudyPlace, tune_cache
+
+    g = torch.Generator().manual_seed(0)
+    outputs = SplitOutputs(torch.randn(300, 8, generator=g), torch.randint(0, 6, (300,),
+                                                                            generator=g),
+                           torch.full((300,), -1.7, dtype=torch.float64))
+    place = StudyPlace(f"sqlite:///{tmp_path / 'optuna.db'}", "search-1", seed=3)
+    paper = CacheParams(50, 1.0, 0.1)
+    first = tune_cache(outputs, place.open("-cache"), 3, paper)
+    assert first.trials[0][0] == paper
+    place.open("-cache").ask()  # in flight when the driver died: RUNNING forever
+    again = tune_cache(outputs, place.open("-cache"), 6, paper)
+    states = [t.state for t in place.open("-cache").trials]
+    state = optuna.trial.TrialState
+    assert state.RUNNING not in states
+    assert states.count(state.COMPLETE) == 6 and states.count(state.FAIL) == 1
+    assert again.trials[:3] == first.trials
+    assert again.cache_val_ppl == min(v for _, v in again.trials)

@@ -427,7 +427,16 @@ def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: 
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 sync_config=tune.SyncConfig(sync_artifacts=True),  # the trials' logs
                 verbose=0))
-    summaries, records = _records(tuner.fit(), gpus)
+    import signal
+
+    from search.tune.session import restore_sigint
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        grid = tuner.fit()
+    finally:
+        restore_sigint(before)
+    summaries, records = _records(grid, gpus)
     from search.tune.callback import close_all
 
     if close_all(timeout=120):

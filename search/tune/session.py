@@ -201,10 +201,20 @@ def fit(tuner: tune.Tuner) -> tuple[ResultGrid, int | None]:
 
     with _handling(signal.SIGTERM, on_sigterm, catching):
         grid = tuner.fit()
+    stopped = catching and signal.getsignal(signal.SIGINT) is before
+    restore_sigint(before)
     if terminated:
         return grid, signal.SIGTERM
-    stopped = catching and signal.getsignal(signal.SIGINT) is before
     return grid, signal.SIGINT if stopped else None
+
+
+def restore_sigint(before: Any) -> None:
+    """Put back the SIGINT handler a Tune run found: Tune leaves its own installed when no
+    signal came, and a Ctrl-C after the run (while the driver exports the winner, say) would
+    then print "Stop signal received" and be ignored (issue 21)."""
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGINT) is not before and before is not None:
+        signal.signal(signal.SIGINT, before)
 
 
 @contextmanager
