@@ -19,6 +19,8 @@ from awd.errors import UserError
 from search import run
 from search.options import (
     EXPERIMENT_NAME,
+    MAX_CACHE_TRIALS,
+    MAX_ENSEMBLE,
     MAX_SEED,
     OptionError,
     address_problem,
@@ -77,8 +79,8 @@ def flag_values(base: Path) -> dict[str, tuple[st.SearchStrategy, st.SearchStrat
         "--top": _ints(1),
         "--confirm-top": _ints(0),
         "--seeds": _ints(1),
-        "--cache-trials": _ints(0),
-        "--ensemble": _ints(0),
+        "--cache-trials": _ints(0, MAX_CACHE_TRIALS),
+        "--ensemble": _ints(0, MAX_ENSEMBLE),
         "--cpus-per-trial": (st.floats(0.001, 1e4).map(repr),
                              NOT_FINITE | st.floats(max_value=0).map(repr)),
         "--gpus-per-trial": (st.floats(0, 1).map(repr) | st.integers(2, 16).map(str),
