@@ -119,8 +119,10 @@ def collect_outputs(model: torch.nn.Module, data: torch.Tensor, bptt: int,
         out = model(w.inputs, hidden)
         hidden = out.hidden
         target = w.targets.reshape(-1)
-        logp = F.log_softmax(out.logits.view(target.numel(), -1).double(), dim=-1)
-        logprobs.append(logp.gather(1, target.view(-1, 1)).view(-1).cpu())
+        # the log-softmax in the logits' own dtype, as the trainer's cross-entropy computes it
+        # (a float64 copy of every window's (T, vocabulary) logits costs more than the model)
+        logp = F.log_softmax(out.logits.view(target.numel(), -1), dim=-1)
+        logprobs.append(logp.gather(1, target.view(-1, 1)).view(-1).double().cpu())
         outs.append(out.raw_output.reshape(target.numel(), -1).float().cpu())
         targets.append(target.cpu())
         done += w.seq_len
