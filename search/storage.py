@@ -131,6 +131,8 @@ def damaged_tune_state(experiment_dir: str) -> str | None:
     can, or the search lives at a URI, where Tune's own restore is left to check)."""
     import json
 
+    from awd.errors import first_line
+
     if is_uri(experiment_dir):
         return None
     folder = Path(experiment_dir)
@@ -141,7 +143,7 @@ def damaged_tune_state(experiment_dir: str) -> str | None:
         try:
             json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            return f"{path.name} ({first_line_of(e)})"
+            return f"{path.name} ({first_line(e)[:200]})"
     for pattern in TUNE_STATE_PICKLES:
         path = _newest(folder, pattern)
         if path is None:
@@ -154,7 +156,3 @@ def damaged_tune_state(experiment_dir: str) -> str | None:
             return f"{path.name} ({problem})"
     return None
 
-
-def first_line_of(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__

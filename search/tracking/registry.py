@@ -237,17 +237,24 @@ def _log_module(client: MlflowClient, run_id: str, model_id: str, module: nn.Mod
 def register(client: MlflowClient, best: BestModel, exported: ExportedModel,
              model_id: str) -> Any:
     """A new version of the space's registered model (created on first use); returns it."""
-    name = registered_model_name(best.space)
+    return _new_version(client, registered_model_name(best.space),
+                        f"the best model of each awdsearch search of space {best.space}",
+                        model_id, best.run_id, best.tags(exported), best.description())
+
+
+def _new_version(client: MlflowClient, name: str, model_description: str, model_id: str,
+                 run_id: str, tags: dict[str, str], description: str) -> Any:
+    """A new version of registered model ``name`` (created on first use) for the logged
+    model ``model_id``; returns it."""
     try:
-        client.create_registered_model(
-            name, description=f"the best model of each awdsearch search of space {best.space}")
+        client.create_registered_model(name, description=model_description)
     except MlflowException as e:
         if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
     with _fluent_tracking_uri(client.tracking_uri):
         return client.create_model_version(
-            name, source=f"models:/{model_id}", run_id=best.run_id, tags=best.tags(exported),
-            description=best.description(), await_creation_for=REGISTRATION_WAIT_S,
+            name, source=f"models:/{model_id}", run_id=run_id, tags=tags,
+            description=description, await_creation_for=REGISTRATION_WAIT_S,
             model_id=model_id)
 
 
@@ -379,17 +386,9 @@ def publish_ensemble(client: MlflowClient, run_id: str, space: str, ensemble_fil
         except Exception:
             client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
             raise
-        try:
-            client.create_registered_model(
-                name, description=f"the ensemble of each awdsearch search of space {space}")
-        except MlflowException as e:
-            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-                raise
-        with _fluent_tracking_uri(client.tracking_uri):
-            version = client.create_model_version(
-                name, source=f"models:/{model.model_id}", run_id=run_id, tags=tags,
-                description=description, await_creation_for=REGISTRATION_WAIT_S,
-                model_id=str(model.model_id))
+        version = _new_version(client, name,
+                               f"the ensemble of each awdsearch search of space {space}",
+                               str(model.model_id), run_id, tags, description)
         return f"models:/{name}/{version.version}"
     except Exception as e:
         log.warning("the ensemble is not registered in MLflow (%s: %s)", type(e).__name__,
