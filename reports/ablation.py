@@ -1,82 +1,116 @@
-"""The paper-style ablation table: the best config against runs with one regulariser removed.
+"""The ablation section: per search, its winner re-trained with each of the AWD-LSTM paper's
+Table 4 removals (``--ablate``, `search.stages.ablate`), mean ± std over the seeds, the change
+against the winner, Table 4's change beside it, and whether it is beyond seed noise.
 
-A run is an ablation of a best trial when it is tagged ``awdsearch.ablation=<name>`` (same model
-and dataset), or when its params equal the best trial's except exactly one regulariser that is
-0 in the run and non-zero in the best config.
+The runs are the ablation runs (role ``ablation``) as `reports.load` read them; the winner's own
+row is the ablation's ``full`` row, or the confirmation's re-trainings of the winner when the
+search had ``--confirm-top`` (same seeds). The statistics are `search.stages.ablate.summarize`:
+the rule the search itself applied. When several models were ablated (an LSTM and a GRU search),
+a second table sets their changes side by side.
 """
 
 from __future__ import annotations
 
-import pandas as pd
+import math
 
+from awd.ablation import ROWS, paper_change
+from reports.confirmation import confirmations
 from reports.load import ReportData
-from reports.params import REGULARISERS, is_zero, same_value
-from reports.tables import GROUP, best_trial
+from reports.render import Section, Table, fmt_num
 from search import schema
-
-IGNORED = ("gpus_per_trial",)  # resources, not configuration
-COLUMNS = ("search", "model", "variant", "removed", "run_id", "trial_id", "val_ppl", "test_ppl",
-           "delta_val", "delta_test")
+from search.stages.ablate import FULL, Ablation, full_from_confirmation, summarize
+from search.stages.confirm import ALPHA
 
 
-def removed_regulariser(best: dict[str, str], run: dict[str, str]) -> str | None:
-    """The one regulariser ``run`` sets to 0 where ``best`` does not, all else equal."""
-    keys = (set(best) | set(run)) - set(IGNORED)
-    differ = [k for k in keys if k not in best or k not in run or not same_value(best[k], run[k])]
-    if len(differ) != 1:
-        return None
-    key = differ[0]
-    if key in REGULARISERS and key in best and key in run and is_zero(run[key]) \
-            and not is_zero(best[key]):
-        return key
-    return None
-
-
-def _describe(best: dict[str, str], run: dict[str, str]) -> str:
-    """For a tagged run: which regularisers it zeroes relative to the best config."""
-    zeroed = [k for k in REGULARISERS
-              if k in best and k in run and is_zero(run[k]) and not is_zero(best[k])]
-    return ", ".join(zeroed)
-
-
-def table(data: ReportData) -> pd.DataFrame:
-    """Rows of (best config, its ablations) for every best trial that has ablations."""
-    rows = []
-    runs = data.runs[data.runs["final_val_ppl"].notna()]
-    for (key, model, dataset, _preset), group in data.trials().groupby(GROUP, sort=False):
-        best = best_trial(group)
-        if best is None or best["status"] != schema.STATUS_COMPLETED:
+def ablations(data: ReportData) -> list[tuple[str, Ablation]]:
+    """(search label, its winner's ablation) per search that has ablation runs."""
+    runs = data.runs[data.runs["role"] == schema.ROLE_ABLATION]
+    if runs.empty:
+        return []
+    confirmed = {label: c for label, c, _ in confirmations(data)}
+    out = []
+    for key, group in runs.groupby("search_key", sort=False):
+        records = [{**r, "row": r["ablation"], "seed": int(float(r["seed"] or 0))}
+                   for r in group.to_dict("records") if r["ablation"] in (FULL, *ROWS)]
+        if not records:
             continue
         label = data.searches.loc[data.searches["search_key"] == key, "label"]
-        search = str(label.iloc[0]) if not label.empty else key
-        same_exp = runs[(runs["experiment"] == best["experiment"])
-                        & (runs["run_id"] != best["run_id"])]
-        variants = []
-        for _, run in same_exp.iterrows():
-            if run["ablation"]:
-                if run["model"] != model or run["dataset"] != dataset:
-                    continue
-                name, removed = run["ablation"], _describe(best["params"], run["params"])
-            else:
-                found = removed_regulariser(best["params"], run["params"])
-                if found is None:
-                    continue
-                removed = found
-                name = f"no {removed}"
-            variants.append((name, removed, run))
-        if not variants:
-            continue
-        rows.append(_row(search, model, "best config", "", best, best))
-        variants.sort(key=lambda v: v[2]["final_val_ppl"])
-        rows.extend(_row(search, model, name, removed, run, best)
-                    for name, removed, run in variants)
-    return pd.DataFrame(rows, columns=COLUMNS)
+        name = str(label.iloc[0]) if not label.empty else str(key)
+        winner = str(records[0]["ablation_of"])
+        full = None
+        if not any(r["row"] == FULL for r in records):
+            full = full_from_confirmation(confirmed.get(name), winner)
+        first = records[0]
+        out.append((name, summarize(records, winner=winner, model=str(first["model"]),
+                                    dataset=str(first["dataset"]), full=full)))
+    return out
 
 
-def _row(search: str, model: str, variant: str, removed: str, run: pd.Series,
-         best: pd.Series) -> dict:
-    return {"search": search, "model": model, "variant": variant, "removed": removed,
-            "run_id": run["run_id"], "trial_id": run["trial_id"],
-            "val_ppl": run["final_val_ppl"], "test_ppl": run["final_test_ppl"],
-            "delta_val": run["final_val_ppl"] - best["final_val_ppl"],
-            "delta_test": run["final_test_ppl"] - best["final_test_ppl"]}
+def _pm(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "—"
+    return fmt_num(mean) + ("" if math.isnan(std) else f" ± {fmt_num(std)}")
+
+
+def _signed(value: float | None, digits: int = 2) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:+.{digits}f}"
+
+
+def _noise(row: dict) -> str:
+    if row["beyond_noise"] is None:
+        return "—"
+    return f"{'yes' if row['beyond_noise'] else 'no'} (p = {row['p_value']:.3g})"
+
+
+def section(data: ReportData) -> Section | None:
+    found = ablations(data)
+    if not found:
+        return None
+    blocks: list = [
+        "Each search's winner re-trained with one technique removed (the AWD-LSTM paper's "
+        "Table 4; what each row changes: `awd/ablation.py`), on new seeds, the full epoch "
+        "budget. Δ: the row's mean minus the winner's; the paper's Δ is Table 4's (against its "
+        "fine-tuned model, at its own scale). Beyond noise: one-sided Welch's t-test that the "
+        f"winner's validation perplexity is lower, p < {ALPHA}."]
+    rows = []
+    for name, a in found:
+        for r in a.rows_dicts():
+            full = r["row"] == FULL
+            rows.append([a.model, name, r["label"], r["change"] or "—",
+                         _pm(r["val_ppl_mean"], r["val_ppl_std"]),
+                         _pm(r["test_ppl_mean"], r["test_ppl_std"]),
+                         "" if full else _signed(r["delta_val"]),
+                         "" if full else _signed(r["paper_delta_val"], 1),
+                         "" if full else _signed(r["delta_test"]),
+                         "" if full else _signed(r["paper_delta_test"], 1),
+                         "" if full else _noise(r), f"{r['completed']}/{r['runs']}"])
+    blocks.append(Table(["Model", "Search", "Removed", "Change", "Val ppl", "Test ppl", "Δ val",
+                         "Paper Δ val", "Δ test", "Paper Δ test", "Beyond noise", "Seeds"],
+                        rows, {"Model", "Search", "Removed", "Change", "Beyond noise", "Seeds"}))
+    skipped = [f"{name}: – {ROWS[row].label} not trained ({why})"
+               for name, a in found for row, why in a.skipped.items() if row in ROWS]
+    if skipped:
+        blocks.append(skipped)
+    if len({a.model for _, a in found}) > 1:
+        blocks += ["The models side by side (Δ val; * beyond seed noise):", _side_by_side(found)]
+    return Section("Ablation of the winners", blocks)
+
+
+def _side_by_side(found: list[tuple[str, Ablation]]) -> Table:
+    """Δ val per row, one column per ablated search (LSTM beside GRU), the paper's last."""
+    names = [f"{a.model} ({name})" for name, a in found]
+    by_row: dict[str, list[str]] = {}
+    for i, (_, a) in enumerate(found):
+        for r in a.rows_dicts()[1:]:
+            cells = by_row.setdefault(r["row"], [""] * len(found))
+            star = "*" if r["beyond_noise"] else ""
+            cells[i] = _signed(r["delta_val"]) + star
+    dataset = found[0][1].dataset
+    rows = []
+    for row in ROWS:
+        if row in by_row:
+            change = paper_change(row, dataset)
+            rows.append([f"– {ROWS[row].label}", *by_row[row],
+                         _signed(change[0], 1) if change else ""])
+    return Table(["Removed", *[f"Δ val {n}" for n in names], "Paper Δ val"], rows,
+                 {"Removed"})

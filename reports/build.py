@@ -134,22 +134,6 @@ def _importance_section(analyses: list[importance.Analysis], out: Path) -> Secti
     return section
 
 
-def _ablation_section(data: ReportData) -> Section | None:
-    frame = ablation.table(data)
-    if frame.empty:
-        return None
-    rows = [[r["model"], r["search"], r["variant"], r["removed"] or "—",
-             fmt_num(r["val_ppl"]), fmt_num(r["test_ppl"]),
-             "" if r["variant"] == "best config" else f"{r['delta_val']:+.2f}",
-             "" if r["variant"] == "best config" else f"{r['delta_test']:+.2f}",
-             r["trial_id"] or r["run_id"][:12]] for _, r in frame.iterrows()]
-    return Section("Ablation", [
-        "The best configuration against runs that remove one regulariser (set to 0), as in the "
-        "AWD-LSTM paper's ablation table.",
-        Table(["Model", "Search", "Variant", "Removed", "Val ppl", "Test ppl", "Δ val",
-               "Δ test", "Run"], rows, {"Model", "Search", "Variant", "Removed", "Run"})])
-
-
 def data_quality_section(data: ReportData) -> Section | None:
     """Runs whose per-epoch metrics have gaps, named where nobody can miss them."""
     if not data.data_quality:
@@ -209,7 +193,7 @@ def document(data: ReportData, out: Path) -> tuple[Document, pd.DataFrame]:
     sections.append(Section("Parallel coordinates", parallel or [
         "No model has two finished trials at a common budget."]))
     sections.extend(trials.trials_sections(data))
-    for extra in (_ablation_section(data), _failures_section(data)):
+    for extra in (ablation.section(data), _failures_section(data)):
         if extra is not None:
             sections.append(extra)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

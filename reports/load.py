@@ -33,7 +33,8 @@ REQUIRED = {  # metrics a trial of each status must have (schema: "metrics once"
     schema.STATUS_STOPPED: ("epochs_run", "train_seconds"),
 }
 RUN_COLUMNS = ("run_id", "run_name", "experiment", "search_key", "role", "trial_id", "model",
-               "dataset", "preset", "status", "failure", "ablation", "start_time", "end_time",
+               "dataset", "preset", "status", "failure", "ablation", "ablation_of", "seed",
+               "start_time", "end_time",
                *schema.TRIAL_SUMMARY_METRICS, "gpus_per_trial", "finetuned", "train_tokens",
                "eval_tokens", schema.BEST_VAL_PPL, "params", "experiment_id")
 # A search's row: its parent run's tags and params, and its summary metrics (NaN where the
@@ -176,6 +177,8 @@ def _run_row(run: Run, experiment: str, search_key: str, search_gpus: float) -> 
         "dataset": tags.get(schema.DATASET) or params.get("dataset", ""),
         "preset": params.get("preset", ""), "status": tags.get(schema.STATUS, ""),
         "failure": tags.get(schema.FAILURE, ""), "ablation": tags.get(schema.ABLATION, ""),
+        "ablation_of": tags.get(schema.ABLATION_OF, ""),
+        "seed": tags.get(schema.SEED) or params.get("seed", ""),
         "start_time": run.info.start_time, "end_time": run.info.end_time,
         "gpus_per_trial": gpus if not math.isnan(gpus) else search_gpus,
         "finetuned": _number(params.get("finetune_epochs")) > 0,
@@ -199,7 +202,7 @@ def _history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
 def _epoch_gaps(row: dict[str, Any], curve: list[dict[str, Any]]) -> str | None:
     """What a trial run's val_ppl history lacks against its epochs_run (else its last epoch):
     each epoch 1..N once. None when whole."""
-    if row["role"] not in (schema.ROLE_TRIAL, schema.ROLE_CONFIRM):
+    if row["role"] not in (schema.ROLE_TRIAL, schema.ROLE_CONFIRM, schema.ROLE_ABLATION):
         return None
     steps = [int(c["epoch"]) for c in curve]
     run = row[schema.EPOCHS_RUN]

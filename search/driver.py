@@ -25,7 +25,7 @@ from search.lock import DriverLock
 from search.options import SearchOptions, resumed
 from search.plan import make_plan
 from search.results import TrialSummary, pick_best
-from search.stages import confirm
+from search.stages import ablate, confirm
 from search.stages.after import AfterTraining, after_training
 from search.state import SearchState
 from search.tracking.backfill import backfill, trial_results
@@ -74,6 +74,7 @@ class SearchOutcome:
     unsynced: tuple[str, ...] = ()  # spools MLflow has not taken yet: --resume must finish
     study: tuple[str, str] | None = None  # the Optuna study: (storage URL, study name)
     model_uri: str | None = None  # the winner's registered version (models:/NAME/VERSION)
+    ablation: ablate.Ablation | None = None  # with --ablate
 
     @property
     def produced_results(self) -> bool:
@@ -169,6 +170,25 @@ def _confirm(opts: SearchOptions, state: SearchState, client: MlflowClient,
         experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
         cpus=opts.cpus_per_trial, gpus=gpus,
         concurrency=session.default_concurrency(replace(opts, num_samples=max(runs, 1)), gpus))
+
+
+def _ablate(opts: SearchOptions, state: SearchState, client: MlflowClient,
+            best: TrialSummary | None, confirmation: confirm.Confirmation | None
+            ) -> ablate.Ablation | None:
+    """With --ablate (or an ablation of this search to continue): the winner re-trained with
+    each of Table 4's removals (`search.stages.ablate`). Only after a search that ended."""
+    if not opts.ablate and not ablate.resumable(opts, state.parent_run_id):
+        return None
+    if best is None:
+        log.warning("--ablate: the search has no winner; no ablation")
+        return None
+    gpus = state.gpus_per_trial
+    runs = (len(ablate.ROWS) + 1) * opts.seeds
+    return ablate.ablate_search(
+        opts, best, confirmation, client, tracking_uri=state.tracking_uri,
+        experiment_id=state.experiment_id, parent_run_id=state.parent_run_id,
+        cpus=opts.cpus_per_trial, gpus=gpus,
+        concurrency=session.default_concurrency(replace(opts, num_samples=runs), gpus))
 
 
 DRAIN_S = 120.0  # at the end, how long to wait for MLflow to take what is still queued
@@ -327,7 +347,7 @@ def _close(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: 
     close_open_trials(client, runs, trials)
     best = None if stopped else pick_best(trials)
     confirmation = _confirm(opts, state, client, trials, ended=not stopped)
-    after = None
+    after, ablation = None, None
     with tempfile.TemporaryDirectory() as d:
         model = None
         if best is not None and best.checkpoint is not None:
@@ -339,10 +359,11 @@ def _close(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: 
                       model, stopped=stopped)
         model_uri = client.get_run(state.parent_run_id).data.tags.get(schema.MODEL_URI)
         best_path = _write_best_config(opts, best) if best is not None else None
-        if not stopped:  # the winner's cache, the ensemble: after the results are safe
+        if not stopped:  # the ablation, the winner's cache, the ensemble: after the results
+            ablation = _ablate(opts, state, client, best, confirmation)  # are safe
             after = after_training(opts, state, client, trials, best, runs, confirmation,
                                    model, Path(d))
     return SearchOutcome(trials, best, state.parent_run_id, state.tracking_uri,
                          opts.experiment_dir, best_path, confirmation, stopped_by,
                          state.experiment_id, after, study=(state.study_storage, state.study_name),
-                         model_uri=model_uri)
+                         model_uri=model_uri, ablation=ablation)

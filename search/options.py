@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
-from awd.config import from_flat
+from awd.ablation import ROWS as ABLATION_ROWS
+from awd.ablation import parse_rows
+from awd.config import MODELS, from_flat
 from awd.errors import UserError, first_line
 from search import storage
 from search.results import parse_param
@@ -68,7 +70,8 @@ class SearchOptions:
     warm_start_from: str | None = None  # an earlier search's MLflow experiment
     top: int = 3  # how many of its best configurations to enqueue
     confirm_top: int = 0  # re-train this many best configurations with new seeds at the end
-    seeds: int = 3  # seeds per confirmed configuration
+    seeds: int = 3  # seeds per confirmed configuration (and per ablation row)
+    ablate: str = ""  # after the search, Table 4's removals of the winner: "all", "ROW,ROW" or off
     cache_trials: int = 0  # tune the continuous cache of the winner with this many trials
     ensemble: int = 0  # greedy ensemble selection of up to this many members at the end
     report_intermediate: bool = True  # every epoch's objective reaches Optuna (off: ablation)
@@ -153,6 +156,7 @@ class SearchOptions:
         self._check_names()
         self._check_locations()
         self._check_fixed()
+        self._check_ablate()
         return self
 
     def _texts(self) -> list[tuple[str, str | None]]:
@@ -254,9 +258,24 @@ class SearchOptions:
             if isinstance(value, float) and not math.isfinite(value):
                 raise OptionError(f"--set: {key} must be a finite number, got {value}")
 
+    def _check_ablate(self) -> None:
+        if not self.ablate:
+            return
+        model = self.space_spec.model
+        models = MODELS if model == "mixed" else (model,)
+        problems = []
+        for name in models:  # a mixed space: a row must apply to one of its models at least
+            try:
+                parse_rows(self.ablate, name)
+                return
+            except UserError as e:
+                problems.append(first_line(e))
+        raise OptionError(problems[0])
+
+
 # --- resuming a saved search --------------------------------------------------------------
 # Flags a resumed search takes from the command line; every other one is the saved search's.
-RESUME_OVERRIDES = frozenset({"resume", "address", "best_config", "confirm_top", "seeds",
+RESUME_OVERRIDES = frozenset({"resume", "address", "best_config", "confirm_top", "seeds", "ablate",
                               "storage", "experiment", "cache_trials", "ensemble"})
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(SearchOptions)
                             if f.default is not MISSING}
@@ -295,6 +314,8 @@ def resumed(given: SearchOptions, saved: SearchOptions) -> SearchOptions:
     kept = {name: getattr(given, name) for name in RESUME_OVERRIDES}
     if not given.confirm_top:
         kept.update(confirm_top=saved.confirm_top, seeds=saved.seeds)
+    if not given.ablate:
+        kept.update(ablate=saved.ablate)
     if not given.cache_trials:
         kept.update(cache_trials=saved.cache_trials)
     if not given.ensemble:
@@ -503,6 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "configuration with --seeds new seeds each (default 0: off)")
     p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"],
                    help="seeds per confirmed configuration (default %(default)s)")
+    p.add_argument("--ablate", nargs="?", const="all", default=DEFAULTS["ablate"],
+                   metavar="ROW,...",
+                   help="after the search, re-train the winner with each of the AWD-LSTM "
+                   "paper's ablations (Table 4: one technique removed), --seeds seeds each, "
+                   f"the same seeds as --confirm-top's; rows: {', '.join(ABLATION_ROWS)} "
+                   "(default: all that apply to the model)")
     p.add_argument("--cache-trials", type=int, default=DEFAULTS["cache_trials"], metavar="N",
                    help="after the search, tune the winner's continuous cache (window, theta, "
                    "lambda) with N trials on validation, the paper's values first; test is "

@@ -61,6 +61,7 @@ class Plan:
     gpus_per_trial: float
     device: str = ""
     epoch_seconds: float | None = None  # measured here, for the paper configuration
+    retrainings: tuple[tuple[str, int], ...] = ()  # (what, runs) after the search, full budget
 
     @property
     def wall_hours(self) -> float | None:
@@ -92,6 +93,11 @@ class Plan:
                        f"epoch, so about {_duration(self.wall_hours)} at {self.concurrency} "
                        f"trial{'s' if self.concurrency != 1 else ''} at once{gpu} (larger "
                        "trials of the space take longer)")
+        if self.retrainings:
+            runs = sum(n for _, n in self.retrainings)
+            parts = "; ".join(f"{what}: {n}" for what, n in self.retrainings)
+            out.append(f"  then {runs} re-trainings of {self.max_epochs} epochs each, no early "
+                       f"stopping ({parts}): {runs * self.max_epochs:,} trial-epochs more")
         return out
 
 
@@ -128,7 +134,25 @@ def make_plan(opts: SearchOptions, concurrency: int, gpus_per_trial: float,
     return Plan(space.name, space.model, space.dataset, opts.num_samples, opts.epochs,
                 opts.grace, asha,
                 opts.num_samples * expected_epochs(opts.grace, opts.epochs, asha), params,
-                tokens, concurrency, gpus_per_trial, used, seconds)
+                tokens, concurrency, gpus_per_trial, used, seconds, retrainings(opts))
+
+
+def retrainings(opts: SearchOptions) -> tuple[tuple[str, int], ...]:
+    """The runs --confirm-top and --ablate add (at most: an ablation row the winner does not
+    use is left out; the confirmation's re-trainings of the winner serve the ablation too)."""
+    out = []
+    if opts.confirm_top:
+        out.append((f"--confirm-top {opts.confirm_top}: up to {opts.confirm_top + 1} "
+                    f"configurations x {opts.seeds} seeds", (opts.confirm_top + 1) * opts.seeds))
+    if opts.ablate:
+        from awd.ablation import rows_of
+
+        model = opts.space_spec.model
+        rows = max(len(rows_of(opts.ablate, m)[0]) for m in
+                   ((model,) if model != "mixed" else ("awd_lstm", "awd_gru", "zaremba")))
+        rows += 0 if opts.confirm_top else 1  # the winner itself
+        out.append((f"--ablate: up to {rows} rows x {opts.seeds} seeds", rows * opts.seeds))
+    return tuple(out)
 
 
 def _epoch_seconds(config: dict, corpus: object, tokens: int, device: str) -> tuple[float, str]:

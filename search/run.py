@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # Ray, MLflow, torch and pandas load once a search starts, no
     import pandas as pd
 
     from search.driver import SearchOutcome
+    from search.stages.ablate import Ablation
     from search.stages.after import AfterTraining
     from search.stages.confirm import Confirmation
     from spaces import Space
@@ -125,6 +126,25 @@ def confirmation_table(c: Confirmation) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ablation_table(a: Ablation) -> pd.DataFrame:
+    """Each row of the winner's ablation: mean ± std over the seeds, the change, the paper's."""
+    import pandas as pd
+
+    rows = []
+    for r in a.rows_dicts():
+        full = r["row"] == "full"
+        rows.append({"removed": r["label"], "val mean ± std": _pm(r["val_ppl_mean"],
+                                                                   r["val_ppl_std"]),
+                     "test mean ± std": _pm(r["test_ppl_mean"], r["test_ppl_std"]),
+                     "Δ val": "" if full or isnan(r["delta_val"]) else f"{r['delta_val']:+.2f}",
+                     "paper Δ val": "" if r["paper_delta_val"] is None
+                     else f"{r['paper_delta_val']:+.1f}",
+                     "beyond noise": "" if r["beyond_noise"] is None
+                     else ("yes" if r["beyond_noise"] else "no"),
+                     "seeds done": f"{r['completed']}/{r['runs']}"})
+    return pd.DataFrame(rows)
+
+
 def after_table(after: AfterTraining) -> pd.DataFrame:
     """The best single model, + cache, the ensemble, ensemble + cache: val and test."""
     import pandas as pd
@@ -221,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         with pd.option_context("display.width", 200, "display.max_columns", 30):
             print(confirmation_table(outcome.confirmation).to_string(index=False))
         print(f"Best vs paper: {outcome.confirmation.verdict.text}")
+    if outcome.ablation is not None:
+        print(f"\nAblation of the winner (trial {outcome.ablation.winner}; one technique removed, "
+              "new seeds; beyond noise: one-sided Welch's t-test p < 0.05):")
+        with pd.option_context("display.width", 200, "display.max_columns", 30):
+            print(ablation_table(outcome.ablation).to_string(index=False))
     if outcome.after is not None and (outcome.after.cache or outcome.after.ensemble):
         print("\nAfter training (sequential evaluation at batch 1; cache values and members "
               "chosen on validation, test evaluated once):")

@@ -70,6 +70,16 @@ Parent run, with confirmation
   tags:    awdsearch.confirm_verdict (the verdict in words)
   artifacts: confirmation.json (every confirmed configuration's numbers)
 
+Ablation (child) run, named "ablate_<row>_s<seed>_<id>" in Tune (``--ablate``,
+`search.stages.ablate`): the winner re-trained with one of Table 4's techniques removed
+  tags:    awdsearch.role = "ablation", awdsearch.ablation (the row, `awd.ablation.ROWS`; "full"
+           for the winner unchanged when no confirmation gives it), awdsearch.ablation_of (the
+           winner's trial id), awdsearch.seed, and the trial tags
+  params, metrics: as a trial run's. Not a trial: ablation_gpu_hours counts them.
+Parent run, with the ablation
+  metrics: ABLATION_SUMMARY_METRICS
+  artifacts: ablation.json (every row's numbers, its change and p-value against the winner)
+
 Cache (child) run, named "<space>-cache" (``--cache-trials N``, `search.stages.cache`): the
 continuous cache tuned on the winner, on validation only
   tags:    awdsearch.role = "cache", awdsearch.cache (the chosen "W,θ,λ")
@@ -113,7 +123,8 @@ FAILURE = "awdsearch.failure"
 DEVICE = "awdsearch.device"
 NODE_IP = "awdsearch.node_ip"
 NODE_ID = "awdsearch.node_id"
-ABLATION = "awdsearch.ablation"  # names a hand-launched run as an ablation of the best config
+ABLATION = "awdsearch.ablation"  # an ablation run's row (`awd.ablation.ROWS`; "full": none removed)
+ABLATION_OF = "awdsearch.ablation_of"  # an ablation run: the winner's trial id
 PARENT_RUN_ID = "mlflow.parentRunId"
 
 ROLE_SEARCH = "search"
@@ -123,6 +134,7 @@ ROLE_CONFIRM = "confirm"
 CONFIRM_RANK = "awdsearch.confirm_rank"  # the original trial's place in the ranking, 1 = best
 CONFIRM_PAPER = "awdsearch.confirm_paper"  # "true" on the paper configuration's confirmations
 CONFIRM_VERDICT = "awdsearch.confirm_verdict"  # parent run: best vs paper, in words
+ROLE_ABLATION = "ablation"  # the winner re-trained with one technique removed (`--ablate`)
 ROLE_CACHE = "cache"  # the continuous cache tuned on the winner (`search.stages.cache`)
 ROLE_ENSEMBLE = "ensemble"  # greedy ensemble selection (`search.stages.ensemble`)
 CACHE_VALUES = "awdsearch.cache"  # "W,theta,lambda" chosen on validation: `--cache tuned`
@@ -174,6 +186,10 @@ CONFIRM_PAPER_TEST_MEAN = "confirm_paper_test_ppl_mean"
 CONFIRM_PAPER_TEST_STD = "confirm_paper_test_ppl_std"
 CONFIRM_P_VALUE = "confirm_p_value"  # one-sided Welch's t-test: best's val < paper's val
 CONFIRM_BETTER = "confirm_best_beats_paper"  # 1: beyond seed noise, 0: not shown (absent: n/a)
+ABLATION_RUNS = "ablation_runs"  # ablation runs started
+ABLATION_COMPLETED = "ablation_runs_completed"
+ABLATION_GPU_HOURS = "ablation_gpu_hours"  # their cost, apart from gpu_hours and confirm's
+ABLATION_SUMMARY_METRICS = (ABLATION_RUNS, ABLATION_COMPLETED, ABLATION_GPU_HOURS)
 CONFIRM_SUMMARY_METRICS = (CONFIRM_RUNS, CONFIRM_COMPLETED, CONFIRM_GPU_HOURS,
                            CONFIRM_BEST_VAL_MEAN, CONFIRM_BEST_VAL_STD, CONFIRM_BEST_TEST_MEAN,
                            CONFIRM_BEST_TEST_STD, CONFIRM_PAPER_VAL_MEAN, CONFIRM_PAPER_VAL_STD,

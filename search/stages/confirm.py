@@ -45,11 +45,10 @@ from mlflow.tracking import MlflowClient
 
 from awd.config import from_flat
 from awd.errors import ConfigError
-from search import schema, storage
-from search.errors import SearchError
+from search import schema
 from search.options import SearchOptions
 from search.results import TrialSummary, gpu_hours, ranking
-from search.tracking.store import child_runs, close_open_trials
+from search.stages import retrain
 
 log = logging.getLogger(__name__)
 
@@ -329,50 +328,30 @@ def log_confirmation(client: MlflowClient, parent_run_id: str, c: Confirmation) 
         client.log_artifact(parent_run_id, str(path))
 
 
-# --- the re-trainings, as a second Tune run ----------------------------------------------------
-def experiment_dir(opts: SearchOptions) -> str:
-    return storage.join(opts.storage_path, opts.experiment_name + SUFFIX)
-
-
-def _owner(confirm_dir: str) -> str | None:
-    """The parent run whose confirmation is saved at ``confirm_dir``, if any."""
-    text = storage.read_text(storage.join(confirm_dir, STATE_FILE))
-    try:
-        return str(json.loads(text)["parent_run_id"]) if text else None
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def resumable(opts: SearchOptions, parent_run_id: str) -> bool:
-    """Whether this search's confirmation was started and can be continued."""
-    from ray import tune
-
-    confirm_dir = experiment_dir(opts)
-    return tune.Tuner.can_restore(confirm_dir) and _owner(confirm_dir) == parent_run_id
-
-
+# --- the re-trainings, as a second Tune run (`search.stages.retrain`) ---------------------------
 def _trial_name(trial: Any) -> str:
     """``confirm_<original trial>_s<seed>_<id>``: which trial it re-trains, with which seed."""
     entry = trial.config[KEY]
     return f"confirm_{entry.get('confirm_of', 'trial')}_s{entry.get('seed', '?')}_{trial.trial_id}"
 
 
-def _run_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A confirmation trial's run config, from its Tune config."""
-    return dict(config[KEY]["run"])
+STAGE = retrain.Stage("the confirmation", KEY, SUFFIX, STATE_FILE, schema.ROLE_CONFIRM,
+                      train_confirmation, unwrap, _trial_name)
 
 
-def _records(result_grid: Any, gpus: float) -> tuple[list[TrialSummary], list[dict[str, Any]]]:
-    """The re-trainings as trial summaries (to close their runs) and as records."""
-    from search.tune.grid import summarize  # Ray: not at import
+def experiment_dir(opts: SearchOptions) -> str:
+    return retrain.experiment_dir(opts, STAGE)
 
-    summaries = summarize(result_grid, run_config=_run_config)
-    records = []
-    for i, t in enumerate(summaries):
-        entry = (result_grid[i].config or {})[KEY]
-        records.append({**{k: entry[k] for k in ("confirm_of", "rank", "paper", "seed")},
-                        **t.metrics, "status": t.status, "gpus_per_trial": gpus})
-    return summaries, records
+
+def resumable(opts: SearchOptions, parent_run_id: str) -> bool:
+    """Whether this search's confirmation was started and can be continued."""
+    return retrain.resumable(opts, STAGE, parent_run_id)
+
+
+def seeds_of(opts: SearchOptions) -> list[int]:
+    """The seeds this search's confirmation uses (empty: none was started)."""
+    saved = retrain.saved_plan(opts, STAGE) or {}
+    return [int(s) for s in saved.get("seeds", [])]
 
 
 def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: MlflowClient, *,
@@ -381,24 +360,8 @@ def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: 
     """Re-train the search's best configurations and the paper configuration (or continue the
     confirmation saved for this search), log the summary on the parent run; None if there is
     nothing to confirm. Call it in the search's Ray session, before the parent is closed."""
-    from ray import tune
 
-    from search.tune.callback import MLflowTrialLogger
-
-    confirm_dir = experiment_dir(opts)
-    from search.tune.console import SearchConsole, quiet_ray, quiet_trainable
-
-    quiet_ray()
-    trainable = tune.with_resources(quiet_trainable(train_confirmation),
-                                    {"cpu": cpus, "gpu": gpus})
-    if tune.Tuner.can_restore(confirm_dir):
-        if _owner(confirm_dir) != parent_run_id:
-            raise SearchError(f"{confirm_dir} holds the confirmation of another search; move "
-                              "it away or pass another --experiment")
-        log.info("continuing the confirmation saved at %s", confirm_dir)
-        tuner = tune.Tuner.restore(confirm_dir, trainable, resume_unfinished=True,
-                                   resume_errored=False)
-    else:
+    def make_plan() -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
         space = opts.space_spec
         paper = space.paper_config(**{**opts.fixed_values, "epochs": opts.epochs})
         candidates = choose(trials, paper, opts.confirm_top)
@@ -407,43 +370,17 @@ def confirm_search(opts: SearchOptions, trials: Sequence[TrialSummary], client: 
             return None
         taken = {from_flat(c.config).train.seed for c in candidates}
         seeds = new_seeds(opts.seed, opts.seeds, taken)
-        storage.write_text(storage.join(confirm_dir, STATE_FILE), json.dumps(
-            {"parent_run_id": parent_run_id, "confirm_top": opts.confirm_top, "seeds": seeds,
-             "configurations": [c.trial_id for c in candidates]}, indent=2))
-        logger = MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id, space.name,
-                                   {"gpus_per_trial": gpus}, role=schema.ROLE_CONFIRM,
-                                   unwrap=unwrap, experiment_dir=confirm_dir)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={KEY: tune.grid_search(plan(candidates, seeds))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True,
-                                        trial_name_creator=_trial_name,
-                                        trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(
-                name=opts.experiment_name + SUFFIX, storage_path=opts.storage_path,
-                callbacks=[logger, SearchConsole(schema.BEST_VAL_PPL, "min",
-                                                 stopper="the confirmation")],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                sync_config=tune.SyncConfig(sync_artifacts=True),  # the trials' logs
-                verbose=0))
-    import signal
+        return plan(candidates, seeds), {"confirm_top": opts.confirm_top, "seeds": seeds,
+                                         "configurations": [c.trial_id for c in candidates]}
 
-    from search.tune.session import restore_sigint
-
-    before = signal.getsignal(signal.SIGINT)
-    try:
-        grid = tuner.fit()
-    finally:
-        restore_sigint(before)
-    summaries, records = _records(grid, gpus)
-    from search.tune.callback import close_all
-
-    if close_all(timeout=120):
-        log.warning("MLflow unreachable: the confirmation's summary is written on --resume")
+    done = retrain.retrain(STAGE, opts, client, make_plan, tracking_uri=tracking_uri,
+                           experiment_id=experiment_id, parent_run_id=parent_run_id, cpus=cpus,
+                           gpus=gpus, concurrency=concurrency)
+    if done is None:
         return None
-    close_open_trials(client, child_runs(client, experiment_id, parent_run_id), summaries)
-    result = summarize_runs(records, {t.trial_id: t.record() for t in trials})
+    summaries, entries = done
+    result = summarize_runs(retrain.records(summaries, entries, gpus),
+                            {t.trial_id: t.record() for t in trials})
     result.retrainings = summaries
     log_confirmation(client, parent_run_id, result)
     return result
