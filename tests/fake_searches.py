@@ -44,10 +44,12 @@ def start_trial(client: MlflowClient, exp_id: str, parent: str | None, trial_id:
                 run_name: str, start: int, tags: Mapping[str, str],
                 params: Mapping[str, Any]) -> str:
     """A trial's run (its config as params), as the Tune callback opens it; ``parent=None``: a
-    stand-alone run (e.g. an ablation launched by hand), without a role or parent."""
+    stand-alone run (launched by hand), without a role or parent; a ``tags`` role (an ablation
+    run's) stands."""
     own = {schema.TRIAL_ID: trial_id, schema.STATUS: schema.STATUS_RUNNING, **tags}
     if parent is not None:
-        own.update({schema.ROLE: schema.ROLE_TRIAL, schema.PARENT_RUN_ID: parent})
+        own.update({schema.ROLE: tags.get(schema.ROLE, schema.ROLE_TRIAL),
+                    schema.PARENT_RUN_ID: parent})
     run_id = client.create_run(exp_id, run_name=run_name, start_time=start, tags=own).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return str(run_id)

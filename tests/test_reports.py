@@ -42,6 +42,7 @@ from reports.plots import slug
 from reports.render import Document, Section, fmt_value, to_html, to_markdown
 from search import schema
 from search.results import TrialSummary
+from search.stages.ablate import FULL
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -108,8 +109,9 @@ def _write_trial(client: MlflowClient, exp_id: str, parent: str | None, space: s
     trial = _trial(spec, i)
     tags = {schema.MODEL: spec["model"], schema.DATASET: "ptb", schema.SPACE: space,
             schema.DEVICE: "NVIDIA H100", schema.NODE_IP: "10.0.0.1"}
-    if spec.get("ablation"):
-        tags[schema.ABLATION] = spec["ablation"]
+    if spec.get("ablation"):  # a run of the search's --ablate stage
+        tags.update({schema.ROLE: schema.ROLE_ABLATION, schema.ABLATION: spec["ablation"],
+                     schema.ABLATION_OF: spec["ablation_of"], schema.SEED: str(spec["seed"])})
     rid = start_trial(client, exp_id, parent, trial.trial_id, f"{space}-{trial.trial_id}",
                       start, tags, {**trial.config, "gpus_per_trial": gpus})
     trigger, epochs = spec.get("trigger"), spec["epochs"]
@@ -144,7 +146,7 @@ AWD_TRIALS = [
     dict(model=GRU, status="stopped_early", epochs=3, floor=90.0, num_params=19_170_000,
          params={"dropout": 0.5, "wdrop": 0.3}),
     dict(model=LSTM, status="failed", epochs=2, floor=70.0, params={"nhid": 1500}),
-    # the best LSTM config without weight drop: an ablation recognised from its params
+    # the best LSTM config without weight drop: a trial like any other
     dict(model=LSTM, status="completed", epochs=14, trigger=10, floor=64.0, final=(65.70, 63.02),
          params={"wdrop": 0.0}),
 ]
@@ -159,6 +161,17 @@ ZAREMBA_TRIALS = [
         ("completed", 12, 87.0, (88.1, 84.4), {"dropout": 0.55, "lr": 1.2}),
     ]
 ]
+
+
+# (row, the two seeds' final (val, test), what it changes): the LSTM winner's --ablate runs
+ABLATION_RUNS = [(FULL, ((61.0, 59.0), (62.0, 60.0)), {}),
+                 ("weight_drop", ((66.0, 64.0), (67.0, 65.0)), {"wdrop": 0.0}),
+                 ("ar_tar", ((61.4, 59.5), (62.2, 60.1)), {"alpha": 0.0, "beta": 0.0})]
+
+
+def parent_of(client: MlflowClient, exp: str) -> str:
+    return next(r.info.run_id for r in client.search_runs([exp])
+                if r.data.tags.get(schema.ROLE) == schema.ROLE_SEARCH)
 
 
 GOOD = ["awd-mixed", "zaremba-medium"]
@@ -188,12 +201,23 @@ def fake_store(tmp_path_factory, new_mlflow_store) -> tuple[str, list[str]]:
     client = MlflowClient(uri)
     write_search(client, "awd-mixed", arts, AWD_TRIALS, "compare_ptb", "mixed")
     exp = client.get_experiment_by_name("awd-mixed").experiment_id
-    # a hand-launched ablation, tagged: the best LSTM config without AR/TAR
-    best = dict(AWD_TRIALS[0], params={"alpha": 0.0, "beta": 0.0}, final=(63.10, 60.55),
-                ablation="no AR/TAR")
-    _write_trial(client, exp, None, "ablation", 99, best, T0 + 3_600_000, 1.0)
+    # its --ablate stage: the LSTM winner unchanged, without weight drop, without AR/TAR
+    for row, finals, change in ABLATION_RUNS:
+        for k, (final, seed) in enumerate(zip(finals, (11, 12), strict=True)):
+            spec = dict(AWD_TRIALS[0], final=final, ablation=row, ablation_of="t0000", seed=seed,
+                        params={**change, "seed": seed})
+            _write_trial(client, exp, parent_of(client, exp), "compare_ptb", 90 + 2 * len(change)
+                         + k, spec, T0 + 3_600_000, 1.0)
     write_search(client, "zaremba-medium", arts, ZAREMBA_TRIALS, "zaremba_ptb", "zaremba",
                  gpus=1.0)
+    zexp = client.get_experiment_by_name("zaremba-medium").experiment_id
+    for row, finals in ((FULL, ((86.0, 83.0), (87.0, 84.0))),
+                        ("variable_bptt", ((86.4, 83.3), (87.2, 84.1)))):
+        for k, (final, seed) in enumerate(zip(finals, (11, 12), strict=True)):
+            spec = dict(ZAREMBA_TRIALS[0], final=final, ablation=row, ablation_of="t0000",
+                        seed=seed, params={"seed": seed})
+            _write_trial(client, zexp, parent_of(client, zexp), "zaremba_ptb", 80 + k
+                         + (2 if row != FULL else 0), spec, T0 + 3_600_000, 1.0)
     write_search(client, "nothing-finished", arts, [
         dict(model=LSTM, status="failed", epochs=3)], "awd_ptb", LSTM)
     write_search(client, "missing-metrics", arts, [
@@ -304,7 +328,7 @@ def _independent_summary(uri: str, names: list[str]) -> list[dict]:
         parents = {r.info.run_id for r in runs if r.data.tags.get(schema.ROLE) == "search"}
         trials = [r for r in runs if r.data.tags.get(schema.PARENT_RUN_ID) in parents
                   and r.data.tags.get(schema.ROLE) == schema.ROLE_TRIAL
-                  and not r.data.tags.get("awdsearch.ablation")]
+                  and not r.data.tags.get(schema.ABLATION)]
         groups: dict[tuple, list] = {}
         for r in trials:
             key = (r.data.tags[schema.PARENT_RUN_ID], r.data.tags[schema.MODEL],
@@ -389,13 +413,21 @@ def test_published_numbers_and_gaps(fake_report):
     assert "Missing or bad input" not in md
 
 
-def test_ablation_table_lists_runs_without_one_regulariser(fake_report):
+def test_ablation_section_compares_each_row_with_the_winner_and_the_paper(fake_report):
     md = (fake_report / "report.md").read_text()
-    section = md.split("## Ablation", 1)[1].split("\n## ", 1)[0]
+    section = md.split("## Ablation of the winners", 1)[1].split("\n## ", 1)[0]
     lines = [ln for ln in section.splitlines() if ln.startswith("| awd_lstm")]
-    assert [ln.split("|")[3].strip() for ln in lines] == ["best config", "no AR/TAR", "no wdrop"]
-    assert "+3.77" in lines[2]  # 65.70 - 61.93
-    assert "| awd_gru" not in section  # no ablation runs of the GRU: no rows
+    cells = [[c.strip() for c in ln.split("|")[1:-1]] for ln in lines]
+    assert [c[2] for c in cells] == ["winner (nothing removed)", "– AR/TAR", "– weight-dropping"]
+    assert cells[0][4] == "61.50 ± 0.71"
+    assert cells[2][6:8] == ["+5.00", "+11.1"]  # 66.5 - 61.5; Table 4: 71.1 - 60.0
+    assert cells[2][10].startswith("yes (p = ") and cells[1][10].startswith("no (p = ")
+    z = [ln for ln in section.splitlines() if ln.startswith("| zaremba")]
+    assert [c.split("|")[3].strip() for c in z] == ["winner (nothing removed)",
+                                                   "– variable sequence lengths"]
+    side = section.split("The models side by side", 1)[1]  # two models: their Δ side by side
+    assert "Δ val awd_lstm (awd-mixed)" in side and "Δ val zaremba (zaremba-medium)" in side
+    assert "| – weight-dropping | +5.00* |  | +11.1 |" in side
 
 
 def test_every_figure_is_a_real_png(reported, report):
