@@ -14,6 +14,7 @@ from awd.errors import first_line
 from reports import ablation, importance, plots, references, tables, trials
 from reports.after import section as after_section
 from reports.confirmation import section as confirmation_section
+from reports.cost import section as cost_section
 from reports.load import ReportData, load
 from reports.render import (
     Block,
@@ -177,8 +178,8 @@ def document(data: ReportData, out: Path) -> tuple[Document, pd.DataFrame]:
     sections.append(Section("Trials and cost", [
         "GPU-h = sum over trials of train_seconds × gpus_per_trial / 3600; Train h = sum of "
         "train_seconds / 3600.", cost]))
-    sections.extend(s for s in [confirmation_section(data), after_section(data)]
-                    if s is not None)
+    sections.extend(s for s in [cost_section(data, out), confirmation_section(data),
+                                after_section(data)] if s is not None)
     curves: list[Block] = [*plots.learning_curves(data, out)]
     sections.append(Section("Learning curves", curves or
                             ["No validation perplexity was recorded per epoch."]))

@@ -43,7 +43,8 @@ Child (trial) run, named "<space>-<trial_id>"
            "System metrics" tab)
   metrics once: TRIAL_SUMMARY_METRICS: num_params, ntasgd_trigger_epoch (absent if never
            triggered), epochs_run, train_seconds (sum of epoch_seconds), final_val_ppl,
-           final_test_ppl (completed trials)
+           final_test_ppl (completed trials), and its cost (COST_METRICS): train_tokens_per_s,
+           seconds_per_epoch, peak_memory_mb; the device is the awdsearch.device tag
   artifacts (best trial only): config.json, and the MLflow model "model" (below)
 
 The best model (`search.tracking.registry`), stored once: an MLflow PyTorch model named
@@ -166,8 +167,14 @@ BEST_TEST_PPL = "best_test_ppl"  # parent run: final_test_ppl of the best trial
 
 EPOCH_METRICS = ("train_loss", TRAIN_PPL, "val_loss", VAL_PPL, BEST_VAL_PPL, "epoch_lr",
                  EPOCH_SECONDS, "tokens_per_s", "averaging")
+# What a trial costs (issue 18): with NUM_PARAMS and TRAIN_SECONDS, the report's cost section.
+TRAIN_TOKENS_PER_S = "train_tokens_per_s"  # mean over its epochs of tokens_per_s
+SECONDS_PER_EPOCH = "seconds_per_epoch"  # train_seconds / epochs_run
+PEAK_MEMORY_MB = "peak_memory_mb"  # CUDA allocator's peak on a GPU, process VmHWM on CPU
+COST_METRICS = (NUM_PARAMS, TRAIN_TOKENS_PER_S, SECONDS_PER_EPOCH, PEAK_MEMORY_MB, TRAIN_SECONDS)
 TRIAL_SUMMARY_METRICS = (NUM_PARAMS, NTASGD_TRIGGER_EPOCH, EPOCHS_RUN, TRAIN_SECONDS,
-                         FINAL_VAL_PPL, FINAL_TEST_PPL)
+                         FINAL_VAL_PPL, FINAL_TEST_PPL, TRAIN_TOKENS_PER_S, SECONDS_PER_EPOCH,
+                         PEAK_MEMORY_MB)
 SEARCH_SUMMARY_METRICS = (BEST_VAL_PPL, BEST_TEST_PPL, "trials_total", "trials_completed",
                           "trials_stopped_early", "trials_failed", "trials_interrupted",
                           "wall_seconds", "gpu_hours")

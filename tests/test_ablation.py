@@ -251,6 +251,13 @@ def test_every_row_is_trained_once_per_seed_with_its_change_and_nothing_else(abl
         assert {k: parse_param(v) for k, v in got.items()} == \
             {k: parse_param(v) for k, v in want.items()}, row
         assert r.data.metrics[schema.FINAL_VAL_PPL] > 1
+    for r in runs[schema.ROLE_TRIAL] + runs[schema.ROLE_CONFIRM] + ablations:  # their cost
+        m = r.data.metrics
+        assert m[schema.NUM_PARAMS] > 0 and m[schema.TRAIN_TOKENS_PER_S] > 0
+        assert m[schema.SECONDS_PER_EPOCH] > 0 and m[schema.PEAK_MEMORY_MB] > 50
+        assert m[schema.SECONDS_PER_EPOCH] == pytest.approx(
+            m[schema.TRAIN_SECONDS] / m[schema.EPOCHS_RUN])
+        assert r.data.tags[schema.DEVICE] == "cpu"
     metrics = parent.data.metrics
     assert metrics["trials_total"] == 2  # ablation runs are not trials
     assert metrics[schema.ABLATION_RUNS] == metrics[schema.ABLATION_COMPLETED] == total
@@ -276,3 +283,4 @@ def test_the_ablation_artifact_and_report(ablated_search):
     for name in rows:
         if name != FULL:
             assert f"– {ROWS[name].label}" in text
+    assert "## Cost against perplexity" in text and (cwd / "report" / "cost_ptb.png").is_file()

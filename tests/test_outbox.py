@@ -149,6 +149,17 @@ def test_logger_writes_runs_off_the_loop_and_a_resent_record_is_not_duplicated(s
     assert len(client.search_runs([exp], filter_string=f"tags.`{schema.TRIAL_ID}` = 't1'")) == 1
 
 
+def test_a_run_created_but_killed_before_its_params_gets_them_on_the_next_start(store):
+    uri, client, exp, parent = store
+    spec = RunSpec(exp, parent, "smoke")
+    start = spec.start("k1", {"model": "awd_lstm", "lr": 20}, {})
+    bare = client.create_run(exp, run_name=start["run_name"], tags=start["tags"]).info.run_id
+    RunWriter(uri)(start)  # the resumed trial starts again: the same run, now with its params
+    run = client.get_run(bare)
+    assert run.data.params["lr"] == "20.0" and run.data.params["model"] == "awd_lstm"
+    assert len(client.search_runs([exp], filter_string=f"tags.`{schema.TRIAL_ID}` = 'k1'")) == 1
+
+
 def test_outage_spool_survives_the_driver_and_replays_exactly_once(store, tmp_path, caplog,
                                                                    fast_http_failures):
     uri, client, exp, parent = store

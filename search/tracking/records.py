@@ -205,7 +205,10 @@ class RunWriter:
         return run_id
 
     def _start(self, record: Record) -> None:
-        if self.find_run(record) is not None:
+        found = self.find_run(record)
+        if found is not None:
+            if not self.client.get_run(found).data.params:  # a start cut short by a kill
+                self._write_params(found, record)  # between the run's creation and its params
             return
         parent = self.client.get_run(record["parent_run_id"])
         run = self.client.create_run(
@@ -215,6 +218,9 @@ class RunWriter:
         self._run_ids[(record["parent_run_id"], record["trial_id"])] = run_id
         self._steps[run_id] = set()
         self._tags[run_id] = dict(record["tags"])
+        self._write_params(run_id, record)
+
+    def _write_params(self, run_id: str, record: Record) -> None:
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in record["params"].items()])
         dataset = record["dataset"]
         log_dataset(self.client, run_id, DatasetRef(**dataset) if dataset else None)

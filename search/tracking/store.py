@@ -142,8 +142,9 @@ def finished_stage_run(client: MlflowClient, experiment_id: str, parent_run_id: 
 
 def trial_summary_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """A trial run's once-only metrics, all taken from the trial's last Tune result."""
-    summary = {name: float(result[name]) for name in (schema.EPOCHS_RUN, schema.TRAIN_SECONDS)
-               if name in result}
+    summary = {name: float(result[name]) for name in (
+        schema.EPOCHS_RUN, schema.TRAIN_SECONDS, schema.TRAIN_TOKENS_PER_S,
+        schema.SECONDS_PER_EPOCH, schema.PEAK_MEMORY_MB) if name in result}
     if result.get(schema.NTASGD_TRIGGER_EPOCH):
         summary[schema.NTASGD_TRIGGER_EPOCH] = float(result[schema.NTASGD_TRIGGER_EPOCH])
     if result.get(schema.FINISHED):

@@ -27,6 +27,7 @@ from ray import tune
 from awd.config import from_flat
 from awd.data import load_corpus
 from awd.errors import CheckpointError, ConfigError, DataError, TrainingDiverged, first_line
+from awd.memory import peak_memory_mb, reset_peak_memory
 from awd.progress import epoch_line, final_line
 from awd.trainer import EpochMetrics, Trainer
 from search import schema
@@ -77,7 +78,20 @@ def epoch_result(m: EpochMetrics, trainer: Trainer) -> dict[str, Any]:
                    "device": str(trainer.device), "device_name": _device_name(trainer.device),
                    "node_id": _node_id(), "node_ip": ray.util.get_node_ip_address()})
     result.update(system_metrics(trainer.device))
+    result.update(cost_metrics(trainer))
     return result
+
+
+def cost_metrics(trainer: Trainer) -> dict[str, float]:
+    """What the trial has cost so far (`schema.COST_METRICS`): its speed, its time per epoch
+    and its peak memory since it started in this process (`awd.memory`)."""
+    speeds = [m.tokens_per_s for m in trainer.history]
+    out = {schema.PEAK_MEMORY_MB: peak_memory_mb(trainer.device)}
+    if speeds:
+        out[schema.TRAIN_TOKENS_PER_S] = sum(speeds) / len(speeds)
+    if trainer.epoch:
+        out[schema.SECONDS_PER_EPOCH] = trainer.train_seconds / trainer.epoch
+    return out
 
 
 def system_metrics(device: torch.device) -> dict[str, float]:
@@ -91,8 +105,7 @@ def system_metrics(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         metrics[schema.SYSTEM_GPU_MEMORY_MB.format(index=index)] = (
-            torch.cuda.max_memory_allocated(device) / 1e6)
-        torch.cuda.reset_peak_memory_stats(device)  # the next epoch's peak is its own
+            torch.cuda.max_memory_allocated(device) / 1e6)  # the trial's peak, reset at its start
         try:
             metrics[schema.SYSTEM_GPU_UTILIZATION.format(index=index)] = float(
                 torch.cuda.utilization(device))
@@ -138,6 +151,7 @@ def train_trial(config: dict[str, Any]) -> None:
     try:
         run = from_flat(config)
         trainer = Trainer(run, load_corpus(run.dataset))
+        reset_peak_memory(trainer.device)
         _restore(trainer)
         _train(trainer)
     except Exception as e:
