@@ -23,7 +23,7 @@ from reports.render import Section, Table, fmt_int, fmt_num
 from search import schema
 
 SECONDS_TO_BEST = "seconds_to_best"
-POINT_COLUMNS = ("search", "model", "dataset", "trial_id", "run_id", "status", "device",
+POINT_COLUMNS = ("search", "model", "dataset", "trial_id", "run_id", "status", "device", "pareto",
                  "val_ppl", schema.NUM_PARAMS, SECONDS_TO_BEST, schema.TRAIN_TOKENS_PER_S,
                  schema.PEAK_MEMORY_MB)
 PAIRS = ((schema.NUM_PARAMS, "parameters"), (SECONDS_TO_BEST, "training seconds to reach it"))
@@ -69,7 +69,8 @@ def points(data: ReportData) -> pd.DataFrame:
                      "model": run["model"],
                      "dataset": run["dataset"], "trial_id": run["trial_id"],
                      "run_id": run["run_id"], "status": run["status"],
-                     "device": run.get("device", ""), "val_ppl": float(val),
+                     "device": run.get("device", ""), "pareto": bool(run.get("pareto", False)),
+                     "val_ppl": float(val),
                      schema.NUM_PARAMS: run[schema.NUM_PARAMS],
                      SECONDS_TO_BEST: _seconds_to_best(data, run),
                      schema.TRAIN_TOKENS_PER_S: run.get(schema.TRAIN_TOKENS_PER_S, math.nan),
@@ -106,9 +107,12 @@ def matched(frame: pd.DataFrame, model: str = "awd_gru", base: str = "awd_lstm")
     return sentence
 
 
-def _front_table(frame: pd.DataFrame, cost: str, label: str) -> Table:
+def _front_table(frame: pd.DataFrame, cost: str) -> Table:
     front = frame[pareto_front(frame["val_ppl"].to_numpy(float), frame[cost].to_numpy(float))]
-    front = front.sort_values("val_ppl")
+    return _table(front.sort_values("val_ppl"))
+
+
+def _table(front: pd.DataFrame) -> Table:
     rows = [[r["model"], r["search"], r["trial_id"], fmt_num(r["val_ppl"]),
              fmt_int(r[schema.NUM_PARAMS]), fmt_num(r[SECONDS_TO_BEST]),
              fmt_num(r[schema.TRAIN_TOKENS_PER_S]), fmt_num(r[schema.PEAK_MEMORY_MB]),
@@ -128,6 +132,10 @@ def _plot(frame: pd.DataFrame, dataset: str, out: Path) -> Path:
         front = frame[mask].sort_values(col)
         ax.step(front[col], front["val_ppl"], where="post", color="black", lw=1,
                 label="Pareto front")
+        own = frame[frame["pareto"]]
+        if not own.empty:
+            ax.scatter(own[col], own["val_ppl"], s=80, facecolors="none", edgecolors="black",
+                       label="the search's front (--objectives)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(label)
@@ -156,7 +164,12 @@ def section(data: ReportData, out: Path) -> Section | None:
                       + matched(group.reset_index(drop=True)))
         for col, label in PAIRS:
             blocks += [f"Pareto front of (validation perplexity, {label}):",
-                       _front_table(group.reset_index(drop=True), col, label)]
+                       _front_table(group.reset_index(drop=True), col)]
+        own = group[group["pareto"]]
+        if not own.empty:
+            blocks += ["The searches' own Pareto fronts (`--objectives`: Optuna's best_trials "
+                       "over completed trials, tagged `awdsearch.pareto`; circled in the plot):",
+                       _table(own.sort_values(["search", "val_ppl"]))]
         path = _plot(group.reset_index(drop=True), str(dataset), out)
         blocks.append(Plot(path, f"{dataset}: cost against perplexity",
                            "Every trial; the black steps are the Pareto fronts."))

@@ -34,7 +34,7 @@ REQUIRED = {  # metrics a trial of each status must have (schema: "metrics once"
 }
 RUN_COLUMNS = ("run_id", "run_name", "experiment", "search_key", "role", "trial_id", "model",
                "dataset", "preset", "status", "failure", "ablation", "ablation_of", "seed",
-               "device", "start_time", "end_time",
+               "device", "pareto", "start_time", "end_time",
                *schema.TRIAL_SUMMARY_METRICS, "gpus_per_trial", "finetuned", "train_tokens",
                "eval_tokens", schema.BEST_VAL_PPL, "params", "experiment_id")
 # A search's row: its parent run's tags and params, and its summary metrics (NaN where the
@@ -178,6 +178,7 @@ def _run_row(run: Run, experiment: str, search_key: str, search_gpus: float) -> 
         "preset": params.get("preset", ""), "status": tags.get(schema.STATUS, ""),
         "failure": tags.get(schema.FAILURE, ""), "ablation": tags.get(schema.ABLATION, ""),
         "ablation_of": tags.get(schema.ABLATION_OF, ""), "device": tags.get(schema.DEVICE, ""),
+        "pareto": tags.get(schema.PARETO) == "true",
         "seed": tags.get(schema.SEED) or params.get("seed", ""),
         "start_time": run.info.start_time, "end_time": run.info.end_time,
         "gpus_per_trial": gpus if not math.isnan(gpus) else search_gpus,

@@ -29,6 +29,7 @@ from search.stages import ablate, confirm
 from search.stages.after import AfterTraining, after_training
 from search.state import SearchState
 from search.tracking.backfill import backfill, trial_results
+from search.tracking.pareto import front_trial_ids, tag_front
 from search.tracking.records import replay, spool_path
 from search.tracking.registry import quiet_export_notes, warm_up_export
 from search.tracking.store import (
@@ -75,6 +76,7 @@ class SearchOutcome:
     study: tuple[str, str] | None = None  # the Optuna study: (storage URL, study name)
     model_uri: str | None = None  # the winner's registered version (models:/NAME/VERSION)
     ablation: ablate.Ablation | None = None  # with --ablate
+    pareto: list[str] | None = None  # with --objectives: the front's trial ids
 
     @property
     def produced_results(self) -> bool:
@@ -347,7 +349,7 @@ def _close(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: 
     close_open_trials(client, runs, trials)
     best = None if stopped else pick_best(trials)
     confirmation = _confirm(opts, state, client, trials, ended=not stopped)
-    after, ablation = None, None
+    after, ablation, pareto = None, None, None
     with tempfile.TemporaryDirectory() as d:
         model = None
         if best is not None and best.checkpoint is not None:
@@ -359,6 +361,9 @@ def _close(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: 
                       model, stopped=stopped)
         model_uri = client.get_run(state.parent_run_id).data.tags.get(schema.MODEL_URI)
         best_path = _write_best_config(opts, best) if best is not None else None
+        if not stopped and len(opts.objective_metrics) > 1:
+            pareto = front_trial_ids(state.study_storage, state.study_name)
+            tag_front(client, state.parent_run_id, runs, pareto)
         if not stopped:  # the ablation, the winner's cache, the ensemble: after the results
             ablation = _ablate(opts, state, client, best, confirmation)  # are safe
             after = after_training(opts, state, client, trials, best, runs, confirmation,
@@ -366,4 +371,4 @@ def _close(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: 
     return SearchOutcome(trials, best, state.parent_run_id, state.tracking_uri,
                          opts.experiment_dir, best_path, confirmation, stopped_by,
                          state.experiment_id, after, study=(state.study_storage, state.study_name),
-                         model_uri=model_uri, ablation=ablation)
+                         model_uri=model_uri, ablation=ablation, pareto=pareto)

@@ -22,7 +22,7 @@ from awd.ablation import ROWS as ABLATION_ROWS
 from awd.ablation import parse_rows
 from awd.config import MODELS, from_flat
 from awd.errors import UserError, first_line
-from search import storage
+from search import schema, storage
 from search.results import parse_param
 from search.uris import ENV_TRACKING_URI, SQLITE
 
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 SCHEDULERS = ("asha", "none")
 SAMPLERS = ("tpe", "random")
+# --objectives' names -> the result metrics Optuna minimises (`search.schema`)
+OBJECTIVES = {"val_ppl": schema.BEST_VAL_PPL, "num_params": schema.NUM_PARAMS,
+              "train_seconds": schema.TRAIN_SECONDS}
 MAX_SEED = 2**32 - 1  # numpy's (and so Optuna's) largest seed
 MAX_CACHE_TRIALS = 10_000  # each a pass over the stored validation outputs
 MAX_ENSEMBLE = 1000  # greedy steps (awd.ensemble.MAX_SIZE)
@@ -72,6 +75,7 @@ class SearchOptions:
     confirm_top: int = 0  # re-train this many best configurations with new seeds at the end
     seeds: int = 3  # seeds per confirmed configuration (and per ablation row)
     ablate: str = ""  # after the search, Table 4's removals of the winner: "all", "ROW,ROW" or off
+    objectives: str = ""  # "val_ppl,num_params": a multi-objective search ("": val_ppl alone)
     cache_trials: int = 0  # tune the continuous cache of the winner with this many trials
     ensemble: int = 0  # greedy ensemble selection of up to this many members at the end
     report_intermediate: bool = True  # every epoch's objective reaches Optuna (off: ablation)
@@ -157,6 +161,7 @@ class SearchOptions:
         self._check_locations()
         self._check_fixed()
         self._check_ablate()
+        self._check_objectives()
         return self
 
     def _texts(self) -> list[tuple[str, str | None]]:
@@ -271,6 +276,32 @@ class SearchOptions:
             except UserError as e:
                 problems.append(first_line(e))
         raise OptionError(problems[0])
+
+
+    def _check_objectives(self) -> None:
+        if not self.objectives:
+            return
+        names = [n.strip() for n in self.objectives.split(",")]
+        for name in names:
+            if name not in OBJECTIVES:
+                raise OptionError(f"--objectives: unknown metric {name!r}; known: "
+                                  f"{', '.join(OBJECTIVES)}")
+            if names.count(name) > 1:
+                raise OptionError(f"--objectives: {name} is given twice")
+        if "val_ppl" not in names:
+            raise OptionError("--objectives: val_ppl must be one of them (a search for the "
+                              "smallest or fastest model alone finds an untrained one)")
+        if self.scheduler == "asha" and names[0] != "val_ppl":
+            raise OptionError(f"--objectives {self.objectives}: ASHA stops trials on the first "
+                              "objective, which must be val_ppl (num_params and train_seconds "
+                              "say nothing early); put val_ppl first, or pass --scheduler none")
+
+    @property
+    def objective_metrics(self) -> tuple[str, ...]:
+        """The result metrics Optuna minimises, val_ppl's first with ASHA; one: the space's."""
+        if not self.objectives:
+            return (self.space_spec.metric,)
+        return tuple(OBJECTIVES[n.strip()] for n in self.objectives.split(","))
 
 
 # --- resuming a saved search --------------------------------------------------------------
@@ -530,6 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "paper's ablations (Table 4: one technique removed), --seeds seeds each, "
                    f"the same seeds as --confirm-top's; rows: {', '.join(ABLATION_ROWS)} "
                    "(default: all that apply to the model)")
+    p.add_argument("--objectives", default=DEFAULTS["objectives"], metavar="METRIC,...",
+                   help="a multi-objective search: Optuna's TPE minimises each of them and "
+                   f"the Pareto front is tagged in MLflow; of {', '.join(OBJECTIVES)}, "
+                   "val_ppl first with ASHA (it stops on it alone), e.g. val_ppl,num_params "
+                   "(default: val_ppl alone)")
     p.add_argument("--cache-trials", type=int, default=DEFAULTS["cache_trials"], metavar="N",
                    help="after the search, tune the winner's continuous cache (window, theta, "
                    "lambda) with N trials on validation, the paper's values first; test is "

@@ -62,6 +62,7 @@ class Plan:
     device: str = ""
     epoch_seconds: float | None = None  # measured here, for the paper configuration
     retrainings: tuple[tuple[str, int], ...] = ()  # (what, runs) after the search, full budget
+    objectives: tuple[str, ...] = ()  # several: a multi-objective search
 
     @property
     def wall_hours(self) -> float | None:
@@ -82,6 +83,10 @@ class Plan:
         out = [f"Plan: {self.trials} trials of {self.space} ({self.model} on {self.dataset}), "
                f"up to {self.max_epochs} epochs each, {sched}: about "
                f"{self.trial_epochs:,.0f} trial-epochs"]
+        if len(self.objectives) > 1:
+            out.append(f"  objectives: {', '.join(self.objectives)}, all minimised (Optuna's "
+                       "multi-objective TPE; the Pareto front is tagged in MLflow"
+                       + ("; ASHA stops on the first alone)" if self.asha else ")"))
         if self.params is not None:
             tokens = f", {self.train_tokens:,} training tokens an epoch" \
                 if self.train_tokens else ""
@@ -134,7 +139,8 @@ def make_plan(opts: SearchOptions, concurrency: int, gpus_per_trial: float,
     return Plan(space.name, space.model, space.dataset, opts.num_samples, opts.epochs,
                 opts.grace, asha,
                 opts.num_samples * expected_epochs(opts.grace, opts.epochs, asha), params,
-                tokens, concurrency, gpus_per_trial, used, seconds, retrainings(opts))
+                tokens, concurrency, gpus_per_trial, used, seconds, retrainings(opts),
+                opts.objective_metrics)
 
 
 def retrainings(opts: SearchOptions) -> tuple[tuple[str, int], ...]:

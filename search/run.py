@@ -126,6 +126,24 @@ def confirmation_table(c: Confirmation) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pareto_lines(outcome: SearchOutcome, metrics: tuple[str, ...]) -> str:
+    """The front of a multi-objective search, one trial a line with its objectives."""
+    by_id = {t.trial_id: t for t in outcome.trials}
+    lines = [f"\nPareto front of ({', '.join(metrics)}; Optuna's best_trials, tagged "
+             f"awdsearch.pareto in MLflow): {len(outcome.pareto or [])} trials"]
+    for trial_id in outcome.pareto or []:
+        m = by_id[trial_id].metrics if trial_id in by_id else {}
+        lines.append(f"  {trial_id}: " + ", ".join(f"{name} {_number(m.get(name))}"
+                                                     for name in metrics))
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    if not isinstance(value, (int, float)) or isnan(value):
+        return "?"
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:,.2f}"
+
+
 def ablation_table(a: Ablation) -> pd.DataFrame:
     """Each row of the winner's ablation: mean ± std over the seeds, the change, the paper's."""
     import pandas as pd
@@ -236,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nBest trials:")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(results_table(outcome, opts.space_spec).to_string(index=False))
+    if outcome.pareto is not None:
+        print(pareto_lines(outcome, opts.objective_metrics))
     if outcome.confirmation is not None:
         print("\nConfirmation (new seeds; final perplexities, mean ± sample std):")
         with pd.option_context("display.width", 200, "display.max_columns", 30):

@@ -128,6 +128,8 @@ ABLATION = "awdsearch.ablation"  # an ablation run's row (`awd.ablation.ROWS`; "
 ABLATION_OF = "awdsearch.ablation_of"  # an ablation run: the winner's trial id
 PARENT_RUN_ID = "mlflow.parentRunId"
 
+PARETO = "awdsearch.pareto"  # a trial run of a multi-objective search: "true" on the front
+PARETO_TRIALS = "awdsearch.pareto_trials"  # its parent: the front's trial ids, JSON
 ROLE_SEARCH = "search"
 ROLE_TRIAL = "trial"
 CONFIRM_OF = "awdsearch.confirm_of"  # a confirmation run: the trial id whose config it re-trains

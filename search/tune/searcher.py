@@ -6,6 +6,15 @@ enqueued on the study itself before Tune sees it; `OptunaSearch` tells Optuna CO
 trial with a last result, even one that failed or was stopped by ASHA, so completion is
 re-classified as COMPLETE, PRUNED or FAIL; and intermediate values are reported per epoch (not
 per Tune iteration, which restarts differ on).
+
+Several objectives (``--objectives val_ppl,num_params``): the same study with one direction per
+objective, all minimised, and the same TPE sampler, which Optuna runs as multi-objective TPE
+(MOTPE): it learns from every completed trial, where NSGA-II would need generations of 50 trials
+(its default population) that a search of tens of trials never reaches. Optuna takes no
+intermediate values from a multi-objective trial, so ASHA's stops reach it only as PRUNED trials
+without values: a trial ASHA stopped is never on the Pareto front (`study.best_trials` holds
+COMPLETE trials only). ASHA itself stops on validation perplexity alone (the first objective):
+a small model that learns slowly is stopped like any other.
 """
 
 from __future__ import annotations
@@ -45,8 +54,14 @@ class AWDOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr(schema.OPTUNA_TUNE_TRIAL_ID, trial_id)
         return config
 
+    @property
+    def objectives(self) -> list[str]:
+        """The result metrics the study minimises (one, or several)."""
+        return list(self.metric) if isinstance(self.metric, list) else [self.metric]
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        if (not self.report_intermediate or result.get(schema.DIVERGED)
+        if (not self.report_intermediate or isinstance(self.metric, list)  # Optuna: none then
+                or result.get(schema.DIVERGED)
                 or schema.EPOCH not in result or self.metric not in result
                 or trial_id in self._completed_trials or trial_id not in self._ot_trials
                 or self._told(trial_id)):
@@ -68,7 +83,9 @@ class AWDOptunaSearch(OptunaSearch):
             study.tell(ot_trial, state=TrialState.FAIL)
         elif result.get(schema.FINISHED):
             self.on_trial_result(trial_id, result)
-            study.tell(ot_trial, result[self.metric], state=TrialState.COMPLETE)
+            values = [float(result[m]) for m in self.objectives]
+            study.tell(ot_trial, values if len(values) > 1 else values[0],
+                       state=TrialState.COMPLETE)
         else:  # stopped by the scheduler: Optuna keeps its intermediate values
             # Tune hands the result that made ASHA stop the trial to on_trial_complete only
             # (not to on_trial_result): it is the pruned trial's last intermediate value.
@@ -139,18 +156,24 @@ def _sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
 def make_searcher(space: Space, overrides: dict[str, Any], seed: int, study_name: str,
                   concurrency: int, storage_url: str | None = None, sampler: str = "tpe",
                   warm_starts: Sequence[dict[str, Any]] = (),
-                  report_intermediate: bool = True) -> ConcurrencyLimiter:
+                  report_intermediate: bool = True,
+                  objectives: Sequence[str] = ()) -> ConcurrencyLimiter:
     """TPE (multivariate, grouped for conditional spaces, constant liar) or random, seeded,
     over a study kept in ``storage_url`` (in memory if None), with the paper configuration
-    enqueued first and then ``warm_starts`` (configurations of earlier searches)."""
+    enqueued first and then ``warm_starts`` (configurations of earlier searches).
+    ``objectives``: several result metrics, all minimised (default: the space's metric)."""
+    metrics = list(objectives) or [space.metric]
+    direction = "minimize" if space.mode == "min" else "maximize"
+    directions = {"directions": ["minimize"] * len(metrics)} if len(metrics) > 1 \
+        else {"direction": direction}
     storage: optuna.storages.BaseStorage = (open_storage(storage_url) if storage_url
                                             else optuna.storages.InMemoryStorage())
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
         sampler=_sampler(sampler, seed),
-        direction="minimize" if space.mode == "min" else "maximize",
         load_if_exists=True,
+        **directions,
     )
     if not study.trials:  # a new study: the paper configuration, then the transferred ones
         study.enqueue_trial(space.warm_start)
@@ -158,8 +181,8 @@ def make_searcher(space: Space, overrides: dict[str, Any], seed: int, study_name
             study.enqueue_trial(params, skip_if_exists=True)
     searcher = AWDOptunaSearch(
         space=SpaceConfig(space, overrides),
-        metric=space.metric,
-        mode=space.mode,
+        metric=metrics if len(metrics) > 1 else space.metric,
+        mode=["min"] * len(metrics) if len(metrics) > 1 else space.mode,
         sampler=study.sampler,
         study_name=study_name,
         storage=storage,
@@ -178,4 +201,5 @@ def searcher_for(opts: SearchOptions, study_storage: str | None, study_name: str
     return make_searcher(opts.space_spec, overrides, opts.seed, study_name, concurrency,
                          storage_url=study_storage, sampler=opts.sampler,
                          warm_starts=warm_starts,
-                         report_intermediate=opts.report_intermediate)
+                         report_intermediate=opts.report_intermediate,
+                         objectives=opts.objective_metrics)
