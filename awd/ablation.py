@@ -135,11 +135,13 @@ def rows_of(text: str, model: str) -> tuple[list[str], list[str]]:
 
 
 def ablated(flat: Flat, name: str) -> dict[str, Any]:
-    """``flat`` with row ``name``'s technique removed, validated; a ConfigError if the
+    """The full run config of ``flat`` (preset values filled in: a search trial's config names
+    only what it sets) with row ``name``'s technique removed, validated; a ConfigError if the
     configuration does not use it (nothing to remove)."""
     row = ROWS[name]
-    if not row.uses(flat):
+    full = from_flat(dict(flat)).to_flat()
+    if not row.uses(full):
         raise ConfigError(f"{row.label}: the configuration does not use it (nothing to remove)")
-    out = {**flat, **row.remove(flat)}
+    out = {**full, **row.remove(full)}
     from_flat(dict(out))  # a removal that makes an invalid run says so here, not in a trial
     return out

@@ -66,6 +66,13 @@ def test_a_technique_the_configuration_does_not_use_cannot_be_removed():
         ablated(_lstm(emsize=1150), "full_embedding")
 
 
+def test_a_search_trials_partial_config_counts_its_preset_values():
+    partial = {"model": "awd_lstm", "dataset": "ptb", "nhid": 64, "emsize": 32}  # as Tune has it
+    out = ablated(partial, "weight_decay")  # the preset's wdecay 1.2e-6 is removed
+    assert out["wdecay"] == 0.0 and out["nhid"] == 64 and out["alpha"] == 2.0
+    assert ablated(partial, "ar_tar")["alpha"] == 0.0
+
+
 def test_zaremba_gets_only_the_rows_that_apply():
     assert [r.name for r in rows_for("zaremba")] == [
         "finetune", "ntasgd", "variable_bptt", "weight_decay", "ar_tar"]
