@@ -43,11 +43,13 @@ from search.tracking.store import (
     write_summary,
 )
 from search.tracking.transfer import best_configurations
+from search.trust import sign, verified
 from search.tune import session
 from search.tune.callback import MLflowTrialLogger, close_all
 from search.tune.console import SearchConsole
 from search.tune.grid import summarize
 from search.tune.searcher import default_study_storage, searcher_for
+from search.tune.signing import StateSigner
 from search.tune.trainable import export_best_model
 from search.uris import fail_fast_http, resolve_tracking_uri
 
@@ -144,7 +146,8 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
     state.save(opts.experiment_dir)
     logger = MLflowTrialLogger(uri, exp_id, parent, space.name, {"gpus_per_trial": gpus},
                                experiment_dir=opts.experiment_dir)
-    tuner = session.new_tuner(opts, gpus, searcher, [logger, _console(opts)])
+    tuner = session.new_tuner(opts, gpus, searcher,
+                              [logger, _console(opts), StateSigner(opts.experiment_dir)])
     return tuner, state
 
 
@@ -201,7 +204,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     driver per search: a second one fails at once (`search.lock`)."""
     opts.validate()
     fail_fast_http()
-    state = _saved_state(opts.experiment_dir) if opts.resume else None
+    state = _saved_state(opts.experiment_dir, verify=False) if opts.resume else None
     uri = state.tracking_uri if state else resolve_tracking_uri(opts.tracking_uri)
     check_data((resumed(opts, state.options) if state else opts).space_spec.dataset)
     check_tracking_location(uri)  # the store itself is opened while Ray starts (`_run`)
@@ -230,11 +233,16 @@ def check_local_resources(opts: SearchOptions) -> None:
                           "here; --address joins a cluster with GPUs)")
 
 
-def _saved_state(experiment_dir: str) -> SearchState:
-    """The saved search to resume: ours (`search.state`) and Tune's must both be there."""
+def _saved_state(experiment_dir: str, verify: bool = True) -> SearchState:
+    """The saved search to resume: ours (`search.state`) and Tune's must both be there; with
+    ``verify`` (under the driver's lock), Tune's files authenticated (`search.trust`: one that
+    fails is replaced by its last signed copy, or the resume refused) and whole."""
     state = SearchState.load(experiment_dir)
     if not session.can_restore(experiment_dir):
         raise SearchError(f"nothing to resume at {experiment_dir} (no saved search there)")
+    verified(experiment_dir, repair=verify)
+    if not verify:
+        return state
     damaged = storage.damaged_tune_state(experiment_dir)
     if damaged is not None:  # Tune would restart the search from zero: refused, nothing changed
         raise SearchError(f"the search's saved state at {experiment_dir} is damaged: {damaged}; "
@@ -261,7 +269,7 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutc
             print(line, flush=True)
         tuner, state = _start_new(opts, client, uri, gpus, concurrency)
         _warm_up_export()
-        return _finish(opts, client, state, *session.fit(tuner))
+        return _finish(opts, client, state, *_fit(tuner, opts.experiment_dir))
     session.check_resources(opts, opts.cpus_per_trial, state.gpus_per_trial)
     previous = client.get_run(state.parent_run_id).info.status
     try:  # a resume that fails leaves the search as it found it
@@ -271,10 +279,17 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutc
         tuner = session.restore_tuner(opts.experiment_dir, opts.cpus_per_trial,
                                       state.gpus_per_trial)
         _warm_up_export()
-        return _finish(opts, client, state, *session.fit(tuner))
+        return _finish(opts, client, state, *_fit(tuner, opts.experiment_dir))
     except BaseException:
         client.update_run(state.parent_run_id, status=previous)
         raise
+
+
+def _fit(tuner: Tuner, experiment_dir: str) -> tuple[ResultGrid, int | None]:
+    """`session.fit`, then Tune's last state files signed (`search.trust`)."""
+    grid, stopped_by = session.fit(tuner)
+    sign(experiment_dir)
+    return grid, stopped_by
 
 
 def _warm_up_export() -> None:

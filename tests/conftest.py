@@ -54,6 +54,21 @@ def _private_corpus_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _private_state_key(tmp_path_factory):
+    """Every test (and every subprocess it starts) signs search state with a key of its own
+    (`search.trust`), made in a temporary config folder, never the user's."""
+    old = {k: os.environ.get(k) for k in ("XDG_CONFIG_HOME", "AWDSEARCH_STATE_KEY")}
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
+    os.environ.pop("AWDSEARCH_STATE_KEY", None)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Tiny models run fastest on one thread, and far more predictably on a busy 2-core box."""
     old = torch.get_num_threads()

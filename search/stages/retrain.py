@@ -26,6 +26,7 @@ from search.errors import SearchError
 from search.options import SearchOptions
 from search.results import TrialSummary
 from search.tracking.store import child_runs, close_open_trials
+from search.trust import sign, verified
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def retrain(stage: Stage, opts: SearchOptions, client: MlflowClient,
     from search.tune.console import SearchConsole, quiet_ray, quiet_trainable
     from search.tune.grid import summarize
     from search.tune.session import restore_sigint
+    from search.tune.signing import StateSigner
 
     where = experiment_dir(opts, stage)
     quiet_ray()
@@ -99,6 +101,7 @@ def retrain(stage: Stage, opts: SearchOptions, client: MlflowClient,
             raise SearchError(f"{where} holds {stage.what} of another search; move it away or "
                               "pass another --experiment")
         log.info("continuing %s saved at %s", stage.what, where)
+        verified(where)  # Tune's files authenticated before Tune reads them (`search.trust`)
         tuner = tune.Tuner.restore(where, trainable, resume_unfinished=True, resume_errored=False)
     else:
         planned = plan()
@@ -118,7 +121,8 @@ def retrain(stage: Stage, opts: SearchOptions, client: MlflowClient,
                                         trial_dirname_creator=stage.trial_name),
             run_config=tune.RunConfig(
                 name=opts.experiment_name + stage.suffix, storage_path=opts.storage_path,
-                callbacks=[logger, SearchConsole(schema.BEST_VAL_PPL, "min", stopper=stage.what)],
+                callbacks=[logger, SearchConsole(schema.BEST_VAL_PPL, "min", stopper=stage.what),
+                           StateSigner(where)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 sync_config=tune.SyncConfig(sync_artifacts=True),  # the runs' logs
@@ -128,6 +132,7 @@ def retrain(stage: Stage, opts: SearchOptions, client: MlflowClient,
         grid = tuner.fit()
     finally:
         restore_sigint(before)
+    sign(where)
     summaries = summarize(grid, run_config=entry_run(stage))
     entries = [dict((grid[i].config or {})[stage.key]) for i in range(len(summaries))]
     if close_all(timeout=120):

@@ -1,0 +1,132 @@
+"""The experiment folder as a trust boundary (issue 22, `search.trust`): Tune's state files are
+signed with a key that does not live in the storage and verified before Tune reads them.
+Signing and verifying a folder of state files: a changed, a new, a truncated, a missing file;
+changed signatures; an unsigned folder; the key file. On real searches (a crafted ``tuner.pkl``
+or searcher state runs nothing): tests/test_damaged_state.py, which shares its smoke search."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import stat
+from pathlib import Path
+
+import pytest
+
+from search.errors import SearchError
+from search.trust import REFUSED, SIGNATURES, SIGNED, key_path, main, sign, state_key, verify
+
+KEY = b"k" * 32
+STATE = {"tuner.pkl": pickle.dumps({"tuner": 1}),
+         "experiment_state-2026-01-01_00-00-00.json": b'{"trial_data": []}',
+         "searcher-state-2026-01-01_00-00-00.pkl": pickle.dumps({"study": "s"}),
+         "search_gen_state-2026-01-01_00-00-00.json": pickle.dumps({"gen": 1}),
+         "basic-variant-state-2026-01-01_00-00-00.json": b"{}"}
+
+
+def signed(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name, data in STATE.items():
+        (folder / name).write_bytes(data)
+    (folder / "awdsearch.json").write_text("{}")  # plain data: not a state file
+    assert sorted(sign(str(folder), KEY)) == sorted(STATE)
+    return folder
+
+
+class Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_signed_folder_verifies_unchanged(tmp_path):
+    folder = signed(tmp_path / "exp")
+    assert verify(str(folder), KEY) == []
+    assert sign(str(folder), KEY) == []  # nothing changed: nothing signed anew
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == {
+        **STATE, "awdsearch.json": b"{}"}
+
+
+@pytest.mark.parametrize("name", sorted(STATE))
+@pytest.mark.parametrize("damage", ["crafted", "truncated", "empty"])
+def test_a_changed_file_is_put_aside_and_its_signed_copy_used(tmp_path, name, damage):
+    folder = signed(tmp_path / "exp")
+    bad = {"crafted": pickle.dumps(Evil(tmp_path / "ran")), "empty": b"",
+           "truncated": STATE[name][: len(STATE[name]) // 2]}[damage]
+    (folder / name).write_bytes(bad)
+    (note,) = verify(str(folder), KEY)
+    assert note.startswith(f"{name}: its signature does not match") and "put aside" in note
+    assert (folder / name).read_bytes() == STATE[name]
+    (aside,) = (folder / REFUSED).iterdir()
+    assert aside.name.startswith(name) and aside.read_bytes() == bad
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_new_unsigned_state_file_is_never_used(tmp_path):
+    """Tune restores from the newest state: one an attacker adds must not be it."""
+    folder = signed(tmp_path / "exp")
+    newer = folder / "searcher-state-2030-01-01_00-00-00.pkl"
+    newer.write_bytes(pickle.dumps(Evil(tmp_path / "ran")))
+    (note,) = verify(str(folder), KEY)
+    assert note.startswith(f"{newer.name}: never signed") and note.endswith("not used")
+    assert not newer.exists() and not (tmp_path / "ran").exists()
+
+
+def test_a_missing_file_comes_back_from_its_signed_copy(tmp_path):
+    folder = signed(tmp_path / "exp")
+    (folder / "tuner.pkl").unlink()
+    assert verify(str(folder), KEY) == ["tuner.pkl: missing; its last signed version is used"]
+    assert (folder / "tuner.pkl").read_bytes() == STATE["tuner.pkl"]
+
+
+def test_no_copy_that_verifies_refuses_and_changes_nothing(tmp_path):
+    folder = signed(tmp_path / "exp")
+    (folder / "tuner.pkl").write_bytes(b"x")
+    (folder / SIGNED / "tuner.pkl").write_bytes(b"y")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    with pytest.raises(SearchError, match=r"tuner.pkl: its signature does not match .* no signed "
+                                          r"copy of it verifies; nothing was read or changed"):
+        verify(str(folder), KEY)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert (folder / "tuner.pkl").read_bytes() == b"x"
+
+
+def test_changed_signatures_or_another_key_are_refused(tmp_path):
+    folder = signed(tmp_path / "exp")
+    with pytest.raises(SearchError, match="does not verify: the search's state was changed"):
+        verify(str(folder), b"another key")
+    sigs = folder / SIGNED / SIGNATURES
+    saved = json.loads(sigs.read_text())
+    saved["files"]["tuner.pkl"] = "0" * 64  # an attacker re-points a signature
+    sigs.write_text(json.dumps(saved))
+    with pytest.raises(SearchError, match="does not verify"):
+        verify(str(folder), KEY)
+
+
+def test_an_unsigned_folder_is_refused_with_the_command_that_signs_it(tmp_path, capsys):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "tuner.pkl").write_bytes(STATE["tuner.pkl"])
+    with pytest.raises(SearchError, match=r"is not signed .* python -m search.trust sign "):
+        verify(str(folder), KEY)
+    assert main(["check", str(folder)]) == 1
+    assert main(["sign", str(folder)]) == 0 and "signed 1 state file" in capsys.readouterr().out
+    assert main(["check", str(folder)]) == 0 and verify(str(folder)) == []
+
+
+def test_the_key_file_is_made_private_and_refused_when_others_may_read_it(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    monkeypatch.delenv("AWDSEARCH_STATE_KEY", raising=False)
+    first = state_key()
+    path = key_path()
+    assert path == tmp_path / "cfg" / "awdsearch" / "state.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(first) == 64
+    assert state_key() == first  # the same key next time
+    path.chmod(0o644)
+    with pytest.raises(SearchError, match=r"can be read by others .* chmod 600"):
+        state_key()
+    monkeypatch.setenv("AWDSEARCH_STATE_KEY", "cluster-secret")  # the environment's wins
+    assert state_key() == b"cluster-secret"
