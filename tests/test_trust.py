@@ -64,6 +64,17 @@ def test_a_changed_file_is_put_aside_and_its_signed_copy_used(tmp_path, name, da
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_folder_at_a_uri_is_signed_and_verified_through_pyarrow(tmp_path):
+    """The object-store path (``s3://``...), here through pyarrow's ``file://`` filesystem."""
+    folder = signed(tmp_path / "exp")
+    uri = f"file://{folder}"
+    assert verify(uri, KEY) == [] and sign(uri, KEY) == []
+    (folder / "tuner.pkl").write_bytes(b"changed")
+    (note,) = verify(uri, KEY)
+    assert note.startswith("tuner.pkl: its signature does not match")
+    assert (folder / "tuner.pkl").read_bytes() == STATE["tuner.pkl"]
+
+
 def test_a_new_unsigned_state_file_is_never_used(tmp_path):
     """Tune restores from the newest state: one an attacker adds must not be it."""
     folder = signed(tmp_path / "exp")
