@@ -49,6 +49,7 @@ class Attempt:
     duplicated: int
     recovery_s: float
     note: str = ""
+    code_ran: bool = False  # a crafted file in the search's folder ran its command
 
 
 @dataclass
@@ -63,6 +64,7 @@ class FaultResult:
                 "runs_survived": sum(a.survived for a in done),
                 "results_lost": sum(a.lost for a in done),
                 "duplicated": sum(a.duplicated for a in done),
+                "code_executed": sum(a.code_ran for a in done),
                 "recovery_s": round(statistics.median(a.recovery_s for a in done), 1)
                 if done else None,
                 "expected": self.expected}
@@ -78,7 +80,8 @@ class Workdir:
         self.uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
         self.exp_dir = root / "rr" / EXPERIMENT
         self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri,
-                    "XDG_CACHE_HOME": str(root / "cache")}
+                    "XDG_CACHE_HOME": str(root / "cache"),
+                    "XDG_CONFIG_HOME": str(root / "config")}  # its own state key
 
     def start(self, *extra: str, log: str = "run.log") -> subprocess.Popen:
         out = open(self.root / log, "a")  # noqa: SIM115 (the child keeps it)
@@ -174,6 +177,41 @@ def driver_signal(work: Workdir, signum: int, expected_code: int | None) -> Atte
     began = time.time()
     resumed = work.run("--resume")
     return finished(work, resumed.returncode, began, note)
+
+
+class _Crafted:
+    """A pickle that runs a command when read: it touches ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def tampered_state(work: Workdir, pattern: str, how: str) -> Attempt:
+    """Ctrl-C the search after its first epochs, then replace (``crafted``: a pickle that runs
+    a command) or cut in half (``truncated``) the newest of Tune's state files matching
+    ``pattern``, then ``--resume``: nothing runs, the search continues from the file's last
+    signed version (`search.trust`) and finishes, no result lost."""
+    import pickle
+
+    proc = work.start()
+    work.wait(lambda: work.epochs_done() >= 2, proc)
+    os.kill(proc.pid, signal.SIGINT)
+    code = proc.wait(timeout=180)
+    victim = sorted(work.exp_dir.glob(pattern))[-1]
+    marker = work.root / "crafted_pickle_ran"
+    data = victim.read_bytes()
+    victim.write_bytes(pickle.dumps(_Crafted(marker)) if how == "crafted"
+                       else data[: len(data) // 2])
+    began = time.time()
+    resumed = work.run("--resume")
+    attempt = finished(work, resumed.returncode, began, f"exit {code}; {victim.name} {how}")
+    attempt.code_ran = marker.exists()
+    attempt.survived = attempt.survived and not attempt.code_ran and \
+        "its last signed version is used" in resumed.stdout + resumed.stderr
+    return attempt
 
 
 def worker_kill(work: Workdir) -> Attempt:
@@ -391,6 +429,16 @@ FAULTS: dict[str, tuple[str, Callable[[Workdir], Attempt]]] = {
     "corrupt_checkpoint": ("trial starts afresh with a warning", corrupt_checkpoint),
     "fatal_trials": ("failed once with the reason; others finish", fatal_trials),
     "data_changed_after_cache": ("refused in one line", data_changed),
+    "crafted_tuner_pkl": ("nothing runs; resumes from the signed copy",
+                          lambda w: tampered_state(w, "tuner.pkl", "crafted")),
+    "crafted_searcher_state": ("nothing runs; resumes from the signed copy",
+                               lambda w: tampered_state(w, "searcher-state-*.pkl", "crafted")),
+    "truncated_searcher_state": ("resumes from the signed copy, never from zero",
+                                 lambda w: tampered_state(w, "searcher-state-*.pkl",
+                                                          "truncated")),
+    "truncated_experiment_state": ("resumes from the signed copy; completed trials kept",
+                                   lambda w: tampered_state(w, "experiment_state-*.json",
+                                                            "truncated")),
 }
 
 
@@ -425,16 +473,18 @@ def main(argv: list[str] | None = None) -> int:
                                "attempts": {r.fault: [asdict(a) for a in r.attempts]
                                             for r in results}}, indent=2))
     print(f"wrote {out}")
-    return 0 if all(r["results_lost"] == r["duplicated"] == 0
+    return 0 if all(r["results_lost"] == r["duplicated"] == r["code_executed"] == 0
                     and r["runs_survived"] == r["runs_tried"] for r in rows) else 1
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("fault", "runs tried", "survived", "results lost", "duplicated", "recovery s")
+    head = ("fault", "runs tried", "survived", "results lost", "duplicated", "code executed",
+            "recovery s")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append(f"| {r['fault']} | {r['runs_tried']} | {r['runs_survived']} | "
-                     f"{r['results_lost']} | {r['duplicated']} | {r['recovery_s']} |")
+                     f"{r['results_lost']} | {r['duplicated']} | {r.get('code_executed', 0)} | "
+                     f"{r['recovery_s']} |")
     return "\n".join(lines)
 
 
