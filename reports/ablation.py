@@ -57,9 +57,7 @@ def _signed(value: float | None, digits: int = 2) -> str:
 
 
 def _noise(row: dict) -> str:
-    if row["beyond_noise"] is None:
-        return "—"
-    return f"{'yes' if row['beyond_noise'] else 'no'} (p = {row['p_value']:.3g})"
+    return row["verdict"] or "—"
 
 
 def section(data: ReportData) -> Section | None:
@@ -70,8 +68,9 @@ def section(data: ReportData) -> Section | None:
         "Each search's winner re-trained with one technique removed (the AWD-LSTM paper's "
         "Table 4; what each row changes: `awd/ablation.py`), on new seeds, the full epoch "
         "budget. Δ: the row's mean minus the winner's; the paper's Δ is Table 4's (against its "
-        "fine-tuned model, at its own scale). Beyond noise: one-sided Welch's t-test that the "
-        f"winner's validation perplexity is lower, p < {ALPHA}."]
+        "fine-tuned model, at its own scale). Beyond noise: a one-sided Welch's t-test on the "
+        f"validation perplexities, p < {ALPHA}, either way: worse (the removal hurts) or "
+        "better (it helps)."]
     rows = []
     for name, a in found:
         for r in a.rows_dicts():

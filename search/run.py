@@ -157,8 +157,7 @@ def ablation_table(a: Ablation) -> pd.DataFrame:
                      "Δ val": "" if full or isnan(r["delta_val"]) else f"{r['delta_val']:+.2f}",
                      "paper Δ val": "" if r["paper_delta_val"] is None
                      else f"{r['paper_delta_val']:+.1f}",
-                     "beyond noise": "" if r["beyond_noise"] is None
-                     else ("yes" if r["beyond_noise"] else "no"),
+                     "beyond noise": r["verdict"],
                      "seeds done": f"{r['completed']}/{r['runs']}"})
     return pd.DataFrame(rows)
 
@@ -263,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Best vs paper: {outcome.confirmation.verdict.text}")
     if outcome.ablation is not None:
         print(f"\nAblation of the winner (trial {outcome.ablation.winner}; one technique removed, "
-              "new seeds; beyond noise: one-sided Welch's t-test p < 0.05):")
+              "new seeds; beyond noise: one-sided Welch's t-test p < 0.05, either way):")
         with pd.option_context("display.width", 200, "display.max_columns", 30):
             print(ablation_table(outcome.ablation).to_string(index=False))
     if outcome.after is not None and (outcome.after.cache or outcome.after.ensemble):

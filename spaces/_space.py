@@ -35,7 +35,12 @@ class Space:
     mode: str = "min"
 
     def config(self, trial: optuna.trial.BaseTrial, **overrides: Any) -> dict[str, Any]:
-        """The trial's config with search-level overrides (e.g. the epoch budget) applied."""
+        """The trial's config with search-level overrides (e.g. the epoch budget) applied. A
+        fixed model in a space where the model is a choice is fixed before sampling, so that
+        the trial samples that model's own parameters."""
+        if self.model == "mixed" and "model" in overrides and hasattr(self.define, "spec"):
+            fixing: Any = self.define  # a spec's `SpecDefine`, which can fix the model
+            return {**fixing(trial, model=str(overrides["model"])), **overrides}
         return {**self.define(trial), **overrides}
 
     def paper_config(self, **overrides: Any) -> dict[str, Any]:

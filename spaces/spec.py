@@ -141,10 +141,15 @@ class SpaceSpec:
             return None
         return categorical_param("model", self.model)
 
-    def sample(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
-        """The define-by-run function: one trial's full flat config."""
+    def sample(self, trial: optuna.trial.BaseTrial, model: str | None = None) -> dict[str, Any]:
+        """The define-by-run function: one trial's full flat config; ``model`` fixes the model
+        of a space where it is a choice (``--set model=awd_lstm``: that model's conditional
+        parameters are sampled, not another's)."""
         model_param = self.model_param
-        model = self.model if model_param is None else model_param.suggest(trial)
+        chosen: Any = model
+        if chosen is None:
+            chosen = self.model if model_param is None else model_param.suggest(trial)
+        model = chosen
         sampled = {p.name: p.suggest(trial) for p in self.parameters}
         active = self.active({"model": model, **sampled})
         config: dict[str, Any] = {"model": model, "dataset": self.dataset, **self.fixed}
@@ -173,8 +178,9 @@ class SpecDefine:
 
     spec: SpaceSpec
 
-    def __call__(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
-        return self.spec.sample(trial)
+    def __call__(self, trial: optuna.trial.BaseTrial, model: str | None = None
+                 ) -> dict[str, Any]:
+        return self.spec.sample(trial, model)
 
 
 def spec_of(space: Space) -> SpaceSpec | None:

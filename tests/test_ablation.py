@@ -121,12 +121,27 @@ def test_summarize_compares_each_row_with_the_winner():
     assert wd.beyond_noise is True
     ar = next(r for r in a.rows if r.row == "ar_tar")
     assert ar.runs == 3 and ar.val == [61.0, 60.5] and ar.beyond_noise is False
+    assert wd.verdict.startswith("worse (p = ") and ar.verdict.startswith("no (p = ")
     nt = next(r for r in a.rows if r.row == "ntasgd")
     assert math.isnan(nt.p_value) and nt.beyond_noise is None  # one seed: undecided
+    assert nt.verdict == ""
     assert a.runs == 10 and a.completed == 9
     assert a.gpu_hours == pytest.approx(10 * 0.5)
     row = next(r for r in a.rows_dicts() if r["row"] == "weight_drop")
     assert (row["paper_delta_val"], row["paper_delta_test"]) == (11.1, 11.6)
+
+
+def test_a_removal_that_helps_beyond_noise_says_so_and_identical_runs_are_named():
+    records = [_rec(FULL, 1, 60.0), _rec(FULL, 2, 61.0), _rec(FULL, 3, 62.0),
+               _rec("full_embedding", 1, 50.0), _rec("full_embedding", 2, 51.0),
+               _rec("full_embedding", 3, 50.5), _rec("ntasgd", 1, 60.0), _rec("ntasgd", 2, 61.0),
+               _rec("ntasgd", 3, 62.0)]
+    a = summarize(records, winner="t1", model="awd_lstm", dataset="ptb")
+    fe = next(r for r in a.rows if r.row == "full_embedding")
+    assert fe.beyond_noise is True and fe.verdict.startswith("better (p = ")
+    assert fe.p_better == pytest.approx(welch_p([50, 51, 50.5], [60, 61, 62]))
+    nt = next(r for r in a.rows if r.row == "ntasgd")
+    assert nt.verdict == "no (identical runs: the technique never acted)"
 
 
 def test_the_winners_row_comes_from_the_confirmation_when_it_ran():

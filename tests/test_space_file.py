@@ -400,3 +400,16 @@ def test_file_space_and_its_searcher_pickle(tmp_path):
     first = restored.suggest("t0")
     assert {k: first[k] for k in space.warm_start} == space.warm_start
     assert first["epochs"] == 2 and first["train_tokens"] == 5000
+
+
+def test_set_model_in_a_mixed_space_samples_that_models_own_parameters():
+    """``--set model=awd_lstm`` on the smoke space: never Zaremba's preset and parameters
+    under an AWD-LSTM (a run that cannot be built)."""
+    from awd.config import from_flat
+
+    space = get_space("smoke")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        config = space.config(study.ask(), model="awd_lstm", epochs=2)
+        assert config["model"] == "awd_lstm" and "emsize" in config and "init_range" not in config
+        from_flat(config)

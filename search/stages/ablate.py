@@ -11,9 +11,10 @@ The runs are a Tune run of their own, ``<experiment>-ablate`` beside the search'
 (`search.stages.retrain`): child runs of the search's parent with role ``ablation``, resumable
 after a kill, their GPU-hours counted apart (``ablation_gpu_hours``).
 
-A row's effect is beyond seed noise when the one-sided Welch's t-test that the winner's final
-validation perplexity is lower than the row's gives p < `search.stages.confirm.ALPHA`: the test
-``--confirm-top`` uses. Ray-free at import: `reports` shares the statistics.
+A row's effect is beyond seed noise when the one-sided Welch's t-test ``--confirm-top`` uses
+gives p < `search.stages.confirm.ALPHA`, in either direction: the removal hurts (the winner's
+final validation perplexity is lower) or helps (the row's is; at small scale regularisers often
+cost more than they give). Ray-free at import: `reports` shares the statistics.
 """
 
 from __future__ import annotations
@@ -107,7 +108,9 @@ class RowStats:
     test: list[float] = field(default_factory=list)
     delta_val: float = math.nan  # mean(row) - mean(full)
     delta_test: float = math.nan
-    p_value: float = math.nan  # one-sided Welch: the winner's val < this row's
+    p_value: float = math.nan  # one-sided Welch: the winner's val < this row's (removal hurts)
+    p_better: float = math.nan  # the other side: this row's val < the winner's (removal helps)
+    identical: bool = False  # the same perplexities as the winner: the technique never acted
 
     @property
     def label(self) -> str:
@@ -115,7 +118,24 @@ class RowStats:
 
     @property
     def beyond_noise(self) -> bool | None:
-        return None if math.isnan(self.p_value) else self.p_value < ALPHA
+        """Whether the change, either way, is beyond seed noise (None: undecided)."""
+        if math.isnan(self.p_value):
+            return None
+        return self.p_value < ALPHA or self.p_better < ALPHA
+
+    @property
+    def verdict(self) -> str:
+        """"worse" or "better" (beyond noise, the row against the winner), "no", or "" when
+        undecided (fewer than 2 completed runs on a side)."""
+        if self.beyond_noise is None:
+            return ""
+        if self.identical:
+            return "no (identical runs: the technique never acted)"
+        if not self.beyond_noise:
+            return f"no (p = {min(self.p_value, self.p_better):.3g})"
+        if self.p_value < ALPHA:
+            return f"worse (p = {self.p_value:.3g})"
+        return f"better (p = {self.p_better:.3g})"
 
     def row_dict(self, dataset: str) -> dict[str, Any]:
         (vm, vs), (tm, ts) = mean_std(self.val), mean_std(self.test)
@@ -125,7 +145,8 @@ class RowStats:
                 "runs": self.runs, "completed": len(self.val), "seeds": sorted(self.seeds),
                 "val_ppl_mean": vm, "val_ppl_std": vs, "test_ppl_mean": tm, "test_ppl_std": ts,
                 "delta_val": self.delta_val, "delta_test": self.delta_test,
-                "p_value": self.p_value, "beyond_noise": self.beyond_noise,
+                "p_value": self.p_value, "p_better": self.p_better,
+                "beyond_noise": self.beyond_noise, "verdict": self.verdict,
                 "paper_delta_val": paper[0] if paper else None,
                 "paper_delta_test": paper[1] if paper else None}
 
@@ -170,6 +191,8 @@ def summarize(records: Sequence[Mapping[str, Any]], *, winner: str, model: str, 
         stats.delta_val = mean_std(stats.val)[0] - mean_std(base.val)[0]
         stats.delta_test = mean_std(stats.test)[0] - mean_std(base.test)[0]
         stats.p_value = welch_p(base.val, stats.val)
+        stats.p_better = welch_p(stats.val, base.val)
+        stats.identical = bool(stats.val) and sorted(stats.val) == sorted(base.val)
     return Ablation(winner, model, dataset, rows, len(records),
                     sum(len(r.val) for r in rows if r is not full),
                     gpu_hours(records), dict(skipped or {}))
