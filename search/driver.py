@@ -43,7 +43,7 @@ from search.tracking.store import (
     write_summary,
 )
 from search.tracking.transfer import best_configurations
-from search.trust import sign, verified
+from search.trust import verified
 from search.tune import session
 from search.tune.callback import MLflowTrialLogger, close_all
 from search.tune.console import SearchConsole
@@ -114,7 +114,7 @@ def _console(opts: SearchOptions) -> SearchConsole:
 
 
 def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
-               concurrency: int) -> tuple[Tuner, SearchState]:
+               concurrency: int) -> tuple[Tuner, SearchState, StateSigner]:
     """The parent run, the saved state and the Tuner of a new search."""
     space = opts.space_spec
     if session.can_restore(opts.experiment_dir):
@@ -146,9 +146,10 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
     state.save(opts.experiment_dir)
     logger = MLflowTrialLogger(uri, exp_id, parent, space.name, {"gpus_per_trial": gpus},
                                experiment_dir=opts.experiment_dir)
-    tuner = session.new_tuner(opts, gpus, searcher,
-                              [logger, _console(opts), StateSigner(opts.experiment_dir)])
-    return tuner, state
+    signer = StateSigner(opts.experiment_dir)
+    tuner = session.new_tuner(opts, gpus, searcher, [logger, _console(opts), signer])
+    signer.sign_changed()  # tuner.pkl, written as the Tuner was made: signed before a kill can
+    return tuner, state, signer
 
 
 def _write_best_config(opts: SearchOptions, best: TrialSummary) -> Path:
@@ -204,7 +205,7 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     driver per search: a second one fails at once (`search.lock`)."""
     opts.validate()
     fail_fast_http()
-    state = _saved_state(opts.experiment_dir, verify=False) if opts.resume else None
+    state = _saved_state(opts.experiment_dir) if opts.resume else None
     uri = state.tracking_uri if state else resolve_tracking_uri(opts.tracking_uri)
     check_data((resumed(opts, state.options) if state else opts).space_spec.dataset)
     check_tracking_location(uri)  # the store itself is opened while Ray starts (`_run`)
@@ -233,22 +234,26 @@ def check_local_resources(opts: SearchOptions) -> None:
                           "here; --address joins a cluster with GPUs)")
 
 
-def _saved_state(experiment_dir: str, verify: bool = True) -> SearchState:
-    """The saved search to resume: ours (`search.state`) and Tune's must both be there; with
-    ``verify`` (under the driver's lock), Tune's files authenticated (`search.trust`: one that
-    fails is replaced by its last signed copy, or the resume refused) and whole."""
+def _saved_state(experiment_dir: str) -> SearchState:
+    """The saved search to resume: ours (`search.state`) and Tune's must both be there, and
+    Tune's files must be signed, or have a signed copy (`search.trust`; checked, not repaired:
+    a refusal here changes nothing)."""
     state = SearchState.load(experiment_dir)
     if not session.can_restore(experiment_dir):
         raise SearchError(f"nothing to resume at {experiment_dir} (no saved search there)")
-    verified(experiment_dir, repair=verify)
-    if not verify:
-        return state
+    verified(experiment_dir, repair=False)
+    return state
+
+
+def _authenticated(experiment_dir: str) -> None:
+    """Right before Tune reads its files: each verified (one that fails is put aside and its
+    last signed copy used, `search.trust`), then each checked whole."""
+    verified(experiment_dir)
     damaged = storage.damaged_tune_state(experiment_dir)
     if damaged is not None:  # Tune would restart the search from zero: refused, nothing changed
         raise SearchError(f"the search's saved state at {experiment_dir} is damaged: {damaged}; "
                           "nothing was changed. Put back a copy of that file, or start a new "
                           "search with --experiment NAME")
-    return state
 
 
 def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutcome:
@@ -267,29 +272,34 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutc
         concurrency = session.default_concurrency(opts, gpus)
         for line in make_plan(opts, concurrency, gpus).lines():
             print(line, flush=True)
-        tuner, state = _start_new(opts, client, uri, gpus, concurrency)
+        tuner, state, signer = _start_new(opts, client, uri, gpus, concurrency)
         _warm_up_export()
-        return _finish(opts, client, state, *_fit(tuner, opts.experiment_dir))
+        return _finish(opts, client, state, *_fit(tuner, signer))
     session.check_resources(opts, opts.cpus_per_trial, state.gpus_per_trial)
     previous = client.get_run(state.parent_run_id).info.status
     try:  # a resume that fails leaves the search as it found it
         client.update_run(state.parent_run_id, status="RUNNING")
         _catch_up(opts, state)
         reopen_interrupted_trials(client, state.experiment_id, state.parent_run_id)
+        signer = StateSigner(opts.experiment_dir)
+        _authenticated(opts.experiment_dir)
         tuner = session.restore_tuner(opts.experiment_dir, opts.cpus_per_trial,
                                       state.gpus_per_trial)
+        signer.sign_changed()
         _warm_up_export()
-        return _finish(opts, client, state, *_fit(tuner, opts.experiment_dir))
+        return _finish(opts, client, state, *_fit(tuner, signer))
     except BaseException:
         client.update_run(state.parent_run_id, status=previous)
         raise
 
 
-def _fit(tuner: Tuner, experiment_dir: str) -> tuple[ResultGrid, int | None]:
-    """`session.fit`, then Tune's last state files signed (`search.trust`)."""
-    grid, stopped_by = session.fit(tuner)
-    sign(experiment_dir)
-    return grid, stopped_by
+def _fit(tuner: Tuner, signer: StateSigner) -> tuple[ResultGrid, int | None]:
+    """`session.fit`, then the session's last state files signed (`search.trust`), even when
+    Tune fails."""
+    try:
+        return session.fit(tuner)
+    finally:
+        signer.sign_changed()
 
 
 def _warm_up_export() -> None:
@@ -344,6 +354,8 @@ def _close(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: 
     (and drop runs of trials Ray never kept), then the parent's summary. A stopped search is
     KILLED, has no best trial yet and writes no best configuration: --resume goes on."""
     stopped = stopped_by is not None
+    if stopped:  # Tune's saved state is read again here: authenticated first
+        verified(opts.experiment_dir)
     unfinished = session.unfinished_trials(opts.experiment_dir) if stopped else frozenset()
     trials = summarize(grid, unfinished)
     left = close_all(DRAIN_S)

@@ -26,6 +26,7 @@ writer of that folder. Not covered: the trials' checkpoints (``trainer.pt``, rea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import hashlib
 import hmac
@@ -48,9 +49,13 @@ KEY_ENV = "AWDSEARCH_STATE_KEY"
 SIGNED = ".awdsearch_signed"  # the signed copies and the signatures, in the experiment folder
 REFUSED = ".awdsearch_refused"  # files that failed the check, put aside (never read)
 SIGNATURES = "signatures.json"
-# Every file Tune unpickles (or reads trials from) when it restores a run.
+# Every file Tune unpickles (or reads trials from) when it restores a run or ends one: its
+# tuner, experiment and searcher state, its callbacks' state (ours keep none: never signed, so
+# one found is put aside) and each failed trial's error (``<trial>/error.pkl``).
 STATE_PATTERNS = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl",
-                  "search_gen_state-*.json", "basic-variant-state-*.json")
+                  "search_gen_state-*.json", "basic-variant-state-*.json",
+                  "callback-states-*.pkl", "*/error.pkl")
+MIN_KEY_BYTES = 16
 
 
 # --- the key -------------------------------------------------------------------------------
@@ -63,20 +68,43 @@ def state_key() -> bytes:
     """The signing key: the environment's, else the user's key file (made on first use)."""
     env = os.environ.get(KEY_ENV)
     if env:
+        if len(env.encode()) < MIN_KEY_BYTES:
+            raise SearchError(f"${KEY_ENV} is shorter than {MIN_KEY_BYTES} bytes: use a long "
+                              "random secret (python -c 'import secrets; print(secrets."
+                              "token_hex(32))')")
         return env.encode()
     path = key_path()
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
+        _make_key(path)
     info = path.stat()
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SearchError(f"the state key {path} can be read by others (mode "
                           f"{stat.S_IMODE(info.st_mode):o}): chmod 600 {path}")
     if hasattr(os, "getuid") and info.st_uid != os.getuid():
         raise SearchError(f"the state key {path} belongs to another user")
-    return path.read_text().strip().encode()
+    key = path.read_text().strip().encode()
+    if len(key) < MIN_KEY_BYTES:
+        raise SearchError(f"the state key {path} is too short ({len(key)} bytes): remove it "
+                          "and the next search makes a new one (its searches' state must then "
+                          "be signed again)")
+    return key
+
+
+def _make_key(path: Path) -> None:
+    """A new random key, whole or not at all: written to a private temp file, then linked into
+    place (a second process doing the same at once keeps the first key)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another process made it first: theirs
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _mac(key: bytes, name: str, data: bytes) -> str:
@@ -96,19 +124,25 @@ class StateFolder:
 
             self.fs, self.root = fs.FileSystem.from_uri(self.location)
 
-    def names(self, sub: str = "") -> dict[str, tuple[int, int]]:
-        """Regular files directly in the folder (or its ``sub`` folder): (mtime ns, size)."""
+    def names(self) -> dict[str, tuple[int, int]]:
+        """Regular files directly in the folder, and each trial folder's ``error.pkl``
+        (``<trial>/error.pkl``): (mtime ns, size)."""
         if not self.uri:
-            folder = Path(self.location, sub)
+            folder = Path(self.location)
             if not folder.is_dir():
                 return {}
-            return {p.name: (p.stat().st_mtime_ns, p.stat().st_size)
-                    for p in folder.iterdir() if p.is_file()}
+            found = [p for p in folder.iterdir() if p.is_file()]
+            found += [p for p in folder.glob("*/error.pkl") if p.is_file()]
+            return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
+                    for p in found}
         from pyarrow import fs
 
-        selector = fs.FileSelector("/".join(filter(None, [self.root, sub])), allow_not_found=True)
-        return {i.base_name: (int(i.mtime_ns or 0), int(i.size or 0))
-                for i in self.fs.get_file_info(selector) if i.type == fs.FileType.File}
+        infos = self.fs.get_file_info(fs.FileSelector(self.root, allow_not_found=True))
+        subs = [f"{i.path}/error.pkl" for i in infos
+                if i.type == fs.FileType.Directory and not i.base_name.startswith(".")]
+        infos += [i for i in self.fs.get_file_info(subs) if i.type == fs.FileType.File]
+        return {i.path[len(self.root):].lstrip("/"): (int(i.mtime_ns or 0), int(i.size or 0))
+                for i in infos if i.type == fs.FileType.File}
 
     def read(self, name: str) -> bytes | None:
         if not self.uri:
@@ -136,9 +170,16 @@ class StateFolder:
         with self.fs.open_output_stream(f"{self.root}/{name}") as f:
             f.write(data)
 
+    def remove(self, name: str) -> None:
+        if not self.uri:
+            Path(self.location, name).unlink(missing_ok=True)
+        else:
+            self.fs.delete_file(f"{self.root}/{name}")
+
     def put_aside(self, name: str) -> str:
         """Move ``name`` into `REFUSED` (never read again); its new name there."""
-        target = f"{REFUSED}/{name}.{time.strftime('%Y%m%d-%H%M%S')}.{secrets.token_hex(3)}"
+        flat = name.replace("/", "__")
+        target = f"{REFUSED}/{flat}.{time.strftime('%Y%m%d-%H%M%S')}.{secrets.token_hex(3)}"
         if not self.uri:
             Path(self.location, REFUSED).mkdir(exist_ok=True)
             os.replace(Path(self.location, name), Path(self.location, target))
@@ -175,29 +216,43 @@ def _canonical(files: dict[str, str]) -> bytes:
     return json.dumps(files, sort_keys=True).encode()
 
 
-def sign(location: str, key: bytes | None = None) -> list[str]:
-    """Sign every state file of the folder as it is now, keeping a copy of each; the names
-    signed anew. Files signed before and unchanged are left as they are."""
+def _copy_name(name: str, mac: str) -> str:
+    """A signed copy's name: by content, so that a new copy never overwrites the copy the
+    current signatures name (a kill while signing leaves both)."""
+    return f"{SIGNED}/{name.replace('/', '__')}.{mac[:16]}"
+
+
+def sign(location: str, key: bytes | None = None, names: list[str] | None = None,
+         reset: bool = False) -> list[str]:
+    """Sign the folder's state files as they are now (``names``: only those), keeping a copy of
+    each; the names signed anew. Signatures that do not verify are an error, unless ``reset``
+    (`main`'s ``sign``: the user vouches for the folder as it is)."""
     key = key if key is not None else state_key()
     folder = StateFolder(location)
     present = state_files(folder.names())
     try:
         files = _signatures(folder, key) or {}
     except SearchError:
-        files = {}  # ours are rewritten below from the files as they are now
+        if not reset:
+            raise
+        files = {}
+    old = dict(files)
     changed = []
-    for name in present:
+    for name in present if names is None else [n for n in names if n in present]:
         data = folder.read(name)
         if data is None:
             continue
         mac = _mac(key, name, data)
         if files.get(name) != mac:
-            folder.write(f"{SIGNED}/{name}", data)
+            folder.write(_copy_name(name, mac), data)  # the copy first, the signature after
             files[name] = mac
             changed.append(name)
     if changed or folder.read(f"{SIGNED}/{SIGNATURES}") is None:
         body = {"files": files, "mac": _mac(key, SIGNATURES, _canonical(files))}
         folder.write(f"{SIGNED}/{SIGNATURES}", json.dumps(body, indent=1).encode())
+        for name in changed:  # the copies no signature names any more
+            if name in old:
+                folder.remove(_copy_name(name, old[name]))
     return changed
 
 
@@ -224,7 +279,7 @@ def verify(location: str, key: bytes | None = None, repair: bool = True) -> list
             continue
         why = ("never signed" if name not in files else "missing" if data is None
                else "its signature does not match (changed or damaged)")
-        copy = folder.read(f"{SIGNED}/{name}") if name in files else None
+        copy = folder.read(_copy_name(name, files[name])) if name in files else None
         if name in files and (copy is None
                               or not hmac.compare_digest(files[name], _mac(key, name, copy))):
             raise SearchError(f"{folder.location}/{name}: {why}, and no signed copy of it "
@@ -261,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.action == "sign":
-            names = sign(args.folder)
+            names = sign(args.folder, reset=True)
             print(f"signed {len(names)} state file(s) of {args.folder}")
             return 0
         key = state_key()

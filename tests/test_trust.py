@@ -95,7 +95,8 @@ def test_a_missing_file_comes_back_from_its_signed_copy(tmp_path):
 def test_no_copy_that_verifies_refuses_and_changes_nothing(tmp_path):
     folder = signed(tmp_path / "exp")
     (folder / "tuner.pkl").write_bytes(b"x")
-    (folder / SIGNED / "tuner.pkl").write_bytes(b"y")
+    (copy,) = (folder / SIGNED).glob("tuner.pkl.*")
+    copy.write_bytes(b"y")
     before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
     with pytest.raises(SearchError, match=r"tuner.pkl: its signature does not match .* no signed "
                                           r"copy of it verifies; nothing was read or changed"):
@@ -139,5 +140,74 @@ def test_the_key_file_is_made_private_and_refused_when_others_may_read_it(tmp_pa
     path.chmod(0o644)
     with pytest.raises(SearchError, match=r"can be read by others .* chmod 600"):
         state_key()
-    monkeypatch.setenv("AWDSEARCH_STATE_KEY", "cluster-secret")  # the environment's wins
-    assert state_key() == b"cluster-secret"
+    monkeypatch.setenv("AWDSEARCH_STATE_KEY", "cluster-secret-0123456789")  # the env's wins
+    assert state_key() == b"cluster-secret-0123456789"
+    monkeypatch.setenv("AWDSEARCH_STATE_KEY", "short")
+    with pytest.raises(SearchError, match="shorter than 16 bytes"):
+        state_key()
+    monkeypatch.delenv("AWDSEARCH_STATE_KEY")
+    path.chmod(0o600)
+    path.write_text("")  # a key file cut short (a kill as it was made): never an empty key
+    with pytest.raises(SearchError, match="too short"):
+        state_key()
+
+
+def test_signing_never_blesses_a_folder_whose_signatures_fail(tmp_path):
+    folder = signed(tmp_path / "exp")
+    (folder / "tuner.pkl").write_bytes(pickle.dumps(Evil(tmp_path / "ran")))
+    (folder / SIGNED / SIGNATURES).write_text("garbled")
+    with pytest.raises(SearchError, match="does not verify"):
+        sign(str(folder), KEY)
+    assert sign(str(folder), KEY, reset=True)  # `python -m search.trust sign`: the user vouches
+
+
+def test_a_kill_while_signing_leaves_a_copy_that_verifies(tmp_path):
+    """The new copy is written beside the old one, the signatures after: a kill in between
+    leaves the old signature and its own copy."""
+    folder = signed(tmp_path / "exp")
+    (old,) = (folder / SIGNED).glob("tuner.pkl.*")
+    (folder / SIGNED / "tuner.pkl.0123456789abcdef").write_bytes(b"a newer copy")
+    (folder / "tuner.pkl").write_bytes(b"newer, its signature never written")
+    (note,) = verify(str(folder), KEY)
+    assert "its last signed version is used" in note
+    assert (folder / "tuner.pkl").read_bytes() == old.read_bytes() == STATE["tuner.pkl"]
+
+
+def test_callback_state_and_trial_errors_are_covered(tmp_path):
+    folder = signed(tmp_path / "exp")
+    (folder / "trial_1").mkdir()
+    (folder / "trial_1" / "error.pkl").write_bytes(pickle.dumps(RuntimeError("x")))
+    assert sign(str(folder), KEY) == ["trial_1/error.pkl"]
+    (folder / "trial_1" / "error.pkl").write_bytes(pickle.dumps(Evil(tmp_path / "ran")))
+    (folder / "callback-states-2026-01-01_00-00-00.pkl").write_bytes(pickle.dumps(1))
+    notes = verify(str(folder), KEY)
+    assert any(n.startswith("callback-states-") and n.endswith("not used") for n in notes)
+    assert any(n.startswith("trial_1/error.pkl: its signature does not match") for n in notes)
+    assert pickle.loads((folder / "trial_1" / "error.pkl").read_bytes()).args == ("x",)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_the_signer_signs_only_what_its_own_session_wrote(tmp_path):
+    import time
+
+    from search.tune.signing import StateSigner
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "experiment_state-2020-01-01_00-00-00.json").write_text("{}")  # an old session
+    signer = StateSigner(str(folder))
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    for name in ("tuner.pkl", f"experiment_state-{stamp}.json", f"searcher-state-{stamp}.pkl",
+                 "callback-states-2099-01-01_00-00-00.pkl"):
+        (folder / name).write_bytes(b"{}")
+    signer.sign_changed()
+    signed_now = set(json.loads((folder / SIGNED / SIGNATURES).read_text())["files"])
+    assert signed_now == {"tuner.pkl", f"experiment_state-{stamp}.json",
+                          f"searcher-state-{stamp}.pkl"}
+    (folder / "tuner.pkl").write_bytes(b"replaced during the run")  # Tune writes it once
+    (folder / "experiment_state-2099-01-01_00-00-00.json").write_text("{}")  # planted, later
+    (folder / f"experiment_state-{stamp}.json").write_text('{"more": 1}')  # Tune's next save
+    signer.sign_changed()
+    files = json.loads((folder / SIGNED / SIGNATURES).read_text())["files"]
+    assert set(files) == signed_now  # the planted file is not signed; tuner.pkl not re-signed
+    assert verify(str(folder)) and (folder / "tuner.pkl").read_bytes() == b"{}"

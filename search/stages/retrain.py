@@ -26,7 +26,7 @@ from search.errors import SearchError
 from search.options import SearchOptions
 from search.results import TrialSummary
 from search.tracking.store import child_runs, close_open_trials
-from search.trust import sign, verified
+from search.trust import verified
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ def retrain(stage: Stage, opts: SearchOptions, client: MlflowClient,
             raise SearchError(f"{where} holds {stage.what} of another search; move it away or "
                               "pass another --experiment")
         log.info("continuing %s saved at %s", stage.what, where)
+        signer = StateSigner(where)
         verified(where)  # Tune's files authenticated before Tune reads them (`search.trust`)
         tuner = tune.Tuner.restore(where, trainable, resume_unfinished=True, resume_errored=False)
     else:
@@ -110,6 +111,7 @@ def retrain(stage: Stage, opts: SearchOptions, client: MlflowClient,
         entries, record = planned
         storage.write_text(storage.join(where, stage.state_file),
                            json.dumps({"parent_run_id": parent_run_id, **record}, indent=2))
+        signer = StateSigner(where)
         logger = MLflowTrialLogger(tracking_uri, experiment_id, parent_run_id, opts.space,
                                    {"gpus_per_trial": gpus}, role=stage.role,
                                    unwrap=stage.unwrap, experiment_dir=where)
@@ -122,17 +124,18 @@ def retrain(stage: Stage, opts: SearchOptions, client: MlflowClient,
             run_config=tune.RunConfig(
                 name=opts.experiment_name + stage.suffix, storage_path=opts.storage_path,
                 callbacks=[logger, SearchConsole(schema.BEST_VAL_PPL, "min", stopper=stage.what),
-                           StateSigner(where)],
+                           signer],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 sync_config=tune.SyncConfig(sync_artifacts=True),  # the runs' logs
                 verbose=0))
+    signer.sign_changed()  # tuner.pkl, before a kill can leave it unsigned
     before = signal.getsignal(signal.SIGINT)
     try:
         grid = tuner.fit()
     finally:
         restore_sigint(before)
-    sign(where)
+        signer.sign_changed()
     summaries = summarize(grid, run_config=entry_run(stage))
     entries = [dict((grid[i].config or {})[stage.key]) for i in range(len(summaries))]
     if close_all(timeout=120):
