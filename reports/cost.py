@@ -1,9 +1,10 @@
 """Cost against perplexity, per dataset: does a model reach the same perplexity with fewer
 parameters, or sooner? (issue 18: "expecting faster training time and a compact model size").
 
-Every trial is a point: the lowest validation perplexity it reached (``best_val_ppl``; a trial
-ASHA stopped reached it too, at its budget), its parameters, and the training seconds it took
-to get there (its seconds per epoch times the epoch of that perplexity). The Pareto front of
+Every trial is a point: its validation perplexity (a completed trial's ``final_val_ppl``, the
+best weights evaluated again; a trial ASHA stopped, the lowest it reached, ``best_val_ppl``),
+its parameters, and the training seconds it took to get there (its seconds per epoch times the
+epoch of its lowest validation perplexity). The Pareto front of
 each pair holds the trials no other trial beats on both. At matched perplexity: the level both
 models reached (the higher of their best perplexities), and for each model the fewest
 parameters and the least time among its trials that reached it; the ratio GRU / LSTM.
@@ -97,8 +98,8 @@ def matched(frame: pd.DataFrame, model: str = "awd_gru", base: str = "awd_lstm")
             parts.append(f"{ca / cb:.2f}x the {what} ({fmt(ca)} against {fmt(cb)})")
     sentence = (f"At matched validation perplexity ({fmt_num(level)}, the level both reached), "
                 f"{model} needs {parts[0]} and {parts[1]} of {base}.")
-    devices = set(a["device"]) | set(b["device"])
-    if devices & {"cpu", ""}:
+    devices = (set(a["device"]) | set(b["device"])) - {""}
+    if "cpu" in devices:
         sentence += (" The times were measured on CPU: they do not answer the GRU question "
                      "for GPUs, where both run through cuDNN's fused kernels at other ratios; "
                      "a GPU search does.")

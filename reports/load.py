@@ -64,7 +64,8 @@ class ReportData:
     """Everything a report shows, as read from MLflow.
 
     searches: one row per search (parent run; trials without one are grouped per experiment).
-    runs: one row per non-search run (trials, ablations), params kept as a dict of strings.
+    runs: one row per non-search run (trials, confirmation and ablation runs), params kept as
+    a dict of strings.
     history: val_ppl per epoch (step) of every run, with the wall-clock timestamp (ms) and the
     train_ppl of the same epoch (NaN where the run logged none).
     studies: the Optuna study of each search whose parent run names one, by search key.
@@ -84,8 +85,8 @@ class ReportData:
     studies: dict[str, StudyRecord] = field(default_factory=dict)
 
     def trials(self, search_key: str | None = None) -> pd.DataFrame:
-        """Trial runs of one search (all searches if None), ablation-tagged runs excluded."""
-        runs = self.runs[(self.runs["role"] == schema.ROLE_TRIAL) & (self.runs["ablation"] == "")]
+        """Trial runs of one search (all searches if None)."""
+        runs = self.runs[self.runs["role"] == schema.ROLE_TRIAL]
         return runs if search_key is None else runs[runs["search_key"] == search_key]
 
     def finished(self, search_key: str | None = None) -> pd.DataFrame:
@@ -260,7 +261,7 @@ def _load_experiment(client: MlflowClient, name: str,
         if math.isnan(row[schema.BEST_VAL_PPL]):  # a run that logged no best_val_ppl
             row[schema.BEST_VAL_PPL] = min((c["val_ppl"] for c in curve), default=math.nan)
     orphans = [r for r in rows if r["search_key"] == orphan_key
-               and r["role"] == schema.ROLE_TRIAL and not r["ablation"]]
+               and r["role"] == schema.ROLE_TRIAL]
     if orphans:
         data.notes.append(f"{len(orphans)} trial run(s) of experiment {name!r} have no parent "
                           "search run; they are reported as a search of their own")
@@ -278,7 +279,7 @@ def _load_experiment(client: MlflowClient, name: str,
 
 def _check(experiment: str, rows: list[dict[str, Any]], data: ReportData) -> None:
     """Record bad input: no finished trial, trials lacking the metrics of their status."""
-    trials = [r for r in rows if r["role"] == schema.ROLE_TRIAL and not r["ablation"]]
+    trials = [r for r in rows if r["role"] == schema.ROLE_TRIAL]
     counts = status_counts(r["status"] or "no status tag" for r in trials)
     if not any(r["status"] in FINISHED for r in trials):
         what = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no trial runs"

@@ -299,9 +299,11 @@ class SearchOptions:
     @property
     def objective_metrics(self) -> tuple[str, ...]:
         """The result metrics Optuna minimises, val_ppl's first with ASHA; one: the space's."""
+        metric = self.space_spec.metric
         if not self.objectives:
-            return (self.space_spec.metric,)
-        return tuple(OBJECTIVES[n.strip()] for n in self.objectives.split(","))
+            return (metric,)
+        return tuple(metric if n.strip() == "val_ppl" else OBJECTIVES[n.strip()]
+                     for n in self.objectives.split(","))
 
 
 # --- resuming a saved search --------------------------------------------------------------
@@ -344,7 +346,9 @@ def resumed(given: SearchOptions, saved: SearchOptions) -> SearchOptions:
                           "new search with --experiment NAME")
     kept = {name: getattr(given, name) for name in RESUME_OVERRIDES}
     if not given.confirm_top:
-        kept.update(confirm_top=saved.confirm_top, seeds=saved.seeds)
+        kept.update(confirm_top=saved.confirm_top)
+    if not given.confirm_top and not given.ablate:
+        kept.update(seeds=saved.seeds)
     if not given.ablate:
         kept.update(ablate=saved.ablate)
     if not given.cache_trials:

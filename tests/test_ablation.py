@@ -27,7 +27,7 @@ from search import schema
 from search.options import OptionError, SearchOptions, resumed
 from search.plan import retrainings
 from search.results import parse_param
-from search.stages.ablate import FULL, RowStats, full_from_confirmation, summarize
+from search.stages.ablate import FULL, RowStats, full_from_confirmation, holm, summarize
 from search.stages.confirm import ConfigStats, Confirmation, Verdict, welch_p
 
 
@@ -121,7 +121,7 @@ def test_summarize_compares_each_row_with_the_winner():
     assert wd.beyond_noise is True
     ar = next(r for r in a.rows if r.row == "ar_tar")
     assert ar.runs == 3 and ar.val == [61.0, 60.5] and ar.beyond_noise is False
-    assert wd.verdict.startswith("worse (p = ") and ar.verdict.startswith("no (p = ")
+    assert wd.verdict.startswith("worse (Holm p = ") and ar.verdict.startswith("no (Holm p = ")
     nt = next(r for r in a.rows if r.row == "ntasgd")
     assert math.isnan(nt.p_value) and nt.beyond_noise is None  # one seed: undecided
     assert nt.verdict == ""
@@ -138,10 +138,23 @@ def test_a_removal_that_helps_beyond_noise_says_so_and_identical_runs_are_named(
                _rec("ntasgd", 3, 62.0)]
     a = summarize(records, winner="t1", model="awd_lstm", dataset="ptb")
     fe = next(r for r in a.rows if r.row == "full_embedding")
-    assert fe.beyond_noise is True and fe.verdict.startswith("better (p = ")
+    assert fe.beyond_noise is True and fe.verdict.startswith("better (Holm p = ")
     assert fe.p_better == pytest.approx(welch_p([50, 51, 50.5], [60, 61, 62]))
+    assert fe.p_holm == pytest.approx(2 * fe.p_better)  # two rows tested: Holm doubles it
     nt = next(r for r in a.rows if r.row == "ntasgd")
     assert nt.verdict == "no (identical runs: the technique never acted)"
+
+
+def test_holm_adjusts_for_the_rows_tested_together():
+    rows = [RowStats("a", p_value=0.01, p_better=0.99), RowStats("b", p_value=0.04, p_better=0.96),
+            RowStats("c", p_value=0.98, p_better=0.02)]
+    holm(rows)
+    # sorted 0.01, 0.02, 0.04: x3, x2, x1, each at least the one before
+    assert [r.p_holm for r in rows] == pytest.approx([0.03, 0.04, 0.04])
+    assert [r.beyond_noise for r in rows] == [True, True, True]
+    rows[1].p_value = 0.2
+    holm(rows)
+    assert rows[1].p_holm == pytest.approx(0.2) and rows[1].beyond_noise is False
 
 
 def test_the_winners_row_comes_from_the_confirmation_when_it_ran():
@@ -169,8 +182,8 @@ def test_options_check_the_rows_of_the_spaces_models():
 def test_a_resume_keeps_the_ablation_asked_for_at_the_start():
     saved = SearchOptions(space="smoke", ablate="all")
     assert resumed(SearchOptions(space="smoke", resume=True), saved).ablate == "all"
-    assert resumed(SearchOptions(space="smoke", resume=True, ablate="ar_tar"),
-                   saved).ablate == "ar_tar"
+    again = resumed(SearchOptions(space="smoke", resume=True, ablate="ar_tar", seeds=5), saved)
+    assert again.ablate == "ar_tar" and again.seeds == 5  # an ablation after the fact: its seeds
 
 
 def test_the_plan_counts_the_ablation_runs():

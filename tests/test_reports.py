@@ -421,7 +421,7 @@ def test_ablation_section_compares_each_row_with_the_winner_and_the_paper(fake_r
     assert [c[2] for c in cells] == ["winner (nothing removed)", "– AR/TAR", "– weight-dropping"]
     assert cells[0][4] == "61.50 ± 0.71"
     assert cells[2][6:8] == ["+5.00", "+11.1"]  # 66.5 - 61.5; Table 4: 71.1 - 60.0
-    assert cells[2][10].startswith("worse (p = ") and cells[1][10].startswith("no (p = ")
+    assert cells[2][10].startswith("worse (Holm p = ") and cells[1][10].startswith("no (Holm p = ")
     z = [ln for ln in section.splitlines() if ln.startswith("| zaremba")]
     assert [c.split("|")[3].strip() for c in z] == ["winner (nothing removed)",
                                                    "– variable sequence lengths"]

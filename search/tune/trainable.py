@@ -95,8 +95,9 @@ def cost_metrics(trainer: Trainer) -> dict[str, float]:
 
 
 def system_metrics(device: torch.device) -> dict[str, float]:
-    """What the trial used during the epoch now ending, under MLflow's system-metric names
-    (`schema.SYSTEM_METRICS`): MLflow's own monitor would measure the driver, which logs."""
+    """What the trial uses, as the epoch ends, under MLflow's system-metric names
+    (`schema.SYSTEM_METRICS`; CPU: since the previous epoch; GPU memory: the trial's peak so
+    far): MLflow's own monitor would measure the driver, which logs."""
     memory = psutil.virtual_memory()
     metrics = {schema.SYSTEM_CPU: _PROCESS.cpu_percent(None) / (psutil.cpu_count() or 1),
                schema.SYSTEM_MEMORY_MB: memory.used / 1e6,
