@@ -155,8 +155,9 @@ def section(data: ReportData, out: Path) -> Section | None:
     if frame.empty:
         return None
     blocks: list = [
-        "Each trial: the lowest validation perplexity it reached, its parameters and the "
-        "training seconds it took to reach it (seconds per epoch × that epoch). Pareto front: "
+        "Each trial: its validation perplexity (a completed trial's final one; a stopped "
+        "trial's lowest), its parameters and the training seconds it took to reach its lowest "
+        "(seconds per epoch × that epoch). Pareto front: "
         "the trials no other trial beats on both (lower perplexity and lower cost). Tokens/s: "
         "mean training speed; Peak MB: the CUDA allocator's peak on a GPU, the process's peak "
         "resident memory on CPU."]

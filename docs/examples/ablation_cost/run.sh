@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The example report of the ablation and cost sections (issue 18), at CPU scale: tiny models of
 # the smoke space on the first 100,000 training tokens of Penn Treebank, 6 epochs. About 20
-# minutes on 2 CPU cores. Numbers at this scale say how the platform answers the questions, not
+# minutes on 2 CPU cores (25 measured). Numbers at this scale say how the platform answers the questions, not
 # what the answers are at the paper's scale (that is a GPU search: the same commands with
 # --space awd_ptb / compare_ptb and no --set train_tokens).
 #
