@@ -223,13 +223,16 @@ def _copy_name(name: str, mac: str) -> str:
 
 
 def sign(location: str, key: bytes | None = None, names: list[str] | None = None,
-         reset: bool = False) -> list[str]:
+         reset: bool = False, source: str | None = None) -> list[str]:
     """Sign the folder's state files as they are now (``names``: only those), keeping a copy of
-    each; the names signed anew. Signatures that do not verify are an error, unless ``reset``
-    (`main`'s ``sign``: the user vouches for the folder as it is)."""
+    each; the names signed anew. ``source``: read them from that folder instead (Tune's local
+    staging copy, which the storage's copy is uploaded from: signed before it lands). Signatures
+    that do not verify are an error, unless ``reset`` (`main`'s ``sign``: the user vouches for
+    the folder as it is)."""
     key = key if key is not None else state_key()
     folder = StateFolder(location)
-    present = state_files(folder.names())
+    origin = StateFolder(source) if source is not None else folder
+    present = state_files(origin.names())
     try:
         files = _signatures(folder, key) or {}
     except SearchError:
@@ -239,7 +242,7 @@ def sign(location: str, key: bytes | None = None, names: list[str] | None = None
     old = dict(files)
     changed = []
     for name in present if names is None else [n for n in names if n in present]:
-        data = folder.read(name)
+        data = origin.read(name)
         if data is None:
             continue
         mac = _mac(key, name, data)

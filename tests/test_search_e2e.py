@@ -231,7 +231,8 @@ def test_best_trial_has_config_and_an_exported_model(smoke, tmp_path):
 
 def test_ray_keeps_every_result_and_a_checkpoint_per_trial(smoke):
     cwd, _, _ = smoke
-    trial_dirs = [d for d in (cwd / "ray_results" / "smoke").iterdir() if d.is_dir()]
+    trial_dirs = [d for d in (cwd / "ray_results" / "smoke").iterdir()
+                  if d.is_dir() and not d.name.startswith(".")]  # not the signed copies
     assert len(trial_dirs) == SMOKE_TRIALS
     for d in trial_dirs:
         results = [json.loads(x) for x in (d / "result.json").read_text().splitlines()]
@@ -284,12 +285,13 @@ def test_resume_after_the_driver_is_killed_loses_nothing_and_reruns_nothing(tmp_
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     done_before = {d.name: (d / "result.json").read_text() for d in exp_dir.iterdir()
-                   if d.is_dir() and '"finished": true' in (d / "result.json").read_text()}
+                   if d.is_dir() and not d.name.startswith(".")
+                   and '"finished": true' in (d / "result.json").read_text()}
     assert len(done_before) >= 1
 
     resumed = run_search(tmp_path, *args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    trial_dirs = [d for d in exp_dir.iterdir() if d.is_dir()]
+    trial_dirs = [d for d in exp_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
     assert len(trial_dirs) == 3
     for name, text in done_before.items():  # finished trials were not run again
         assert (exp_dir / name / "result.json").read_text() == text

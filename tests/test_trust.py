@@ -187,27 +187,40 @@ def test_callback_state_and_trial_errors_are_covered(tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
-def test_the_signer_signs_only_what_its_own_session_wrote(tmp_path):
-    import time
+def test_the_signer_signs_tunes_staging_copy_and_nothing_planted(tmp_path):
+    """Tune saves its state into a staging folder of the driver's own and uploads it: the
+    signer signs the staged content (before it lands), tuner.pkl once, and nothing else that
+    appears in the shared folder."""
+    from search.tune.signing import _STAGING, StateSigner
 
-    from search.tune.signing import StateSigner
-
-    folder = tmp_path / "exp"
+    folder, staging = tmp_path / "exp", tmp_path / "staging"
     folder.mkdir()
-    (folder / "experiment_state-2020-01-01_00-00-00.json").write_text("{}")  # an old session
+    staging.mkdir()
+    state = "experiment_state-2026-01-01_00-00-00.json"
+    (staging / state).write_text('{"saved": 1}')  # saved by Tune, not uploaded yet
+    (staging / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(pickle.dumps({"s": 1}))
+    (folder / "tuner.pkl").write_bytes(b"tuner")
     signer = StateSigner(str(folder))
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    for name in ("tuner.pkl", f"experiment_state-{stamp}.json", f"searcher-state-{stamp}.pkl",
-                 "callback-states-2099-01-01_00-00-00.pkl"):
-        (folder / name).write_bytes(b"{}")
-    signer.sign_changed()
-    signed_now = set(json.loads((folder / SIGNED / SIGNATURES).read_text())["files"])
-    assert signed_now == {"tuner.pkl", f"experiment_state-{stamp}.json",
-                          f"searcher-state-{stamp}.pkl"}
-    (folder / "tuner.pkl").write_bytes(b"replaced during the run")  # Tune writes it once
-    (folder / "experiment_state-2099-01-01_00-00-00.json").write_text("{}")  # planted, later
-    (folder / f"experiment_state-{stamp}.json").write_text('{"more": 1}')  # Tune's next save
-    signer.sign_changed()
-    files = json.loads((folder / SIGNED / SIGNATURES).read_text())["files"]
-    assert set(files) == signed_now  # the planted file is not signed; tuner.pkl not re-signed
-    assert verify(str(folder)) and (folder / "tuner.pkl").read_bytes() == b"{}"
+    _STAGING[str(folder)] = str(staging)
+    try:
+        signer.sign_changed()
+        files = set(json.loads((folder / SIGNED / SIGNATURES).read_text())["files"])
+        assert files == {"tuner.pkl", state, "searcher-state-2026-01-01_00-00-00.pkl"}
+        (folder / state).write_text('{"saved": 1}')  # the upload lands: it verifies
+        assert verify(str(folder)) == ["searcher-state-2026-01-01_00-00-00.pkl: missing; its "
+                                       "last signed version is used"]
+        (folder / "tuner.pkl").write_bytes(b"replaced during the run")  # Tune writes it once
+        (folder / "experiment_state-2099-01-01_00-00-00.json").write_text("{}")  # planted
+        (folder / "trial_1").mkdir()
+        (folder / "trial_1" / "error.pkl").write_bytes(pickle.dumps(RuntimeError("x")))
+        signer.sign_changed()
+        files = json.loads((folder / SIGNED / SIGNATURES).read_text())["files"]
+        assert set(files) == {"tuner.pkl", state, "searcher-state-2026-01-01_00-00-00.pkl",
+                              "trial_1/error.pkl"}  # a failed trial's error: this session's
+        notes = verify(str(folder))
+        assert any(n.startswith("tuner.pkl: its signature does not match") for n in notes)
+        assert any(n.startswith("experiment_state-2099") and n.endswith("not used")
+                   for n in notes)
+        assert (folder / "tuner.pkl").read_bytes() == b"tuner"
+    finally:
+        _STAGING.pop(str(folder), None)
