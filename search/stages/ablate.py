@@ -41,7 +41,15 @@ from search import schema
 from search.options import SearchOptions
 from search.results import TrialSummary, gpu_hours
 from search.stages import retrain
-from search.stages.confirm import ALPHA, Confirmation, mean_std, new_seeds, seeds_of, welch_p
+from search.stages.confirm import (
+    ALPHA,
+    Confirmation,
+    mean_std,
+    new_seeds,
+    seeds_of,
+    tally,
+    welch_p,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +98,6 @@ def resumable(opts: SearchOptions, parent_run_id: str) -> bool:
 
 
 # --- statistics ----------------------------------------------------------------------------
-def _finite(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return number if math.isfinite(number) else math.nan
-
-
 @dataclass
 class RowStats:
     """One row: its completed runs' final perplexities, and its change against the winner."""
@@ -178,14 +178,7 @@ def summarize(records: Sequence[Mapping[str, Any]], *, winner: str, model: str, 
     re-trainings when they come from the confirmation, not from these records."""
     by_row: dict[str, RowStats] = {}
     for r in records:
-        stats = by_row.setdefault(str(r["row"]), RowStats(str(r["row"])))
-        stats.runs += 1
-        stats.seeds.append(int(r["seed"]))
-        val, test = _finite(r.get(schema.FINAL_VAL_PPL)), _finite(r.get(schema.FINAL_TEST_PPL))
-        if r.get("status") == schema.STATUS_COMPLETED and not math.isnan(val):
-            stats.val.append(val)
-            if not math.isnan(test):
-                stats.test.append(test)
+        tally(by_row.setdefault(str(r["row"]), RowStats(str(r["row"]))), r)
     base = by_row.pop(FULL, None) or full or RowStats(FULL)
     order = [name for name in ROWS if name in by_row]
     rows = [base] + [by_row[name] for name in order]

@@ -171,6 +171,19 @@ def _finite(value: Any) -> float:
     return number if math.isfinite(number) else math.nan
 
 
+def tally(stats: ConfigStats | Any, record: Mapping[str, Any]) -> None:
+    """One re-training into ``stats`` (its ``runs``, ``seeds``, ``val``, ``test``): started
+    runs all count; the perplexities of completed ones only. The ablation's rows share it."""
+    stats.runs += 1
+    stats.seeds.append(int(record["seed"]))
+    val = _finite(record.get(schema.FINAL_VAL_PPL))
+    test = _finite(record.get(schema.FINAL_TEST_PPL))
+    if record.get("status") == schema.STATUS_COMPLETED and not math.isnan(val):
+        stats.val.append(val)
+        if not math.isnan(test):
+            stats.test.append(test)
+
+
 @dataclass
 class ConfigStats:
     """One confirmed configuration: its original trial and its re-trainings."""
@@ -276,14 +289,7 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]],
                 tid, int(r["rank"]), bool(r["paper"]),
                 _finite(original.get(schema.FINAL_VAL_PPL)) if done else math.nan,
                 _finite(original.get(schema.FINAL_TEST_PPL)) if done else math.nan)
-        stats = configs[tid]
-        stats.runs += 1
-        stats.seeds.append(int(r["seed"]))
-        val, test = _finite(r.get(schema.FINAL_VAL_PPL)), _finite(r.get(schema.FINAL_TEST_PPL))
-        if r.get("status") == schema.STATUS_COMPLETED and not math.isnan(val):
-            stats.val.append(val)
-            if not math.isnan(test):
-                stats.test.append(test)
+        tally(configs[tid], r)
     ordered = sorted(configs.values(), key=lambda c: (c.rank == 0, c.rank))
     paper = next((c for c in ordered if c.paper), None)
     for c in ordered:
