@@ -31,7 +31,7 @@ from search.state import SearchState
 from search.tracking.backfill import backfill, trial_results
 from search.tracking.pareto import front_trial_ids, tag_front
 from search.tracking.records import replay, spool_path
-from search.tracking.registry import quiet_export_notes, warm_up_export
+from search.tracking.registry import quiet_export_notes, start_export_warm_up
 from search.tracking.store import (
     check_tracking_location,
     close_open_trials,
@@ -304,9 +304,9 @@ def _fit(tuner: Tuner, signer: StateSigner) -> tuple[ResultGrid, int | None]:
 
 def _warm_up_export() -> None:
     """While the trials train, torch.export's first (slow) call, so that exporting the best
-    model at the end is quick (`search.tracking.registry.warm_up_export`)."""
+    model at the end is quick (`search.tracking.registry.start_export_warm_up`)."""
     quiet_export_notes()
-    threading.Thread(target=warm_up_export, name="export-warm-up", daemon=True).start()
+    start_export_warm_up()
 
 
 def _catch_up(opts: SearchOptions, state: SearchState) -> None:

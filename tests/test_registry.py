@@ -327,3 +327,18 @@ def test_a_search_keeps_its_warnings_after_mlflow_pytorch_is_imported():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert "MLflow at x unreachable since y" in proc.stderr
+
+
+def test_the_interpreter_exit_waits_for_the_export_warm_up():
+    """A process whose main thread ended while the warm-up thread was inside torch.export
+    aborted (SIGABRT in torch's dispatcher during finalization): a resume with nothing left to
+    train did, in CI. The exit now joins the thread; the handler registered first runs last
+    (atexit is LIFO) and sees it finished."""
+    code = ("import atexit\n"
+            "from search.tracking import registry\n"
+            "threads = []\n"
+            "atexit.register(lambda: print('alive' if threads[0].is_alive() else 'done'))\n"
+            "threads.append(registry.start_export_warm_up())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "done"

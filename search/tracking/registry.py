@@ -15,6 +15,7 @@ no network but the tracking store. Ray-free.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 CONTEXT = 35  # tokens per sequence in the pt2 program's signature (torch.export fixes it)
 REGISTRATION_WAIT_S = 60  # how long a registry may take to make a version READY
+WARM_UP_EXIT_WAIT_S = 60  # how long the interpreter's exit waits for a warm-up still running
 _EXPORTING = threading.Lock()  # torch.export is not thread-safe: one program at a time
 
 
@@ -57,6 +59,17 @@ def quiet_export_notes() -> None:
     """torch.export notes that nn.LSTM caches its weight list: harmless, not ours. Silenced
     for the whole process (on the main thread, before `warm_up_export` starts)."""
     warnings.filterwarnings("ignore", message="The tensor attributes", category=UserWarning)
+
+
+def start_export_warm_up() -> threading.Thread:
+    """`warm_up_export` in a daemon thread, joined when the interpreter exits: a process whose
+    main thread ends while this thread is inside torch.export aborts (SIGABRT in torch's Python
+    dispatcher during finalization), as a resume with nothing left to train did. Daemon, so a
+    Ctrl-C is not held up by it; the exit waits at most `WARM_UP_EXIT_WAIT_S`."""
+    thread = threading.Thread(target=warm_up_export, name="export-warm-up", daemon=True)
+    thread.start()
+    atexit.register(thread.join, WARM_UP_EXIT_WAIT_S)
+    return thread
 
 
 def warm_up_export() -> None:
