@@ -11,6 +11,7 @@ import tempfile
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,12 +19,12 @@ from typing import TYPE_CHECKING
 from mlflow.tracking import MlflowClient
 
 from awd.data.corpus import verify_data
-from awd.errors import CheckpointError, DataError
-from search import schema, storage
+from awd.errors import CheckpointError, DataError, first_line
+from search import diskspace, schema, storage
 from search.errors import SearchError
 from search.lock import DriverLock
 from search.options import SearchOptions, resumed
-from search.plan import make_plan
+from search.plan import concurrency_here, make_plan
 from search.results import TrialSummary, pick_best
 from search.stages import ablate, confirm
 from search.stages.after import AfterTraining, after_training
@@ -36,6 +37,7 @@ from search.tracking.store import (
     check_tracking_location,
     close_open_trials,
     ensure_experiment,
+    interrupt_open_trials,
     open_store,
     prune_child_runs,
     reopen_interrupted_trials,
@@ -79,6 +81,7 @@ class SearchOutcome:
     model_uri: str | None = None  # the winner's registered version (models:/NAME/VERSION)
     ablation: ablate.Ablation | None = None  # with --ablate
     pareto: list[str] | None = None  # with --objectives: the front's trial ids
+    no_space: str | None = None  # a folder ran short of space: why the search stopped
 
     @property
     def produced_results(self) -> bool:
@@ -211,11 +214,25 @@ def run_search(opts: SearchOptions) -> SearchOutcome:
     check_tracking_location(uri)  # the store itself is opened while Ray starts (`_run`)
     if (opts.address is None or opts.address == "local") and state is None:
         check_local_resources(opts)  # before Ray starts and before the lock
+    disks = _disk_folders(resumed(opts, state.options) if state else opts, uri, state)
+    diskspace.check(disks)
     with DriverLock(opts.experiment_dir):  # nothing is written to a search before this
         if state is None:
-            return _run(opts, uri, None)
+            return _run(opts, uri, None, disks)
         state = _saved_state(opts.experiment_dir)  # as the lock holder sees it
-        return _run(resumed(opts, state.options), uri, state)
+        return _run(resumed(opts, state.options), uri, state, disks)
+
+
+def _disk_folders(opts: SearchOptions, uri: str, state: SearchState | None
+                  ) -> list[diskspace.Folder]:
+    """The folders the search writes to and the free space each needs (`search.diskspace`):
+    room for the running trials' checkpoints of the space's paper-sized model."""
+    gpus = state.gpus_per_trial if state else (opts.gpus_per_trial or 0.0)
+    concurrency = concurrency_here(opts, gpus)
+    params = make_plan(opts, concurrency, gpus).params
+    study = state.study_storage if state else opts.study_storage or default_study_storage(uri)
+    return diskspace.folders(opts.experiment_dir, uri, spool_path(opts.experiment_dir, "").parent,
+                             params, concurrency, study)
 
 
 def check_local_resources(opts: SearchOptions) -> None:
@@ -256,7 +273,8 @@ def _authenticated(experiment_dir: str) -> None:
                           "search with --experiment NAME")
 
 
-def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutcome:
+def _run(opts: SearchOptions, uri: str, state: SearchState | None,
+         disks: list[diskspace.Folder]) -> SearchOutcome:
     with ThreadPoolExecutor(1, thread_name_prefix="mlflow-store") as pool:
         store = pool.submit(open_store, uri)  # a new SQLite store's tables, meanwhile
         session.connect_ray(opts.address)
@@ -274,7 +292,7 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutc
             print(line, flush=True)
         tuner, state, signer = _start_new(opts, client, uri, gpus, concurrency)
         _warm_up_export()
-        return _finish(opts, client, state, *_fit(tuner, signer))
+        return _finish(opts, client, state, *_fit(tuner, signer, disks))
     session.check_resources(opts, opts.cpus_per_trial, state.gpus_per_trial)
     previous = client.get_run(state.parent_run_id).info.status
     try:  # a resume that fails leaves the search as it found it
@@ -287,19 +305,25 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None) -> SearchOutc
                                       state.gpus_per_trial)
         signer.sign_changed()
         _warm_up_export()
-        return _finish(opts, client, state, *_fit(tuner, signer))
+        return _finish(opts, client, state, *_fit(tuner, signer, disks))
     except BaseException:
         client.update_run(state.parent_run_id, status=previous)
         raise
 
 
-def _fit(tuner: Tuner, signer: StateSigner) -> tuple[ResultGrid, int | None]:
-    """`session.fit`, then the session's last state files signed (`search.trust`), even when
-    Tune fails."""
+def _fit(tuner: Tuner, signer: StateSigner, disks: list[diskspace.Folder]
+         ) -> tuple[ResultGrid, int | None, diskspace.DiskWatch]:
+    """`session.fit` while the free space is watched (a folder that runs short stops it as
+    Ctrl-C does: `search.diskspace`), then the session's last state files signed
+    (`search.trust`), even when Tune fails. Returns the grid, the stopping signal and, when
+    the watch (`DiskWatch.reason`: why the disk stopped it, if it did)."""
+    watch = diskspace.DiskWatch(disks)
     try:
-        return session.fit(tuner)
+        with watch.watching() if session.catches_sigint() else nullcontext():
+            grid, stopped_by = session.fit(tuner)
     finally:
         signer.sign_changed()
+    return grid, stopped_by, watch
 
 
 def _warm_up_export() -> None:
@@ -320,11 +344,13 @@ def _catch_up(opts: SearchOptions, state: SearchState) -> None:
 
 
 def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: ResultGrid,
-            stopped_by: int | None) -> SearchOutcome:
+            stopped_by: int | None, disks: diskspace.DiskWatch | None = None) -> SearchOutcome:
     """`_close`, stoppable: a Ctrl-C or SIGTERM while the search is being closed (the winner's
     export, the stages after it) ends the driver at once, the parent KILLED and partial, with
-    the signal's exit status; --resume finishes what was left (issue 21)."""
+    the signal's exit status; --resume finishes what was left (issue 21). A disk that fills
+    while the search runs or closes (`search.diskspace`) ends it the same way."""
     caught: list[int] = []
+    no_space = disks.reason if disks is not None else None
 
     def on_sigterm(signum: int, frame: object) -> None:
         caught.append(signum)
@@ -333,19 +359,35 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
     try:
-        return _close(opts, client, state, grid, stopped_by)
+        return replace(_close(opts, client, state, grid, stopped_by), no_space=no_space)
     except KeyboardInterrupt:
         signum = caught[0] if caught else int(signal.SIGINT)
-        try:
-            client.set_tag(state.parent_run_id, schema.PARTIAL, "true")
-            client.set_terminated(state.parent_run_id, "KILLED")
-        except Exception as e:  # the store is away: --resume closes it
-            log.warning("the parent run is not marked KILLED (%s)", e)
-        return SearchOutcome(summarize(grid), None, state.parent_run_id, state.tracking_uri,
-                             opts.experiment_dir, None, None, signum, state.experiment_id)
+        return _killed(opts, client, state, grid, signum, no_space)
+    except Exception as e:  # a disk filled as the search was closed: what is saved stays saved
+        if not diskspace.is_disk_full(e):
+            raise
+        return _killed(opts, client, state, grid, stopped_by or int(signal.SIGINT),
+                       no_space or diskspace.enospc_message(e, disks.wanted if disks else []))
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _killed(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: ResultGrid,
+            signum: int, no_space: str | None) -> SearchOutcome:
+    """A search whose closing was cut short: the parent KILLED and partial, the trial runs still
+    open interrupted (best effort: with the store away, --resume closes them); nothing else is
+    written."""
+    try:
+        interrupt_open_trials(client, state.experiment_id, state.parent_run_id)
+        client.set_tag(state.parent_run_id, schema.PARTIAL, "true")
+        client.set_terminated(state.parent_run_id, "KILLED")
+    except Exception as e:
+        log.warning("the parent run is not marked KILLED (%s); --resume closes it",
+                    first_line(e)[:200])
+    return SearchOutcome(summarize(grid), None, state.parent_run_id, state.tracking_uri,
+                         opts.experiment_dir, None, None, signum, state.experiment_id,
+                         no_space=no_space)
 
 
 def _close(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: ResultGrid,

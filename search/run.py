@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from awd.errors import UserError
 from search import schema
+from search.diskspace import NoSpaceError
 from search.options import SearchOptions, build_parser, options_from_args
 from search.results import status_counts
 from search.uris import is_server
@@ -234,9 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         from search.driver import run_search  # Ray, MLflow, torch: once the options are good
 
         outcome = run_search(opts)
+    except NoSpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NO_SPACE
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if outcome.no_space is not None:
+        return _no_space(outcome, argv if argv is not None else sys.argv[1:])
     if outcome.stopped_by is not None:
         return _stopped(outcome, argv if argv is not None else sys.argv[1:])
     if outcome.unsynced:
@@ -327,6 +333,17 @@ def _unsynced(outcome: SearchOutcome, argv: list[str]) -> int:
           f"results; they are kept in {', '.join(outcome.unsynced)} ({where}). Once MLflow is "
           f"back, finish it with:\n  {_resume_command(argv)}", file=sys.stderr)
     return EXIT_UNSYNCED
+
+
+EXIT_NO_SPACE = 74  # sysexits' EX_IOERR: a folder of the search ran short of space
+
+
+def _no_space(outcome: SearchOutcome, argv: list[str]) -> int:
+    """A search stopped because a folder ran short of space (`search.diskspace`): where, how
+    much, how to go on once there is room."""
+    print(f"\nerror: {outcome.no_space}. The search stopped with its state saved; once there "
+          f"is space, continue it with:\n  {_resume_command(argv)}", file=sys.stderr)
+    return EXIT_NO_SPACE
 
 
 def _stopped(outcome: SearchOutcome, argv: list[str]) -> int:

@@ -332,7 +332,7 @@ def test_a_store_that_fails_while_ray_starts_leaves_no_ray_behind(monkeypatch, t
 
     monkeypatch.setattr(driver, "open_store", broken)
     with pytest.raises(TrackingError, match="database disk image is malformed"):
-        driver._run(SearchOptions(storage=str(tmp_path)), "sqlite:///x.db", None)
+        driver._run(SearchOptions(storage=str(tmp_path)), "sqlite:///x.db", None, [])
     assert calls == ["ray", "disconnect"]
 
 

@@ -52,7 +52,8 @@ def loaded_in_stages(stages: list[list[str]]) -> list[set[str]]:
 CLI_MODULES = ["search.run", "reports.__main__", "awd.train"]
 LIGHT = ["awd.config", "awd.errors", "awd.data", "awd.data.registry", "awd.files", "search.uris",
          "search.options", "search.schema", "search.results", "search.errors", "search.state",
-         "search.storage", "search.lock", "search.tune", "search.tracking", "search.stages",
+         "search.storage", "search.lock", "search.diskspace", "search.tune", "search.tracking",
+         "search.stages",
          "reports", "reports.errors"]
 RAY_USERS = ("search.tune.", "search.driver")  # the driver through search.tune.session
 

@@ -45,7 +45,12 @@ class TrackingError(UserError):
 def open_store(uri: str) -> None:
     """Open a store that is not a server, or fail with the reason: for a new SQLite file MLflow
     creates its tables here (seconds, which a search overlaps with Ray's start). The quick
-    checks come first, before Ray: `check_tracking_location`."""
+    checks come first, before Ray: `check_tracking_location`.
+
+    MLflow logs each failed statement of a SQL store at ERROR (the statement, its parameters)
+    before raising; a search says itself what a failing store means (the outbox keeps what it
+    could not write, a full disk stops the search), in one line, so that log is off."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if is_server(uri):
         return
     db = sqlite_path(uri)
@@ -218,6 +223,16 @@ def reopen_interrupted_trials(client: MlflowClient, experiment_id: str,
         if run.data.tags.get(schema.STATUS) == schema.STATUS_INTERRUPTED:
             client.set_tag(run.info.run_id, schema.STATUS, schema.STATUS_RUNNING)
             client.update_run(run.info.run_id, status="RUNNING")
+
+
+def interrupt_open_trials(client: MlflowClient, experiment_id: str, parent_run_id: str) -> None:
+    """A search cut short before its trials' runs were closed (a full disk, a signal while it
+    closed): the runs still open are interrupted, as after Ctrl-C; --resume reopens them."""
+    for run in child_runs(client, experiment_id, parent_run_id).values():
+        if run.info.status == "RUNNING" or \
+                run.data.tags.get(schema.STATUS) == schema.STATUS_RUNNING:
+            client.set_tag(run.info.run_id, schema.STATUS, schema.STATUS_INTERRUPTED)
+            client.set_terminated(run.info.run_id, run_state(schema.STATUS_INTERRUPTED))
 
 
 def close_open_trials(client: MlflowClient, runs: Mapping[str, Run],

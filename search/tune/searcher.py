@@ -31,6 +31,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from search import schema
+from search.diskspace import trip_on
 from search.options import SearchOptions
 from search.study_storage import open_storage
 from search.uris import sqlite_path, sqlite_uri
@@ -45,6 +46,8 @@ class AWDOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, report_intermediate: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.report_intermediate = report_intermediate
+        # ends the study could not take (its disk full), told on --resume: see `_tell`
+        self._untold: dict[str, tuple[TrialState, list[float] | None]] = {}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """Tune's next configuration; the study trial records the Tune trial id, which is
@@ -68,7 +71,12 @@ class AWDOptunaSearch(OptunaSearch):
             return
         with warnings.catch_warnings():  # an epoch re-run after a restore is kept once
             warnings.simplefilter("ignore", UserWarning)
-            self._ot_trials[trial_id].report(float(result[self.metric]), int(result[schema.EPOCH]))
+            try:
+                self._ot_trials[trial_id].report(float(result[self.metric]),
+                                                 int(result[schema.EPOCH]))
+            except Exception as e:  # a full disk stops the search; one value less for TPE
+                if not trip_on(e):
+                    raise
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
@@ -78,20 +86,32 @@ class AWDOptunaSearch(OptunaSearch):
         if self._told(trial_id):
             self._completed_trials.add(trial_id)
             return
-        ot_trial, study = self._ot_trials[trial_id], self.study()
+        values: list[float] | None = None
         if error or not result or result.get(schema.DIVERGED) or result.get(schema.FATAL):
-            study.tell(ot_trial, state=TrialState.FAIL)
+            state = TrialState.FAIL
         elif result.get(schema.FINISHED):
             self.on_trial_result(trial_id, result)
-            values = [float(result[m]) for m in self.objectives]
-            study.tell(ot_trial, values if len(values) > 1 else values[0],
-                       state=TrialState.COMPLETE)
+            values, state = [float(result[m]) for m in self.objectives], TrialState.COMPLETE
         else:  # stopped by the scheduler: Optuna keeps its intermediate values
             # Tune hands the result that made ASHA stop the trial to on_trial_complete only
             # (not to on_trial_result): it is the pruned trial's last intermediate value.
             self.on_trial_result(trial_id, result)
-            study.tell(ot_trial, state=TrialState.PRUNED)
+            state = TrialState.PRUNED
         self._completed_trials.add(trial_id)
+        self._tell(trial_id, state, values)
+
+    def _tell(self, trial_id: str, state: TrialState, values: list[float] | None) -> None:
+        """The study told a trial's end. A study whose disk is full stops the search
+        (`search.diskspace.trip_on`); the end is kept in this searcher's state (which Tune
+        saves) and told by the restored searcher of --resume."""
+        try:
+            self.study().tell(self._ot_trials[trial_id], None if values is None else
+                              values if len(values) > 1 else values[0], state=state)
+            self._untold.pop(trial_id, None)
+        except Exception as e:
+            if not trip_on(e):
+                raise
+            self._untold[trial_id] = (state, values)
 
     def _told(self, trial_id: str) -> bool:
         """Whether the study already has the trial's end: a driver killed after telling the
@@ -106,6 +126,9 @@ class AWDOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         if self._ot_study is None:
             return
+        for trial_id, (state, values) in list(self._untold.items()):
+            if trial_id in self._ot_trials and not self._told(trial_id):
+                self._tell(trial_id, state, values)
         known = {t.number for t in self._ot_trials.values()}
         for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number not in known:

@@ -177,6 +177,13 @@ def unfinished_trials(experiment_dir: str) -> frozenset[str]:
     return frozenset(t.trial_id for t in saved if t.status not in ("TERMINATED", "ERROR"))
 
 
+def catches_sigint() -> bool:
+    """Whether Tune catches SIGINT in this thread (it does on the main thread, unless
+    ``TUNE_DISABLE_SIGINT_HANDLER`` says not to): then a SIGINT stops a run cleanly."""
+    return (threading.current_thread() is threading.main_thread()
+            and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")))
+
+
 def fit(tuner: tune.Tuner) -> tuple[ResultGrid, int | None]:
     """Tune's results, and the signal that stopped it early (SIGINT, SIGTERM), if any.
 
@@ -186,8 +193,7 @@ def fit(tuner: tune.Tuner) -> tuple[ResultGrid, int | None]:
     kills at once. Tune's handler puts the previous SIGINT handler back when it catches the
     signal, and only then (a contract that tests/test_confirm.py checks): that tells a stop."""
     before = signal.getsignal(signal.SIGINT)
-    catching = (threading.current_thread() is threading.main_thread()
-                and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")))
+    catching = catches_sigint()
     terminated: list[int] = []
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:

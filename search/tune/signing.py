@@ -17,6 +17,7 @@ signer's next look (half a second locally, 10 s at a URI).
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from typing import Any
@@ -52,6 +53,7 @@ class StateSigner(Callback):
         self._key: bytes | None = None
         self._last = 0.0
         self._broken = False
+        self._full = False  # a write found the disk full (said once)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"location": self.location}
@@ -98,7 +100,14 @@ class StateSigner(Callback):
             if time.monotonic() - self._last >= at_least_every:
                 self._last = time.monotonic()
                 self._sign_stored()
-        except (SearchError, OSError) as e:  # the run goes on; its resume will say why
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                self._broken = True
+                log.error("the search's state is no longer signed: %s", first_line(e))
+            elif not self._full:  # tried again at the next step: the disk may have room by then
+                self._full = True
+                log.warning("the search's state is not signed while its disk is full")
+        except SearchError as e:  # the run goes on; its resume will say why
             self._broken = True
             log.error("the search's state is no longer signed: %s", first_line(e))
 

@@ -13,9 +13,11 @@ An unreadable checkpoint (truncated by a crash) is no such failure: the trial st
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ from search.tune.console import TRIAL_LOG
 CHECKPOINT_FILE = "trainer.pt"
 DIVERGED_FILE = "diverged.json"
 DIVERGED_PPL = 1e12
+DISK_FULL_WAIT_S = 120.0  # a checkpoint that finds its disk full waits this long for space
+DISK_FULL_RETRY_S = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +176,29 @@ def _end_fatally(reason: str, trainer: Trainer | None) -> None:
                  schema.EPOCHS_RUN: epoch, schema.TRAIN_SECONDS: seconds})
 
 
+def _report_with_checkpoint(result: dict[str, Any], trainer: Trainer,
+                            wait_s: float = DISK_FULL_WAIT_S) -> None:
+    """The epoch's result with its checkpoint. A disk full (``ENOSPC``) while the checkpoint is
+    written or stored is waited out, up to ``wait_s``: the driver stops the search once a
+    folder is short of space (`search.diskspace`), and this trial with it, without an error of
+    its own; the checkpoint is tried again (nothing was reported yet) if space comes back."""
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                trainer.save(Path(d) / CHECKPOINT_FILE)
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+            return
+        except OSError as e:
+            if e.errno != errno.ENOSPC or time.monotonic() > deadline:
+                raise
+            if not said:
+                said = True
+                log_line("the disk is full: the checkpoint waits for space (or for the search "
+                         "to stop)")
+            time.sleep(DISK_FULL_RETRY_S)
+
+
 def _train(trainer: Trainer) -> None:
     try:
         for m in trainer.run():
@@ -184,9 +211,7 @@ def _train(trainer: Trainer) -> None:
                 log_line(final_line(final))
                 result.update({schema.FINAL_VAL_PPL: final["val_ppl"],
                                schema.FINAL_TEST_PPL: final["test_ppl"], schema.FINISHED: True})
-            with tempfile.TemporaryDirectory() as d:
-                trainer.save(Path(d) / CHECKPOINT_FILE)
-                tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+            _report_with_checkpoint(result, trainer)
     except TrainingDiverged as e:
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / DIVERGED_FILE).write_text(
