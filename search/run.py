@@ -6,12 +6,16 @@ import os
 import shlex
 import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from math import isnan, nan
 from typing import TYPE_CHECKING, Any
 
 from awd.errors import UserError
 from search import schema
 from search.diskspace import NoSpaceError
+from search.errors import Terminated
 from search.options import SearchOptions, build_parser, options_from_args
 from search.results import status_counts
 from search.uris import is_server
@@ -234,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             return dry_run(opts)
         from search.driver import run_search  # Ray, MLflow, torch: once the options are good
 
-        outcome = run_search(opts)
+        with _sigterm_interrupts():
+            outcome = run_search(opts)
+    except Terminated:
+        return _interrupted(signal.SIGTERM, opts, argv if argv is not None else sys.argv[1:])
+    except KeyboardInterrupt:
+        return _interrupted(signal.SIGINT, opts, argv if argv is not None else sys.argv[1:])
     except NoSpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NO_SPACE
@@ -333,6 +342,41 @@ def _unsynced(outcome: SearchOutcome, argv: list[str]) -> int:
           f"results; they are kept in {', '.join(outcome.unsynced)} ({where}). Once MLflow is "
           f"back, finish it with:\n  {_resume_command(argv)}", file=sys.stderr)
     return EXIT_UNSYNCED
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise Terminated
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
+    try:
+        yield
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(signum: int, opts: SearchOptions, argv: list[str]) -> int:
+    """A signal before the search ran (Ray starting, the saved state being verified or
+    restored): one line, the shell's status for it; a resume leaves the search as it found it
+    (`search.driver._run`)."""
+    from search.state import SearchState
+
+    try:
+        SearchState.load(opts.experiment_dir)
+        saved = True
+    except Exception:
+        saved = False
+    name = signal.Signals(signum).name
+    if saved:
+        print(f"\nSearch stopped by {name} before it ran on; nothing changed since its last "
+              f"save. Continue it with:\n  {_resume_command(argv)}", file=sys.stderr)
+    else:
+        print(f"\nSearch stopped by {name} before it started; nothing was saved.",
+              file=sys.stderr)
+    return 128 + int(signum)
 
 
 EXIT_NO_SPACE = 74  # sysexits' EX_IOERR: a folder of the search ran short of space

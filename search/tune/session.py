@@ -22,7 +22,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from search import schema, storage
-from search.errors import SearchError
+from search.errors import SearchError, Terminated
 from search.options import SearchOptions
 from search.plan import ASHA_REDUCTION_FACTOR
 from search.tune.console import quiet_ray, quiet_trainable
@@ -51,9 +51,13 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
 
 
 def connect_ray(address: str | None) -> None:
-    """Join the given cluster, or start a local one; data location travels to the workers."""
+    """Join the given cluster, or start a local one; data location travels to the workers.
+    The driver's SIGTERM handler is kept: ``ray.init`` replaces it with one that exits with
+    status 15, where a stopped search exits 143 (`search.run`)."""
     check_ray_address(address)
     env = {k: os.environ[k] for k in ("AWD_DATA_DIR", "AWD_CACHE_DIR") if k in os.environ}
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
                  runtime_env={"env_vars": env} if env else None, log_to_driver=True)
@@ -61,6 +65,13 @@ def connect_ray(address: str | None) -> None:
         where = address or "a new local cluster"
         cause = f" ({e.__cause__})" if e.__cause__ else ""
         raise SearchError(f"cannot connect to Ray at {where}: {e}{cause}") from None
+    except SystemExit as e:  # Ray's own handler, while it starts: sys.exit(SIGTERM)
+        if e.code == signal.SIGTERM and callable(sigterm):
+            raise Terminated from None
+        raise
+    finally:
+        if main and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 def disconnect() -> None:
