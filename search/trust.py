@@ -318,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", help="the experiment folder, e.g. ray_results/smoke")
     args = p.parse_args(argv)
     try:
+        if not state_files(StateFolder(args.folder).names()):
+            raise SearchError(f"{args.folder} holds no saved search (no tuner.pkl or "
+                              "experiment_state-*.json): name a search's experiment folder, "
+                              "e.g. ray_results/smoke")
         if args.action == "sign":
             names = sign(args.folder, reset=True)
             print(f"signed {len(names)} state file(s) of {args.folder}")

@@ -224,3 +224,16 @@ def test_the_signer_signs_tunes_staging_copy_and_nothing_planted(tmp_path):
         assert (folder / "tuner.pkl").read_bytes() == b"tuner"
     finally:
         _STAGING.pop(str(folder), None)
+
+
+@pytest.mark.parametrize("action", ["sign", "check"])
+def test_a_folder_without_a_search_is_refused_in_one_line_and_left_alone(tmp_path, capsys,
+                                                                          action):
+    """A typo'd or empty folder is not "signed 0 files" (nor made): nothing there to vouch for."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder in (empty, tmp_path / "missing"):
+        assert main([action, str(folder)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {folder} holds no saved search")
+    assert list(empty.iterdir()) == [] and not (tmp_path / "missing").exists()
