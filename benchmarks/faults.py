@@ -74,11 +74,15 @@ class FaultResult:
 class Workdir:
     """One search's folder: its MLflow store, its Ray results, its logs."""
 
-    def __init__(self, root: Path, tracking_uri: str | None = None) -> None:
+    def __init__(self, root: Path, tracking_uri: str | None = None,
+                 experiment: str = EXPERIMENT) -> None:
         self.root = root
+        self.experiment = experiment
         self.extra: list[str] = []  # flags of this fault's search, on every command
+        if experiment != EXPERIMENT:
+            self.extra = ["--experiment", experiment]
         self.uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
-        self.exp_dir = root / "rr" / EXPERIMENT
+        self.exp_dir = root / "rr" / experiment
         self.env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri,
                     "XDG_CACHE_HOME": str(root / "cache"),
                     "XDG_CONFIG_HOME": str(root / "config")}  # its own state key
@@ -119,6 +123,21 @@ class Workdir:
     def epochs_done(self) -> int:
         return sum(len(e) for e in self.ray_epochs().values())
 
+    def tracking_at(self, uri: str) -> None:
+        self.uri = uri
+        self.env["MLFLOW_TRACKING_URI"] = uri
+
+    def parent_status(self) -> str | None:
+        from mlflow.tracking import MlflowClient
+
+        from search import schema
+
+        client = MlflowClient(self.uri)
+        exp = client.get_experiment_by_name(self.experiment)
+        runs = [] if exp is None else client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`{schema.ROLE}` = '{schema.ROLE_SEARCH}'")
+        return runs[0].info.status if runs else None
+
 
 def audit(work: Workdir) -> tuple[int, int, bool]:
     """(lost, duplicated, whole): MLflow against Ray's records; whole = parent FINISHED and
@@ -128,7 +147,7 @@ def audit(work: Workdir) -> tuple[int, int, bool]:
     from search import schema
 
     client = MlflowClient(work.uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp = client.get_experiment_by_name(work.experiment)
     if exp is None:
         return sum(len(e) for e in work.ray_epochs().values()), 0, False
     runs = client.search_runs([exp.experiment_id], max_results=5000)
@@ -212,6 +231,87 @@ def tampered_state(work: Workdir, pattern: str, how: str) -> Attempt:
     attempt.survived = attempt.survived and not attempt.code_ran and \
         "its last signed version is used" in resumed.stdout + resumed.stderr
     return attempt
+
+
+def signal_during_restore(work: Workdir) -> Attempt:
+    """Ctrl-C the search, then signal two ``--resume`` commands as they restore it: SIGINT a
+    second in (before Ray), SIGTERM once the parent is RUNNING again (its state being verified
+    and restored). Each ends within seconds with 130 / 143 and one line; a last ``--resume``
+    finishes the search."""
+    proc = work.start()
+    work.wait(lambda: work.epochs_done() >= 2, proc)
+    os.kill(proc.pid, signal.SIGINT)
+    notes = [f"exit {proc.wait(timeout=180)}"]
+    ok = notes[0] == "exit 130"
+    for signum, ready in [(signal.SIGINT, lambda p: time.time() - p > 1.0),
+                          (signal.SIGTERM, lambda p: work.parent_status() == "RUNNING")]:
+        began = time.time()
+        proc = work.start("--resume", log="restore.log")
+        work.wait(lambda ready=ready, began=began: ready(began), proc)  # type: ignore[misc]
+        sent = time.time()
+        os.kill(proc.pid, signum)
+        code = proc.wait(timeout=60)
+        took = time.time() - sent
+        notes.append(f"{signal.Signals(signum).name}: exit {code} in {took:.1f} s")
+        ok = ok and code == 128 + signum and took < 15
+    printed = (work.root / "restore.log").read_text()
+    ok = ok and "Traceback" not in printed and printed.count("Search stopped by") == 2
+    began = time.time()
+    attempt = finished(work, work.run("--resume").returncode, began, "; ".join(notes))
+    attempt.survived = attempt.survived and ok
+    return attempt
+
+
+DISK_MB = 96  # the small file system of the full-disk faults
+KEEP_FREE_MB = 32  # AWDSEARCH_MIN_FREE_MB of their searches
+
+
+def full_disk(work: Workdir, which: str) -> Attempt:
+    """The search's storage (``which="storage"``) or the MLflow store's folder (``"store"``) is
+    a 96 MB tmpfs that another process fills to the last byte after the first epoch: the search
+    stops with exit 74 and one line naming the folder; once the space is freed, ``--resume``
+    finishes it. Needs root (``mount``)."""
+    disk = work.root / ("rr" if which == "storage" else "store")
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs",
+                              str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        raise RuntimeError(f"a small file system needs mount (root): {mounted.stderr[:200]}")
+    try:
+        if which == "store":
+            work.tracking_at(f"sqlite:///{disk / 'mlflow.db'}")
+        work.env["AWDSEARCH_MIN_FREE_MB"] = str(KEEP_FREE_MB)
+        proc = work.start()
+        work.wait(lambda: work.epochs_done() >= 1, proc)
+        ballast = disk / "ballast"
+        with open(ballast, "wb") as f:
+            f.write(b"\0" * shutil.disk_usage(disk).free)
+        code = proc.wait(timeout=300)
+        printed = (work.root / "run.log").read_text()
+        errors = [line for line in printed.splitlines() if line.startswith("error: ")]
+        honest = (code == 74 and "Traceback" not in printed and len(errors) == 1
+                  and str(disk) in errors[0] and "--resume" in printed)
+        ballast.unlink()
+        began = time.time()
+        attempt = finished(work, work.run("--resume").returncode, began,
+                           f"exit {code}: {errors[0][:140] if errors else 'no error line'}")
+        attempt.survived = attempt.survived and honest
+        return attempt
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def two_starts_new_store(work: Workdir) -> Attempt:
+    """Two searches (two experiments) started at the same instant on a new SQLite store: both
+    create its tables under the store's lock (`search.lock.creation_lock`) and finish."""
+    other = Workdir(work.root, experiment=f"{EXPERIMENT}-b")
+    began = time.time()
+    procs = [w.start(log=f"run-{w.experiment}.log") for w in (work, other)]
+    codes = [p.wait(timeout=900) for p in procs]
+    attempts = [finished(w, c, began) for w, c in zip((work, other), codes, strict=True)]
+    return Attempt(all(a.survived for a in attempts), sum(a.lost for a in attempts),
+                   sum(a.duplicated for a in attempts), time.time() - began,
+                   f"exits {codes}")
 
 
 def worker_kill(work: Workdir) -> Attempt:
@@ -436,6 +536,13 @@ FAULTS: dict[str, tuple[str, Callable[[Workdir], Attempt]]] = {
     "truncated_searcher_state": ("resumes from the signed copy, never from zero",
                                  lambda w: tampered_state(w, "searcher-state-*.pkl",
                                                           "truncated")),
+    "signal_during_restore": ("exit 130 / 143 within seconds, one line; --resume finishes",
+                              signal_during_restore),
+    "full_storage_disk": ("exit 74 in one line; --resume finishes once freed",
+                          lambda w: full_disk(w, "storage")),
+    "full_tracking_store_disk": ("exit 74 in one line; --resume finishes once freed",
+                                 lambda w: full_disk(w, "store")),
+    "two_starts_on_a_new_store": ("both finish", two_starts_new_store),
     "truncated_experiment_state": ("resumes from the signed copy; completed trials kept",
                                    lambda w: tampered_state(w, "experiment_state-*.json",
                                                             "truncated")),

@@ -391,3 +391,39 @@ def test_a_tuning_killed_mid_trial_is_continued_with_its_finished_trials(tmp_pat
     assert states.count(state.COMPLETE) == 6 and states.count(state.FAIL) == 1
     assert again.trials[:3] == first.trials
     assert again.cache_val_ppl == min(v for _, v in again.trials)
+
+
+class _FakeTuner:
+    """A tuner whose fit gets a SIGTERM: with Tune's SIGINT handler installed (running), or
+    before it is (restoring)."""
+
+    def __init__(self, installs_handler: bool) -> None:
+        self.installs_handler = installs_handler
+        self.caught: list[int] = []
+
+    def fit(self) -> str:
+        import os
+
+        if self.installs_handler:
+            previous = signal.getsignal(signal.SIGINT)
+
+            def tunes(signum, frame):  # Tune's: it puts the previous handler back
+                self.caught.append(signum)
+                signal.signal(signal.SIGINT, previous)
+
+            signal.signal(signal.SIGINT, tunes)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return "grid"
+
+
+def test_sigterm_while_tune_restores_raises_terminated_and_while_it_runs_stops_it():
+    from search.errors import Terminated
+    from search.tune import session
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        session.fit(_FakeTuner(installs_handler=False))
+    running = _FakeTuner(installs_handler=True)
+    assert session.fit(running) == ("grid", signal.SIGTERM)
+    assert running.caught == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGTERM) is before

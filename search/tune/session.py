@@ -200,8 +200,10 @@ def fit(tuner: tune.Tuner) -> tuple[ResultGrid, int | None]:
 
     Tune catches SIGINT itself (it saves its state and ends the run); SIGTERM, which Tune
     leaves to Python's default (death, nothing saved), is handed to Tune's SIGINT handler, so
-    that `kill`, systemd and schedulers stop a search as cleanly as Ctrl-C. A second SIGTERM
-    kills at once. Tune's handler puts the previous SIGINT handler back when it catches the
+    that `kill`, systemd and schedulers stop a search as cleanly as Ctrl-C. Before Tune's
+    handler is in place (Tune restoring a search), a SIGTERM raises `Terminated`, as a Ctrl-C
+    raises KeyboardInterrupt there. A second SIGTERM kills at once. Tune's handler puts the
+    previous SIGINT handler back when it catches the
     signal, and only then (a contract that tests/test_confirm.py checks): that tells a stop."""
     before = signal.getsignal(signal.SIGINT)
     catching = catches_sigint()
@@ -209,11 +211,13 @@ def fit(tuner: tune.Tuner) -> tuple[ResultGrid, int | None]:
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         tunes = signal.getsignal(signal.SIGINT)
-        if terminated or tunes is before or not callable(tunes):
+        if terminated:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
         terminated.append(signum)
+        if tunes is before or not callable(tunes):  # Tune is restoring, not running yet
+            raise Terminated
         tunes(signal.SIGINT, frame)
 
     with _handling(signal.SIGTERM, on_sigterm, catching):
