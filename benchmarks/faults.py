@@ -18,6 +18,7 @@ Prints one table and writes ``benchmarks/results/faults-<device>-<date>.json``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -283,9 +284,7 @@ def full_disk(work: Workdir, which: str) -> Attempt:
         work.env["AWDSEARCH_MIN_FREE_MB"] = str(KEEP_FREE_MB)
         proc = work.start()
         work.wait(lambda: work.epochs_done() >= 1, proc)
-        ballast = disk / "ballast"
-        with open(ballast, "wb") as f:
-            f.write(b"\0" * shutil.disk_usage(disk).free)
+        ballast = fill(disk)
         code = proc.wait(timeout=300)
         printed = (work.root / "run.log").read_text()
         errors = [line for line in printed.splitlines() if line.startswith("error: ")]
@@ -299,6 +298,20 @@ def full_disk(work: Workdir, which: str) -> Attempt:
         return attempt
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Another process's file that takes the disk's last byte (written until ENOSPC: the
+    search writes meanwhile)."""
+    ballast = disk / "ballast"
+    with open(ballast, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))  # unbuffered: the last write is a short one
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+    return ballast
 
 
 def two_starts_new_store(work: Workdir) -> Attempt:

@@ -49,11 +49,6 @@ def test_an_unknown_model_or_field_is_quoted_short():
         assert len(str(e.value)) < 1000  # the list of known fields included
 
 
-def _train(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "awd.train", *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd, env=env)
-
-
 @pytest.mark.parametrize("content,message", [
     ("{\"model\": \"awd_lstm\", \"note\": \"caf\xe9\"}".encode("latin-1"), "not UTF-8"),
     (("[" * 100_000 + "]" * 100_000).encode(), "nests too deeply"),
@@ -62,14 +57,18 @@ def _train(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     (json.dumps({"model": "awd_lstm", "seed": "9" * 500_000}).encode(), "seed: cannot use"),
     (b"{\"model\": \"awd_lstm\", \"x\": \"" + b"y" * 2_000_000 + b"\"}", "limit 1,048,576"),
 ])
-def test_config_files_that_cannot_work_are_refused_before_the_data(content, message, tmp_path):
+def test_config_files_that_cannot_work_are_refused_before_the_data(content, message, tmp_path,
+                                                                    monkeypatch, capsys):
+    from awd.train import main
+
     path = tmp_path / "config.json"
     path.write_bytes(content)
-    env = {"AWD_DATA_DIR": str(tmp_path / "no-data-here"), "PATH": "/usr/bin:/bin"}
-    proc = _train("--config", str(path), cwd=tmp_path, env=env)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert len(proc.stderr) < 400 and "no-data-here" not in proc.stderr
+    monkeypatch.setenv("AWD_DATA_DIR", str(tmp_path / "no-data-here"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert len(err) < 400 and "no-data-here" not in err
 
 
 @pytest.mark.parametrize("args,message", [
@@ -77,10 +76,12 @@ def test_config_files_that_cannot_work_are_refused_before_the_data(content, mess
     (["--generate", "3", "--temperature", "inf"], "--temperature must be a finite number"),
     (["--generate", "3", "--temperature", "nan"], "--temperature must be a finite number"),
 ])
-def test_sampling_flags_have_bounds(args, message):
-    proc = subprocess.run([sys.executable, "-m", "awd.evaluate", "--model-uri", "nowhere.pt",
-                           *args], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and message in proc.stderr
+def test_sampling_flags_have_bounds(args, message, capsys):
+    from awd.evaluate import main
+
+    assert main(["--model-uri", "nowhere.pt", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_an_unreachable_tracking_server_is_one_line_within_seconds():

@@ -140,6 +140,35 @@ def test_quiet_ray_leaves_a_users_setting(monkeypatch):
     assert os.environ[console.EXCESSIVE_SNAPSHOT_WARNING] == "5"
 
 
+def test_quiet_ray_drops_tunes_restore_advice_and_keeps_its_other_lines(monkeypatch, caplog):
+    for name in (console.NEW_OUTPUT, console.EXCESSIVE_SNAPSHOT_WARNING):
+        monkeypatch.setenv(name, "")  # what quiet_ray sets is undone after the test
+        monkeypatch.delenv(name)
+    logger = logging.getLogger(console.TUNE_LOGGER)
+    monkeypatch.setattr(logger, "filters", [])
+    console.quiet_ray()
+    console.quiet_ray()  # once is enough: no second filter
+    assert len(logger.filters) == 1
+    import os
+
+    assert os.environ[console.NEW_OUTPUT] == "0"
+    with caplog.at_level(logging.INFO, logger=console.TUNE_LOGGER):
+        logger.warning("Experiment has been interrupted, but the most recent state was saved.\n"
+                       "Resume experiment with: Tuner.restore(path='x', trainable=...)")
+        logger.info("Wrote the latest version of all result files and experiment state to 'x'")
+        logger.error("Trials did not complete: [t1]")
+    assert [r.getMessage() for r in caplog.records] == ["Trials did not complete: [t1]"]
+
+
+def test_quiet_worker_leaves_warnings_of_the_restore_and_checkpoint_loggers(monkeypatch):
+    loggers = [logging.getLogger(n) for n in (console.RESTORE_LOGGER, console.CHECKPOINT_LOGGER)]
+    for logger in loggers:
+        monkeypatch.setattr(logger, "level", logging.NOTSET)
+    console.quiet_worker()
+    assert all(not lg.isEnabledFor(logging.INFO) and lg.isEnabledFor(logging.WARNING)
+               for lg in loggers)
+
+
 # --- the real search's output ------------------------------------------------------------------
 EVENT = re.compile(r"^Trial (\S+) (started|completed|stopped early by ASHA|failed)\b")
 MAX_LINES = 100  # measured 57 (49 stdout + 8 stderr) on 2 CPU cores; was 300+ before
@@ -162,7 +191,9 @@ def test_smoke_search_output_is_a_table_and_one_line_per_trial_event(smoke_searc
     assert len(events) == SMOKE_TRIALS
     assert all(kinds[0] == "started" and len(kinds) == 2 for kinds in events.values()), events
     noise = ("Checkpoint successfully created", "triggered multiple times",
-             "Trial status:", "started with configuration")
+             "Trial status:", "started with configuration", "Configuration for experiment",
+             "View detailed results", "A new study created", "Using an existing study",
+             "Wrote the latest version")
     assert not [line for line in out + err if any(n in line for n in noise)]
     assert len(out) + len(err) < MAX_LINES, f"{len(out)} + {len(err)} lines"
 

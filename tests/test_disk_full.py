@@ -7,6 +7,7 @@ once. Needs root (``mount -t tmpfs``); skipped with the reason elsewhere."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -53,12 +54,14 @@ def _search(cwd: Path, storage: Path, store: Path, *more: str) -> list[str]:
             *more]
 
 
-def _fill(disk: Path, leave_mb: int) -> Path:
-    """Another process's file, leaving ``leave_mb`` free on the disk."""
+def _fill(disk: Path) -> Path:
+    """Another process's file that takes the disk's last byte (written until ENOSPC: the
+    search writes meanwhile)."""
     ballast = disk / "ballast"
-    free = shutil.disk_usage(disk).free
-    with open(ballast, "wb") as f:
-        f.write(b"\0" * max(free - leave_mb * MB, 0))
+    with open(ballast, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * MB)
+    assert shutil.disk_usage(disk).free < MB
     return ballast
 
 
@@ -78,7 +81,7 @@ def test_a_disk_that_fills_stops_the_search_honestly_and_resume_finishes_it(
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
-    ballast = _fill(small_disk, leave_mb=0)
+    ballast = _fill(small_disk)
     assert proc.wait(timeout=180) == EXIT_NO_SPACE, log.read_text()[-3000:]
     printed = log.read_text()
     assert "Traceback" not in printed, printed[-3000:]

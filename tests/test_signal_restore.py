@@ -78,6 +78,7 @@ def test_a_signal_during_restore_ends_the_driver_in_seconds(tmp_path):
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=120) == 130, tail(first)
+    assert "Tuner.restore(" not in first.read_text()  # Ray's advice: the search prints its own
     assert _parent(client).info.status == "KILLED"
 
     log = tmp_path / "resume.log"
@@ -98,6 +99,7 @@ def test_a_signal_during_restore_ends_the_driver_in_seconds(tmp_path):
     done = subprocess.run(_search(tmp_path, "--resume"), env=env, capture_output=True,
                           text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Restored on" not in done.stdout + done.stderr  # a worker's line per trial, quiet
     parent = _parent(client)
     assert parent.info.status == "FINISHED"
     trials = client.search_runs([parent.info.experiment_id],

@@ -48,10 +48,47 @@ TABLE_INTERVAL_S = 60.0  # at most one status table a minute while the search ru
 MAX_ROWS = 20
 
 
+# Tune's new output engine prints its "Configuration for experiment" box, the results folder
+# and a TensorBoard hint even at ``verbose=0``; its legacy engine prints nothing there. Our
+# console (`SearchConsole`) is the output, so the legacy engine runs, unless the user chose.
+NEW_OUTPUT = "RAY_AIR_NEW_OUTPUT"
+
+# Lines of the driver's Tune that say what the search's own lines say better: on a stop, its
+# advice to call `Tuner.restore(...)` (the search prints its `--resume` command), and the
+# timing of each experiment-state save.
+TUNE_LOGGER = "ray.tune.tune"
+TUNE_NOISE = ("Resume experiment with:", "Experiment has been interrupted",
+              "Wrote the latest version of all result files")
+
+# The worker-side logger that says "Restored on IP from checkpoint: ..." (INFO, with Ray's
+# coloured prefix) for each trial a resume or a retry restores.
+RESTORE_LOGGER = "ray.tune.trainable.trainable"
+
+
+class _DropTuneNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in TUNE_NOISE)
+
+
 def quiet_ray() -> None:
-    """Ray's per-epoch snapshot warning off (see `EXCESSIVE_SNAPSHOT_WARNING`), unless the
-    user set it. Read when Tune starts a run: call before `Tuner.fit`."""
+    """Ray's per-epoch snapshot warning off (see `EXCESSIVE_SNAPSHOT_WARNING`) and Tune's
+    legacy, silent output engine (`NEW_OUTPUT`), unless the user set them; Tune's restore advice
+    and save timings dropped (`TUNE_NOISE`). Read when Tune starts a run: call before
+    `Tuner.fit`."""
     os.environ.setdefault(EXCESSIVE_SNAPSHOT_WARNING, "0")
+    os.environ.setdefault(NEW_OUTPUT, "0")
+    tune_logger = logging.getLogger(TUNE_LOGGER)
+    if not any(isinstance(f, _DropTuneNoise) for f in tune_logger.filters):
+        tune_logger.addFilter(_DropTuneNoise())
+
+
+def quiet_worker() -> None:
+    """Ray's ``worker_process_setup_hook`` (`search.tune.session.connect_ray`): each worker's
+    per-trial "Restored on ... from checkpoint" and "Checkpoint successfully created" lines off
+    (WARNING and above still reach the driver)."""
+    for name in (RESTORE_LOGGER, CHECKPOINT_LOGGER):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def quiet_trainable(fn: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:

@@ -191,6 +191,9 @@ def make_searcher(space: Space, overrides: dict[str, Any], seed: int, study_name
         else {"direction": direction}
     storage: optuna.storages.BaseStorage = (open_storage(storage_url) if storage_url
                                             else optuna.storages.InMemoryStorage())
+    # Optuna's INFO lines ("A new study created", then Ray's OptunaSearch "Using an existing
+    # study" for the same one) say nothing the search's own summary does not
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,

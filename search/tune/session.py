@@ -50,6 +50,9 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
                           "run on a local Ray") from None
 
 
+QUIET_WORKER = "search.tune.console.quiet_worker"  # Ray's worker_process_setup_hook
+
+
 def connect_ray(address: str | None) -> None:
     """Join the given cluster, or start a local one; data location travels to the workers.
     The driver's SIGTERM handler is kept: ``ray.init`` replaces it with one that exits with
@@ -60,7 +63,8 @@ def connect_ray(address: str | None) -> None:
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
-                 runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+                 runtime_env={"env_vars": env, "worker_process_setup_hook": QUIET_WORKER},
+                 log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "a new local cluster"
         cause = f" ({e.__cause__})" if e.__cause__ else ""
@@ -203,8 +207,8 @@ def fit(tuner: tune.Tuner) -> tuple[ResultGrid, int | None]:
     that `kill`, systemd and schedulers stop a search as cleanly as Ctrl-C. Before Tune's
     handler is in place (Tune restoring a search), a SIGTERM raises `Terminated`, as a Ctrl-C
     raises KeyboardInterrupt there. A second SIGTERM kills at once. Tune's handler puts the
-    previous SIGINT handler back when it catches the
-    signal, and only then (a contract that tests/test_confirm.py checks): that tells a stop."""
+    previous SIGINT handler back when it catches the signal, and only then (a contract that
+    tests/test_confirm.py checks): that tells a stop."""
     before = signal.getsignal(signal.SIGINT)
     catching = catches_sigint()
     terminated: list[int] = []
