@@ -6,7 +6,7 @@ from __future__ import annotations
 from awd.errors import UserError
 from spaces import awd_ptb, awd_wt2, bench_ptb, compare_ptb, gru_ptb, gru_wt2, smoke, zaremba_ptb
 from spaces._space import Space
-from spaces.spec import SpaceFileError, SpaceSpec, spec_of
+from spaces.spec import SpaceFileError, SpaceSpec, did_you_mean, spec_of
 from spaces.spec_file import dump_spec, load_space_file, spec_digest
 
 SPACES: dict[str, Space] = {
@@ -24,7 +24,8 @@ def get_space(name: str) -> Space:
         return SPACES[name]
     except KeyError:
         raise UnknownSpaceError(
-            f"unknown space {name!r}; known spaces: {', '.join(SPACES)}"
+            f"unknown space {name!r}{did_you_mean(name, SPACES)}; known spaces: "
+            f"{', '.join(SPACES)}"
         ) from None
 
 

@@ -10,7 +10,8 @@ then the sampled values: the full flat config `awd.config.from_flat` takes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,13 @@ PARAM_TYPES = ("float", "int", "categorical")
 
 class SpaceFileError(UserError):
     """A space declaration that cannot work; the message names the file and the field."""
+
+
+def did_you_mean(word: object, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for a near miss among ``known`` (difflib's ratio >= 0.6),
+    else ``""``: appended to an "unknown ..." message."""
+    close = difflib.get_close_matches(str(word), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def same_value(a: Any, b: Any) -> bool:

@@ -28,6 +28,7 @@ from spaces.spec import (
     Scalar,
     SpaceFileError,
     SpaceSpec,
+    did_you_mean,
     same_value,
 )
 
@@ -78,11 +79,13 @@ def _check_header(spec: SpaceSpec) -> None:
         raise fail("model", "needs a model or a list of models")
     for model in models:
         if model not in MODELS:
-            raise fail("model", f"unknown model {model!r}; known: {', '.join(MODELS)}")
+            raise fail("model", f"unknown model {model!r}{did_you_mean(model, MODELS)}; "
+                       f"known: {', '.join(MODELS)}")
     if len(set(models)) < len(models):
         raise fail("model", f"a model is listed twice in {list(models)}")
     if find_dataset(spec.dataset) is None:
-        raise fail("dataset", f"unknown dataset {spec.dataset!r}; known: ptb, wikitext-2")
+        raise fail("dataset", f"unknown dataset {spec.dataset!r}"
+                   f"{did_you_mean(spec.dataset, ('ptb', 'wikitext-2'))}; known: ptb, wikitext-2")
     if spec.max_epochs < 1:
         raise fail("max_epochs", f"must be >= 1, got {spec.max_epochs}")
     if not 1 <= spec.grace_period <= spec.max_epochs:
@@ -132,7 +135,8 @@ def _check_names(section: str, names: dict[str, Any], models: tuple[str, ...]) -
             raise fail(f"{section}.{name}", f"set by {RESERVED[name]}")
         for model in models:
             if name not in config_fields(model):
-                raise fail(f"{section}.{name}", f"not a config field of {model} "
+                raise fail(f"{section}.{name}", f"not a config field of {model}"
+                           f"{did_you_mean(name, config_fields(model))} "
                            "(see python -m awd.train --help)")
 
 
@@ -161,7 +165,8 @@ def _check_condition(spec: SpaceSpec, i: int, c: Condition, models: tuple[str, .
     conditioning = _conditioning(spec)
     for name, values in c.when.items():
         if name not in conditioning:
-            raise fail(f"{path}.when.{name}", "unknown parameter; a condition names model or a "
+            raise fail(f"{path}.when.{name}", f"unknown parameter"
+                       f"{did_you_mean(name, conditioning)}; a condition names model or a "
                        f"categorical of parameters: {', '.join(conditioning)}")
         if not values:
             raise fail(f"{path}.when.{name}", "needs at least one value")

@@ -42,6 +42,7 @@ from spaces.spec import (
     Scalar,
     SpaceFileError,
     SpaceSpec,
+    did_you_mean,
 )
 from spaces.spec_check import check_spec, fail, warm_start_params
 
@@ -146,10 +147,14 @@ def _kind(value: Any) -> str:
 
 
 def _known_keys(path: str, data: dict[Any, Any], known: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in known:
-            where = f"{path}.{key}" if path else str(key)
-            raise fail(where, f"unknown key (known: {', '.join(known)})")
+    """Every unknown key of a mapping in one line, the first named, each with a near miss."""
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else str(unknown[0])
+        others = "".join(f"; also unknown: {key!r}{did_you_mean(key, known)}"
+                         for key in unknown[1:])
+        raise fail(where, f"unknown key{did_you_mean(unknown[0], known)}{others} "
+                   f"(known: {', '.join(known)})")
 
 
 def _mapping(path: str, value: Any) -> dict[str, Any]:
@@ -211,7 +216,8 @@ def _param(path: str, name: str, value: Any) -> ParamSpec:
         raise fail(f"{path}.type", f"missing (one of {', '.join(PARAM_TYPES)})")
     kind = data["type"]
     if kind not in PARAM_TYPES:
-        raise fail(f"{path}.type", f"must be one of {', '.join(PARAM_TYPES)}, got {kind!r}")
+        raise fail(f"{path}.type", f"must be one of {', '.join(PARAM_TYPES)}, got {kind!r}"
+                   f"{did_you_mean(kind, PARAM_TYPES)}")
     _known_keys(path, data, PARAM_KEYS[kind])
     if kind == "categorical":
         if "choices" not in data:

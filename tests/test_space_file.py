@@ -237,7 +237,11 @@ warm_start: {model: awd_lstm, dropout: 0.3, lr: 10.0, emsize: 32}
 BASE = GOOD.replace("  tie: {type: categorical, choices: [a, b]}\n", "")
 
 BAD = {  # label: (text replaced -> by, the field named, words of the message)
-    "unknown top key": ("max_epochs: 2", "max_epoch: 2", "max_epoch: unknown key"),
+    "unknown top key": ("max_epochs: 2", "max_epoch: 2",
+                        "max_epoch: unknown key (did you mean 'max_epochs'?)"),
+    "two unknown keys": ("max_epochs: 2", "max_epoch: 2\ngrace_perod: 1",
+                         "max_epoch: unknown key (did you mean 'max_epochs'?); also unknown: "
+                         "'grace_perod' (did you mean 'grace_period'?)"),
     "missing key": ("dataset: ptb\n", "", "dataset: missing"),
     "wrong type": ("max_epochs: 2", "max_epochs: two", "max_epochs: must be a whole number"),
     "low >= high": ("low: 0.1, high: 0.5", "low: 0.7, high: 0.5",
@@ -256,7 +260,11 @@ BAD = {  # label: (text replaced -> by, the field named, words of the message)
     "unknown type": ("type: float, low: 0.1", "type: uniform, low: 0.1",
                      "parameters.dropout.type: must be one of float, int, categorical"),
     "unknown model": ("[awd_lstm, zaremba]", "[awd_lstm, lstm]", "model: unknown model 'lstm'"),
-    "unknown dataset": ("dataset: ptb", "dataset: imdb", "dataset: unknown dataset 'imdb'"),
+    "misspelt model": ("[awd_lstm, zaremba]", "[awd_lstm, zarembа]",
+                       "model: unknown model 'zarembа' (did you mean 'zaremba'?)"),
+    "unknown dataset": ("dataset: ptb", "dataset: imdb", "dataset: unknown dataset 'imdb';"),
+    "misspelt dataset": ("dataset: ptb", "dataset: ptbb",
+                         "dataset: unknown dataset 'ptbb' (did you mean 'ptb'?)"),
     "warm start outside": ("lr: 10.0", "lr: 50.0", "warm_start.lr: 50.0 is outside [1.0, 20.0]"),
     "warm start not sampled": ("{model: awd_lstm,", "{model: zaremba,",
                                "warm_start.lr: not a parameter this warm start samples"),
@@ -265,7 +273,8 @@ BAD = {  # label: (text replaced -> by, the field named, words of the message)
     "condition value": ("when: {model: awd_lstm}", "when: {model: awd_gru}",
                         "conditions[0].when.model: 'awd_gru' is not one of"),
     "unknown config key": ("train_tokens: 5000", "train_token: 5000",
-                           "fixed.train_token: not a config field of awd_lstm"),
+                           "fixed.train_token: not a config field of awd_lstm (did you mean "
+                           "'train_tokens'?)"),
     "config key of one model": ("fixed: {nlayers: 2}", "fixed: {wdrop: 0.2}\n  - when: "
                                 "{model: zaremba}\n    fixed: {wdrop: 0.2}",
                                 "conditions[1].fixed.wdrop: not a config field of zaremba"),
@@ -334,6 +343,9 @@ def test_missing_file_and_bad_command_lines_fail_on_one_line(tmp_path, capsys):
                                        "No such file or directory\n")
     assert main(["--show-space", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown space 'nope'")
+    assert main(["--show-space", "smok"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: unknown space 'smok' (did you mean 'smoke'?); known spaces: ")
     with pytest.raises(SystemExit, match=r"^2$") as exit_:
         build_parser().parse_args(["--space", "awd_ptb", "--space-file", "s.yaml"])
     assert exit_.value.code == 2
