@@ -76,7 +76,8 @@ def is_disk_full(error: BaseException) -> bool:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return True
-        if SQLITE_FULL in str(e)[:2000]:
+        text = str(e)[:2000]
+        if SQLITE_FULL in text or "No space left on device" in text:
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -183,6 +184,9 @@ class DiskWatch:
         self.wanted = wanted
         self.every = every
         self.reason: str | None = None
+        # the SIGINT handler before Tune's: while it is in place (Tune not running yet, or
+        # already stopping), a SIGINT would not be Tune's to catch, so none is sent
+        self._before = signal.getsignal(signal.SIGINT)
         self._done = threading.Event()
         self._lock = threading.Lock()  # a stop is sent while the search runs, never after
 
@@ -190,6 +194,9 @@ class DiskWatch:
         """Stop the search, once, for ``reason``."""
         with self._lock:
             if self._done.is_set() or self.reason is not None:
+                return
+            if signal.getsignal(signal.SIGINT) is self._before:
+                log.debug("free space short, Tune not catching SIGINT: %s", reason)
                 return
             self.reason = reason
             log.error("%s; stopping the search (its state is saved, --resume continues it once "
@@ -218,7 +225,7 @@ class DiskWatch:
             with self._lock:
                 self._done.set()
             _ACTIVE = None
-            thread.join()
+            thread.join(timeout=2 * self.every)  # a disk that hangs (NFS) does not hang the end
 
 
 _ACTIVE: DiskWatch | None = None  # the watch of the search this process runs, while it runs

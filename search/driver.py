@@ -227,7 +227,11 @@ def _disk_folders(opts: SearchOptions, uri: str, state: SearchState | None
                   ) -> list[diskspace.Folder]:
     """The folders the search writes to and the free space each needs (`search.diskspace`):
     room for the running trials' checkpoints of the space's paper-sized model."""
-    gpus = state.gpus_per_trial if state else (opts.gpus_per_trial or 0.0)
+    gpus = state.gpus_per_trial if state else opts.gpus_per_trial
+    if gpus is None:  # as `session.default_gpus_per_trial` will: one each where there is a GPU
+        import torch
+
+        gpus = 1.0 if torch.cuda.is_available() and torch.cuda.device_count() >= 1 else 0.0
     concurrency = concurrency_here(opts, gpus)
     params = make_plan(opts, concurrency, gpus).params
     study = state.study_storage if state else opts.study_storage or default_study_storage(uri)
@@ -291,8 +295,12 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None,
         for line in make_plan(opts, concurrency, gpus).lines():
             print(line, flush=True)
         tuner, state, signer = _start_new(opts, client, uri, gpus, concurrency)
-        _warm_up_export()
-        return _finish(opts, client, state, *_fit(tuner, signer, disks))
+        try:
+            _warm_up_export()
+            return _finish(opts, client, state, *_fit(tuner, signer, disks))
+        except BaseException:  # stopped before Tune ran it (a signal, an error): not RUNNING
+            _mark_killed(client, state, unless_ended=True)
+            raise
     session.check_resources(opts, opts.cpus_per_trial, state.gpus_per_trial)
     previous = client.get_run(state.parent_run_id).info.status
     try:  # a resume that fails leaves the search as it found it
@@ -378,16 +386,24 @@ def _killed(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
     """A search whose closing was cut short: the parent KILLED and partial, the trial runs still
     open interrupted (best effort: with the store away, --resume closes them); nothing else is
     written."""
+    _mark_killed(client, state)
+    return SearchOutcome(summarize(grid), None, state.parent_run_id, state.tracking_uri,
+                         opts.experiment_dir, None, None, signum, state.experiment_id,
+                         no_space=no_space)
+
+
+def _mark_killed(client: MlflowClient, state: SearchState, unless_ended: bool = False) -> None:
+    """The parent KILLED and partial, its open trial runs interrupted; best effort (with the
+    store away, --resume closes them). ``unless_ended``: a parent that ended stays as it is."""
     try:
+        if unless_ended and client.get_run(state.parent_run_id).info.status != "RUNNING":
+            return
         interrupt_open_trials(client, state.experiment_id, state.parent_run_id)
         client.set_tag(state.parent_run_id, schema.PARTIAL, "true")
         client.set_terminated(state.parent_run_id, "KILLED")
     except Exception as e:
         log.warning("the parent run is not marked KILLED (%s); --resume closes it",
                     first_line(e)[:200])
-    return SearchOutcome(summarize(grid), None, state.parent_run_id, state.tracking_uri,
-                         opts.experiment_dir, None, None, signum, state.experiment_id,
-                         no_space=no_space)
 
 
 def _close(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: ResultGrid,

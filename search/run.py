@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # MLflow's per-download progress bar (the best model at the end) is noise in a search's log
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    opts: SearchOptions | None = None
     try:
         if args.show_space is not None:
             from spaces import show_space
@@ -358,25 +359,30 @@ def _sigterm_interrupts() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _interrupted(signum: int, opts: SearchOptions, argv: list[str]) -> int:
-    """A signal before the search ran (Ray starting, the saved state being verified or
-    restored): one line, the shell's status for it; a resume leaves the search as it found it
-    (`search.driver._run`)."""
-    from search.state import SearchState
-
-    try:
-        SearchState.load(opts.experiment_dir)
-        saved = True
-    except Exception:
-        saved = False
+def _interrupted(signum: int, opts: SearchOptions | None, argv: list[str]) -> int:
+    """A signal before the search ran on (Ray starting, the saved state being verified or
+    restored, Tune's first steps): one line, the shell's status for it; what the search saved
+    is kept (a resume puts the parent back as it was: `search.driver._run`)."""
     name = signal.Signals(signum).name
-    if saved:
-        print(f"\nSearch stopped by {name} before it ran on; nothing changed since its last "
-              f"save. Continue it with:\n  {_resume_command(argv)}", file=sys.stderr)
+    if opts is not None and _resumable(opts.experiment_dir):
+        print(f"\nSearch stopped by {name} before it ran on; what it saved is kept. Continue "
+              f"it with:\n  {_resume_command(argv)}", file=sys.stderr)
     else:
-        print(f"\nSearch stopped by {name} before it started; nothing was saved.",
+        print(f"\nSearch stopped by {name} before it started; run the command again.",
               file=sys.stderr)
     return 128 + int(signum)
+
+
+def _resumable(experiment_dir: str) -> bool:
+    """Whether a search is saved there that --resume can continue (ours and Tune's state)."""
+    try:
+        from search.state import SearchState
+        from search.tune.session import can_restore
+
+        SearchState.load(experiment_dir)
+        return can_restore(experiment_dir)
+    except Exception:
+        return False
 
 
 EXIT_NO_SPACE = 74  # sysexits' EX_IOERR: a folder of the search ran short of space

@@ -55,18 +55,31 @@ def test_a_short_folder_is_named_with_what_it_has_and_needs(tmp_path):
 
 def test_the_watch_stops_the_search_as_ctrl_c_does_and_says_why(tmp_path):
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+
+    def tunes(signum, frame):  # Tune's handler: installed once the watch runs
+        caught.append(signum)
+
+    short = [Folder("the search's storage", tmp_path, 1 << 60)]
+    before = signal.getsignal(signal.SIGINT)
     try:
-        with DiskWatch([Folder("the search's storage", tmp_path, 0)], every=0.05).watching():
+        idle = DiskWatch(short, every=0.05)  # Tune not catching SIGINT: nothing is sent
+        with idle.watching():
             time.sleep(0.3)
-        assert caught == []  # enough space: nothing happens
-        watch = DiskWatch([Folder("the search's storage", tmp_path, 1 << 60)], every=0.05)
+        assert idle.reason is None
+        roomy = DiskWatch([Folder("the search's storage", tmp_path, 0)], every=0.05)
+        signal.signal(signal.SIGINT, tunes)
+        with roomy.watching():
+            time.sleep(0.3)
+        assert caught == [] and roomy.reason is None  # enough space: nothing happens
+        signal.signal(signal.SIGINT, before)
+        watch = DiskWatch(short, every=0.05)
+        signal.signal(signal.SIGINT, tunes)
         with watch.watching():
             deadline = time.time() + 10
             while not caught and time.time() < deadline:
                 time.sleep(0.05)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, before)
     assert caught == [signal.SIGINT]
     assert watch.reason is not None and str(tmp_path) in watch.reason
     assert "no space left for the search: the search's storage" in watch.reason
@@ -123,3 +136,36 @@ def test_a_checkpoint_that_finds_the_disk_full_waits_for_space(monkeypatch):
     monkeypatch.setattr(trainable.tune, "report", broken)
     with pytest.raises(OSError, match="Permission denied"):  # other errors are not waited out
         trainable._report_with_checkpoint({"epoch": 3}, _Trainer())
+
+
+def test_a_checkpoint_file_that_cannot_be_written_for_space_waits_too(monkeypatch, tmp_path):
+    """The trainer's own save turns ENOSPC into a CheckpointError (`awd.checkpoint.write`):
+    still a full disk, waited out, not a failed trial; another cause is raised at once."""
+    from awd import checkpoint
+    from awd.errors import CheckpointError
+    from search.tune import trainable
+
+    failures = [errno.ENOSPC]
+
+    def save(state, to):
+        if failures:
+            raise OSError(failures.pop(), "No space left on device")
+        Path(to).write_bytes(b"weights")
+
+    class Saving(_Trainer):
+        def save(self, path: Path) -> None:
+            checkpoint.write({"x": 1}, path)
+
+    reported: list[dict] = []
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", save)
+    monkeypatch.setattr(trainable, "DISK_FULL_RETRY_S", 0.01)
+    monkeypatch.setattr(trainable.tune, "report",
+                        lambda result, checkpoint: reported.append(result))
+    trainable._report_with_checkpoint({"epoch": 1}, Saving())
+    assert reported == [{"epoch": 1}] and failures == []
+    failures.append(errno.EACCES)
+    save_error = OSError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(checkpoint, "atomic_torch_save",
+                        lambda state, to: (_ for _ in ()).throw(save_error))
+    with pytest.raises(CheckpointError, match="Permission denied"):
+        trainable._report_with_checkpoint({"epoch": 2}, Saving())

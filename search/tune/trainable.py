@@ -13,7 +13,6 @@ An unreadable checkpoint (truncated by a crash) is no such failure: the trial st
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import tempfile
@@ -32,7 +31,7 @@ from awd.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from awd.memory import peak_memory_mb, reset_peak_memory
 from awd.progress import epoch_line, final_line
 from awd.trainer import EpochMetrics, Trainer
-from search import schema
+from search import diskspace, schema
 from search.tune.console import TRIAL_LOG
 
 CHECKPOINT_FILE = "trainer.pt"
@@ -189,8 +188,8 @@ def _report_with_checkpoint(result: dict[str, Any], trainer: Trainer,
                 trainer.save(Path(d) / CHECKPOINT_FILE)
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
             return
-        except OSError as e:
-            if e.errno != errno.ENOSPC or time.monotonic() > deadline:
+        except Exception as e:  # ENOSPC, or a CheckpointError / torch's error caused by one
+            if not diskspace.is_disk_full(e) or time.monotonic() > deadline:
                 raise
             if not said:
                 said = True
