@@ -201,6 +201,7 @@ def _ablate(opts: SearchOptions, state: SearchState, client: MlflowClient,
 
 
 DRAIN_S = 120.0  # at the end, how long to wait for MLflow to take what is still queued
+NO_SPACE_DRAIN_S = 5.0  # the same, when a full disk stopped the search: --resume writes it
 
 
 def run_search(opts: SearchOptions) -> SearchOutcome:
@@ -367,7 +368,8 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
     try:
-        return replace(_close(opts, client, state, grid, stopped_by), no_space=no_space)
+        drain_s = DRAIN_S if no_space is None else NO_SPACE_DRAIN_S
+        return replace(_close(opts, client, state, grid, stopped_by, drain_s), no_space=no_space)
     except KeyboardInterrupt:
         signum = caught[0] if caught else int(signal.SIGINT)
         return _killed(opts, client, state, grid, signum, no_space)
@@ -407,7 +409,7 @@ def _mark_killed(client: MlflowClient, state: SearchState, unless_ended: bool = 
 
 
 def _close(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: ResultGrid,
-           stopped_by: int | None) -> SearchOutcome:
+           stopped_by: int | None, drain_s: float = DRAIN_S) -> SearchOutcome:
     """The end of a search, or of its part before a signal stopped it: close every trial's run
     (and drop runs of trials Ray never kept), then the parent's summary. A stopped search is
     KILLED, has no best trial yet and writes no best configuration: --resume goes on."""
@@ -416,7 +418,7 @@ def _close(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: 
         verified(opts.experiment_dir)
     unfinished = session.unfinished_trials(opts.experiment_dir) if stopped else frozenset()
     trials = summarize(grid, unfinished)
-    left = close_all(DRAIN_S)
+    left = close_all(drain_s)
     if left:  # MLflow is away: what it lacks is on disk, and the summary waits for it
         log.warning("MLflow unreachable at the end of the search: results kept in %s; they are "
                     "written, and the summary too, by --resume", ", ".join(map(str, left)))
