@@ -83,7 +83,12 @@ def printed_metrics(out: str) -> dict:
     return json.loads(next(line for line in out.splitlines() if line.startswith("{")))
 
 
-def test_evaluating_the_registered_model_gives_the_trainers_own_numbers(registered, capsys):
+def test_evaluating_the_registered_model_gives_the_trainers_own_numbers(registered, capsys,
+                                                                        monkeypatch):
+    from search.tracking.registry import PROGRESS_BAR
+
+    monkeypatch.setenv(PROGRESS_BAR, "x")
+    monkeypatch.delenv(PROGRESS_BAR)  # unset, as for a user (undone after the test)
     work, uri, _, final, _, _ = registered
     code, out, err = run_evaluate(capsys, "--model-uri", f"models:/{NAME}/latest", "--data",
                                   str(work / "data"), "--tracking-uri", uri)
@@ -91,6 +96,7 @@ def test_evaluating_the_registered_model_gives_the_trainers_own_numbers(register
     printed = printed_metrics(out)
     assert printed["val_ppl"] == final["val_ppl"] and printed["test_ppl"] == final["test_ppl"]
     assert f"val ppl {final['val_ppl']:.2f} | test ppl {final['test_ppl']:.2f}" in out
+    assert "Downloading artifacts" not in err  # MLflow's bar: noise on the console
     # the same model by its run, by version number, and from the store named in the environment
     code, again, err = run_evaluate(capsys, "--model-uri", f"runs:/{registered[5]}/model",
                                     "--data", str(work / "data"), "--tracking-uri", uri)

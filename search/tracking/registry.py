@@ -441,6 +441,9 @@ def tuned_cache(uri: str, tracking_uri: str) -> str | None:
 
 
 # --- reading a model back: `python -m search.evaluate` -------------------------------------
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # MLflow's per-download bar, unless set
+
+
 def download_export(uri: str, tracking_uri: str, dest: Path) -> Path:
     """Download the export inside the MLflow model ``uri`` (``models:/...`` or ``runs:/...``)
     into ``dest``: the file `awd.evaluate` reads, and nothing else of the model."""
@@ -448,6 +451,7 @@ def download_export(uri: str, tracking_uri: str, dest: Path) -> Path:
     if db is not None and not db.is_file():  # MLflow would create an empty store, find nothing
         raise ModelNotFoundError(f"no MLflow store at {db} (pass --tracking-uri, or set "
                                      "$MLFLOW_TRACKING_URI)")
+    os.environ.setdefault(PROGRESS_BAR, "false")  # one bar per file: noise on the console
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         root = _model_location(client, uri)
