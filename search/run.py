@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from math import isnan, nan
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from awd.errors import UserError
@@ -375,14 +376,15 @@ def _interrupted(signum: int, opts: SearchOptions | None, argv: list[str]) -> in
 
 def _resumable(experiment_dir: str) -> bool:
     """Whether a search is saved there that --resume can continue (ours and Tune's state)."""
-    try:
-        from search.state import SearchState
-        from search.tune.session import can_restore
+    from search import storage  # light: a signal's answer takes no Ray import
+    from search.state import SearchState
 
+    try:
         SearchState.load(experiment_dir)
-        return can_restore(experiment_dir)
     except Exception:
         return False
+    return storage.is_uri(experiment_dir) or \
+        (Path(storage.absolute(experiment_dir)) / "tuner.pkl").is_file()
 
 
 EXIT_NO_SPACE = 74  # sysexits' EX_IOERR: a folder of the search ran short of space
