@@ -292,8 +292,14 @@ def full_disk(work: Workdir, which: str) -> Attempt:
                   and str(disk) in errors[0] and "--resume" in printed)
         ballast.unlink()
         began = time.time()
-        attempt = finished(work, work.run("--resume").returncode, began,
+        resumed = work.run("--resume")
+        attempt = finished(work, resumed.returncode, began,
                            f"exit {code}: {errors[0][:140] if errors else 'no error line'}")
+        if not attempt.survived:  # why, in the note
+            attempt.note += (f"; resume exit {resumed.returncode}: "
+                             f"{(resumed.stderr.strip().splitlines() or [''])[-1][:300]}")
+        if not honest:
+            attempt.note += f"; not one honest line: {printed[-600:]}"
         attempt.survived = attempt.survived and honest
         return attempt
     finally:

@@ -160,6 +160,32 @@ def test_quiet_ray_drops_tunes_restore_advice_and_keeps_its_other_lines(monkeypa
     assert [r.getMessage() for r in caplog.records] == ["Trials did not complete: [t1]"]
 
 
+def test_a_state_save_that_found_the_disk_full_is_one_line(monkeypatch, caplog):
+    import errno
+
+    logger = logging.getLogger(console.STATE_LOGGER)
+    monkeypatch.setattr(logger, "filters", [])
+    monkeypatch.setenv(console.NEW_OUTPUT, "")
+    monkeypatch.setenv(console.EXCESSIVE_SNAPSHOT_WARNING, "")
+    console.quiet_ray()
+
+    def failed_save(error: Exception) -> logging.LogRecord:
+        caplog.clear()
+        try:
+            raise error
+        except OSError:
+            logger.error("Saving experiment state to storage at 'x' failed with exception: ",
+                         exc_info=True)
+        return caplog.records[-1]
+
+    with caplog.at_level(logging.INFO, logger=console.STATE_LOGGER):
+        full = failed_save(OSError(errno.ENOSPC, "Error writing bytes to file"))
+        assert full.exc_info is None and full.getMessage().endswith("Error writing bytes to file")
+        assert "Traceback" not in caplog.text
+        other = failed_save(OSError(errno.EACCES, "Permission denied"))
+        assert other.exc_info is not None and "Traceback" in caplog.text  # not ours to shorten
+
+
 def test_quiet_worker_leaves_warnings_of_the_restore_and_checkpoint_loggers(monkeypatch):
     loggers = [logging.getLogger(n) for n in (console.RESTORE_LOGGER, console.CHECKPOINT_LOGGER)]
     for logger in loggers:

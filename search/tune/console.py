@@ -24,7 +24,8 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.stopper import Stopper
 
-from search import schema
+from awd.errors import first_line
+from search import diskspace, schema
 from search.results import failure_reason, status_counts, status_of
 
 # Ray Tune snapshots the experiment state every time a trial checkpoints when
@@ -65,6 +66,20 @@ TUNE_NOISE = ("Resume experiment with:", "Experiment has been interrupted",
 RESTORE_LOGGER = "ray.tune.trainable.trainable"
 
 
+# Tune's state save: a failed upload is logged with its traceback. A full disk is the search's
+# to report, in one line (`search.diskspace`): the record keeps its first line, not the trace.
+STATE_LOGGER = "ray.tune.execution.experiment_state"
+
+
+class _OneLineWhenDiskFull(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and diskspace.is_disk_full(error):
+            record.msg = f"{record.getMessage()}{first_line(error)[:200]}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
 class _DropTuneNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -74,13 +89,14 @@ class _DropTuneNoise(logging.Filter):
 def quiet_ray() -> None:
     """Ray's per-epoch snapshot warning off (see `EXCESSIVE_SNAPSHOT_WARNING`) and Tune's
     legacy, silent output engine (`NEW_OUTPUT`), unless the user set them; Tune's restore advice
-    and save timings dropped (`TUNE_NOISE`). Read when Tune starts a run: call before
-    `Tuner.fit`."""
+    and save timings dropped (`TUNE_NOISE`), a state save that found the disk full one line.
+    Read when Tune starts a run: call before `Tuner.fit`."""
     os.environ.setdefault(EXCESSIVE_SNAPSHOT_WARNING, "0")
     os.environ.setdefault(NEW_OUTPUT, "0")
-    tune_logger = logging.getLogger(TUNE_LOGGER)
-    if not any(isinstance(f, _DropTuneNoise) for f in tune_logger.filters):
-        tune_logger.addFilter(_DropTuneNoise())
+    for name, kind in ((TUNE_LOGGER, _DropTuneNoise), (STATE_LOGGER, _OneLineWhenDiskFull)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
 
 
 def quiet_worker() -> None:
