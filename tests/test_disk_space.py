@@ -105,7 +105,8 @@ class _Trainer:
         path.write_bytes(b"weights")
 
 
-def test_a_checkpoint_that_finds_the_disk_full_waits_for_space(monkeypatch):
+def test_a_checkpoint_that_finds_the_disk_full_waits_for_space(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the trial's folder: its trial.log
     from search.tune import trainable
 
     calls: list[dict] = []
@@ -119,6 +120,7 @@ def test_a_checkpoint_that_finds_the_disk_full_waits_for_space(monkeypatch):
     monkeypatch.setattr(trainable, "DISK_FULL_RETRY_S", 0.01)
     trainable._report_with_checkpoint({"epoch": 1}, _Trainer())
     assert calls == [{"epoch": 1}] * 3  # tried again until there was room: reported once
+    assert (tmp_path / "trial.log").read_text().count("the disk is full") == 1  # said once
 
     def full(result, checkpoint):
         calls.append(result)
@@ -141,6 +143,7 @@ def test_a_checkpoint_that_finds_the_disk_full_waits_for_space(monkeypatch):
 def test_a_checkpoint_file_that_cannot_be_written_for_space_waits_too(monkeypatch, tmp_path):
     """The trainer's own save turns ENOSPC into a CheckpointError (`awd.checkpoint.write`):
     still a full disk, waited out, not a failed trial; another cause is raised at once."""
+    monkeypatch.chdir(tmp_path)  # the trial's folder: its trial.log
     from awd import checkpoint
     from awd.errors import CheckpointError
     from search.tune import trainable
