@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.errors import SearchError
-from search.storage import is_uri
+from search.storage import is_uri, nearest_existing
 from search.uris import sqlite_path
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def folders(experiment_dir: str, tracking_uri: str, spool_dir: Path, params: int
         wanted.append(Folder("the spool's folder", spool_dir, base))
     merged: dict[int, Folder] = {}
     for f in wanted:
-        device = _existing(f.path).stat().st_dev
+        device = nearest_existing(f.path.resolve()).stat().st_dev
         if device in merged:
             first = merged[device]
             merged[device] = Folder(first.what, first.path, first.need + f.need - base)
@@ -144,16 +144,8 @@ def _within(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def _existing(path: Path) -> Path:
-    """The folder itself, or its nearest ancestor that exists (a new search's storage)."""
-    path = path.resolve()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def free_bytes(path: Path) -> int:
-    return shutil.disk_usage(_existing(path)).free
+    return shutil.disk_usage(nearest_existing(path.resolve())).free  # a new storage: its parent
 
 
 def shortage(wanted: list[Folder]) -> Shortage | None:

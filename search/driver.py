@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from awd.data.corpus import verify_data
 from awd.errors import CheckpointError, DataError, first_line
 from search import diskspace, schema, storage
-from search.errors import SearchError
+from search.errors import SearchError, Terminated
 from search.lock import DriverLock
 from search.options import SearchOptions, resumed
 from search.plan import concurrency_here, make_plan
@@ -358,21 +358,19 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
     export, the stages after it) ends the driver at once, the parent KILLED and partial, with
     the signal's exit status; --resume finishes what was left (issue 21). A disk that fills
     while the search runs or closes (`search.diskspace`) ends it the same way."""
-    caught: list[int] = []
     no_space = disks.reason if disks is not None else None
 
     def on_sigterm(signum: int, frame: object) -> None:
-        caught.append(signum)
-        raise KeyboardInterrupt
+        raise Terminated
 
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
     try:
         drain_s = DRAIN_S if no_space is None else NO_SPACE_DRAIN_S
         return replace(_close(opts, client, state, grid, stopped_by, drain_s), no_space=no_space)
-    except KeyboardInterrupt:
-        signum = caught[0] if caught else int(signal.SIGINT)
-        return _killed(opts, client, state, grid, signum, no_space)
+    except KeyboardInterrupt as e:
+        signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        return _killed(opts, client, state, grid, int(signum), no_space)
     except Exception as e:  # a disk filled as the search was closed: what is saved stays saved
         if not diskspace.is_disk_full(e):
             raise

@@ -384,7 +384,7 @@ def _resumable(experiment_dir: str) -> bool:
     except Exception:
         return False
     return storage.is_uri(experiment_dir) or \
-        (Path(storage.absolute(experiment_dir)) / "tuner.pkl").is_file()
+        (Path(storage.absolute(experiment_dir)) / storage.TUNER_FILE).is_file()
 
 
 EXIT_NO_SPACE = 74  # sysexits' EX_IOERR: a folder of the search ran short of space

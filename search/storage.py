@@ -20,7 +20,7 @@ def absolute(location: str) -> str:
     return location if is_uri(location) else str(Path(location).expanduser().resolve())
 
 
-def _nearest_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
     """``path`` itself if it exists, else its nearest existing ancestor."""
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -31,7 +31,7 @@ def folder_problem(path: Path) -> str | None:
     """Why ``path`` cannot be a folder to write in, created if missing (None: it can be): a
     regular file on its way, or a nearest existing folder that is not writable."""
     try:
-        existing = _nearest_existing(path)
+        existing = nearest_existing(path)
         if not existing.is_dir():
             return f"{existing} is a file, not a folder"
         if not os.access(existing, os.W_OK | os.X_OK):
@@ -49,7 +49,7 @@ def file_problem(path: Path) -> str | None:
             return f"{path} is a folder, not a file"
         parent = path.parent
         if not parent.is_dir():
-            existing = _nearest_existing(parent)
+            existing = nearest_existing(parent)
             if existing.exists() and not existing.is_dir():
                 return f"{existing} is a file, not a folder"
             return f"folder {parent} does not exist"
@@ -101,7 +101,8 @@ def write_text(location: str, text: str) -> None:
 # Tune restores from the newest of each; one it cannot read makes it restart the experiment
 # from zero under the same name (issue 22), so they are checked first, without running them.
 TUNE_STATE_JSON = ("experiment_state-*.json",)
-TUNE_STATE_PICKLES = ("tuner.pkl", "searcher-state-*.pkl", "search_gen_state-*.json")  # a pickle
+TUNER_FILE = "tuner.pkl"  # Tune's saved Tuner: a search Tune can restore has one
+TUNE_STATE_PICKLES = (TUNER_FILE, "searcher-state-*.pkl", "search_gen_state-*.json")  # a pickle
 
 
 def _newest(folder: Path, pattern: str) -> Path | None:

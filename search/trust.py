@@ -52,7 +52,7 @@ SIGNATURES = "signatures.json"
 # Every file Tune unpickles (or reads trials from) when it restores a run or ends one: its
 # tuner, experiment and searcher state, its callbacks' state (ours keep none: never signed, so
 # one found is put aside) and each failed trial's error (``<trial>/error.pkl``).
-STATE_PATTERNS = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl",
+STATE_PATTERNS = (storage.TUNER_FILE, "experiment_state-*.json", "searcher-state-*.pkl",
                   "search_gen_state-*.json", "basic-variant-state-*.json",
                   "callback-states-*.pkl", "*/error.pkl")
 MIN_KEY_BYTES = 16

@@ -20,7 +20,7 @@ from optuna.distributions import (
 )
 
 from awd.config import MODELS, from_flat
-from awd.data.registry import find_dataset
+from awd.data.registry import DATASETS, find_dataset
 from awd.errors import UserError, first_line
 from spaces.spec import (
     Condition,
@@ -85,7 +85,7 @@ def _check_header(spec: SpaceSpec) -> None:
         raise fail("model", f"a model is listed twice in {list(models)}")
     if find_dataset(spec.dataset) is None:
         raise fail("dataset", f"unknown dataset {spec.dataset!r}"
-                   f"{did_you_mean(spec.dataset, ('ptb', 'wikitext-2'))}; known: ptb, wikitext-2")
+                   f"{did_you_mean(spec.dataset, DATASETS)}; known: {', '.join(DATASETS)}")
     if spec.max_epochs < 1:
         raise fail("max_epochs", f"must be >= 1, got {spec.max_epochs}")
     if not 1 <= spec.grace_period <= spec.max_epochs:

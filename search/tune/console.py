@@ -113,7 +113,7 @@ def quiet_trainable(fn: Callable[[dict[str, Any]], None]) -> Callable[[dict[str,
 
     @functools.wraps(fn)
     def trainable(config: dict[str, Any]) -> None:
-        logging.getLogger(CHECKPOINT_LOGGER).setLevel(logging.WARNING)
+        quiet_worker()  # also where Ray was started without its setup hook
         fn(config)
 
     return trainable

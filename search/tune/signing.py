@@ -17,7 +17,6 @@ signer's next look (half a second locally, 10 s at a URI).
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from typing import Any
@@ -25,8 +24,9 @@ from typing import Any
 from ray.tune import Callback
 
 from awd.errors import first_line
+from search.diskspace import is_disk_full
 from search.errors import SearchError
-from search.storage import is_uri
+from search.storage import TUNER_FILE, is_uri
 from search.trust import StateFolder, sign, state_files, state_key
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class StateSigner(Callback):
         if staging is None:
             return
         names = StateFolder(staging).names()
-        now = {n: names[n] for n in state_files(names) if n != "tuner.pkl"
+        now = {n: names[n] for n in state_files(names) if n != TUNER_FILE
                and not n.endswith("/error.pkl") and not n.startswith("callback-states-")}
         if now != self._staged:
             sign(self.location, self._key, names=list(now), source=staging)
@@ -82,10 +82,10 @@ class StateSigner(Callback):
             return
         start_ns = (self._start - SLACK_S) * 1e9
         mine = [n for n in now if now[n][0] >= start_ns and (
-            n.endswith("/error.pkl") or (n == "tuner.pkl" and not self._tuner_signed))]
+            n.endswith("/error.pkl") or (n == TUNER_FILE and not self._tuner_signed))]
         if mine:
             sign(self.location, self._key, names=mine)
-            self._tuner_signed = self._tuner_signed or "tuner.pkl" in mine
+            self._tuner_signed = self._tuner_signed or TUNER_FILE in mine
         self._seen = now
 
     def sign_changed(self, at_least_every: float = 0.0) -> None:
@@ -101,7 +101,7 @@ class StateSigner(Callback):
                 self._last = time.monotonic()
                 self._sign_stored()
         except OSError as e:
-            if e.errno != errno.ENOSPC:
+            if not is_disk_full(e):
                 self._broken = True
                 log.error("the search's state is no longer signed: %s", first_line(e))
             elif not self._full:  # tried again at the next step: the disk may have room by then
