@@ -25,7 +25,9 @@ def final_line(final: dict[str, float]) -> str:
 
 class TokenBars:
     """`Trainer.on_progress` drawn as tqdm bars in tokens: one bar per stage (an epoch's
-    training, its validation, the final test), closed when the next stage starts."""
+    training, its validation, the final test), closed when the next stage starts. Drawn only
+    on a terminal: stderr sent to a file or a pipe (a log, CI) gets no bars (tqdm's
+    ``disable=None``), where each redraw would be a line of its own."""
 
     def __init__(self) -> None:
         self.bar: tqdm | None = None
@@ -36,7 +38,7 @@ class TokenBars:
             self.close()
             self.stage = stage
             self.bar = tqdm(total=total, unit="tok", unit_scale=True, leave=False,
-                            desc=STAGE_TITLES.get(stage, stage))
+                            desc=STAGE_TITLES.get(stage, stage), disable=None)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:

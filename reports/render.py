@@ -79,21 +79,21 @@ class Document:
 
 
 # --- number formatting ----------------------------------------------------------------------
-def _missing(value: object) -> bool:
+def is_missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
 
 
 def fmt_num(value: Any, digits: int = 2) -> str:
-    return "—" if _missing(value) else f"{float(value):,.{digits}f}"
+    return "—" if is_missing(value) else f"{float(value):,.{digits}f}"
 
 
 def fmt_int(value: Any) -> str:
-    return "—" if _missing(value) else f"{int(value):,}"
+    return "—" if is_missing(value) else f"{int(value):,}"
 
 
 def fmt_gap(value: Any, base: Any) -> str:
     """An absolute gap with its relative size, e.g. ``+3.20 (+5.6%)``."""
-    if _missing(value) or _missing(base):
+    if is_missing(value) or is_missing(base):
         return "—"
     return f"{float(value):+.2f} ({100 * float(value) / float(base):+.1f}%)"
 
@@ -101,7 +101,7 @@ def fmt_gap(value: Any, base: Any) -> str:
 def fmt_value(value: Any) -> str:
     """A hyperparameter as read back (`search.results.parse_param`): ints as ints, floats to 3
     significant digits, anything else as it is."""
-    if _missing(value):
+    if is_missing(value):
         return "—"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
@@ -109,7 +109,7 @@ def fmt_value(value: Any) -> str:
 
 
 def fmt_params(value: Any) -> str:
-    if _missing(value):
+    if is_missing(value):
         return "—"
     value = float(value)
     return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k"

@@ -2,28 +2,34 @@
 best trial and each model's best) with their values, and every trial ranked, each linked to its
 MLflow run page when the store is an MLflow server.
 
-Searched parameters are read from the trial runs, not from a space module: the params whose
-value differs between the runs of one model (so a mixed search does not list what differs only
-because the models' presets do), plus those its Optuna study sampled with more than one possible
-value that the runs log. Both work for any space, one declared in a file included. They are kept
-per model: a trial's value of a param not searched for its model is a fixed one, left blank.
+Searched parameters come from the search's Optuna study when it is readable: the params it
+sampled with more than one possible value, in sampling order, and for each trial the ones its
+study trial sampled (paired by Tune trial id), so a parameter of another model or another
+condition shows — and a value fixed inside a condition (decay_start of a schedule) is not
+listed. Without a study (older searches, runs without a search run) they are reconstructed from
+the runs: the params whose value differs between the runs of one model (so a mixed search does
+not list what differs only because the models' presets do).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from reports.load import ReportData
-from reports.render import Cell, Link, Section, Table, fmt_int, fmt_num, fmt_value
+from reports.params import column_kind
+from reports.render import Cell, Link, Section, Table, fmt_int, fmt_num, fmt_value, is_missing
 from reports.tables import best_trial, ranked, search_best
 from search import schema
 from search.results import objective, parse_param
 from search.tracking.conventions import without_credentials
 from search.uris import is_server
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 NOT_HYPERPARAMETERS = ("model", "gpus_per_trial")  # model has its own column
 TRIALS_CSV = "trials.csv"
@@ -42,41 +48,62 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
 
 @dataclass(frozen=True)
 class Searched:
-    """A search's hyperparameters: all of them in column order, and those of each model."""
+    """A search's hyperparameters: all of them in column order, those of each model, and, when
+    its Optuna study is readable, what each trial sampled (by Tune trial id)."""
 
     names: list[str]
     by_model: dict[str, frozenset[str]]
+    by_trial: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def of(self, model: str) -> frozenset[str]:
         return self.by_model.get(model, frozenset())
 
 
+def _study_trials(data: ReportData, search: pd.Series) -> tuple[FrozenTrial, ...] | None:
+    record = data.studies.get(search["search_key"])
+    return record.trials if record is not None and not record.error else None
+
+
 def searched_params(data: ReportData, search: pd.Series) -> Searched:
-    """The search's hyperparameters (see the module docstring): the study's sampling order
-    first, then the others by name."""
+    """The search's hyperparameters (see the module docstring), in the study's sampling order;
+    without a readable study, those that differ between one model's runs, by name."""
     trials = data.trials(search["search_key"])
-    by_model: dict[str, set[str]] = {}
+    logged_by = {str(m): set().union(*g["params"]) for m, g in trials.groupby("model")}
+    study = _study_trials(data, search)
+    if study is not None:
+        sampled: dict[str, None] = {}
+        by_model: dict[str, set[str]] = {m: set() for m in logged_by}
+        by_trial: dict[str, frozenset[str]] = {}
+        for trial in study:
+            model = str(trial.params.get("model") or search["model"])
+            names = [n for n, d in trial.distributions.items()
+                     if not d.single() and n in logged_by.get(model, ())]
+            sampled.update(dict.fromkeys(names))
+            by_model.setdefault(model, set()).update(names)
+            tune_id = trial.user_attrs.get(schema.OPTUNA_TUNE_TRIAL_ID)
+            if tune_id:
+                by_trial[str(tune_id)] = frozenset(trial.params)
+        return Searched([n for n in sampled if n not in NOT_HYPERPARAMETERS],
+                        {m: frozenset(n) for m, n in by_model.items()}, by_trial)
+    differs: dict[str, set[str]] = {}
     for model, group in trials.groupby("model"):
         parsed = [{k: repr(parse_param(v)) for k, v in p.items()} for p in group["params"]]
-        logged = set().union(*parsed)
-        by_model[str(model)] = {n for n in logged if len({p.get(n) for p in parsed}) > 1}
-    sampled: dict[str, None] = {}
-    record = data.studies.get(search["search_key"])
-    logged_by = {str(m): set().union(*g["params"]) for m, g in trials.groupby("model")}
-    for trial in record.trials if record is not None and not record.error else ():
-        model = str(trial.params.get("model") or search["model"])
-        names = [n for n, d in trial.distributions.items() if not d.single()
-                 and n in logged_by.get(model, ())]
-        sampled.update(dict.fromkeys(names))
-        by_model.get(model, set()).update(names)
-    every = set().union(*by_model.values()) - set(sampled)
-    return Searched([n for n in [*sampled, *sorted(every)] if n not in NOT_HYPERPARAMETERS],
-                    {m: frozenset(n) for m, n in by_model.items()})
+        differs[str(model)] = {n for n in set().union(*parsed)
+                               if len({p.get(n) for p in parsed}) > 1}
+    every = set().union(*differs.values())
+    return Searched([n for n in sorted(every) if n not in NOT_HYPERPARAMETERS],
+                    {m: frozenset(n) for m, n in differs.items()})
 
 
 def _params(trial: pd.Series, searched: Searched) -> dict[str, Any]:
-    """The trial's value of each searched param: NaN where its run has no such param, "" where
-    it has one that was not searched for its model (a fixed value)."""
+    """The trial's value of each searched param, NaN (shown —) where it does not apply: one
+    its study trial did not sample (another model's, another condition's), or, without a
+    study, one its run does not log; "" for one its run logs that was not searched for its
+    model (a fixed value)."""
+    sampled = searched.by_trial.get(str(trial["trial_id"]))
+    if sampled is not None:
+        return {n: parse_param(trial["params"][n]) if n in sampled and n in trial["params"]
+                else math.nan for n in searched.names}
     mine = searched.of(trial["model"])
     return {n: "" if n in trial["params"] and n not in mine
             else parse_param(trial["params"][n]) if n in trial["params"] else math.nan
@@ -100,7 +127,24 @@ def trial_frame(data: ReportData, search: pd.Series) -> pd.DataFrame:
     searched = searched_params(data, search)
     rows = [{**_row(data, search["label"], t, searched), "rank": t["rank"]}
             for _, t in ranked(data.trials(search["search_key"])).iterrows()]
-    return pd.DataFrame(rows, columns=[*FRAME_COLUMNS, *searched.names])
+    return _typed(pd.DataFrame(rows, columns=[*FRAME_COLUMNS, *searched.names], dtype=object),
+                  searched.names)
+
+
+def _typed(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Integer params as integers (pandas' nullable Int64: a blank, not 64.0, where a trial has
+    none), numbers as floats, the rest as they are."""
+    for name in names:
+        kind = column_kind(v for v in frame[name] if v != "" and not is_missing(v))
+        if kind == "int" and "" not in set(frame[name]):
+            frame[name] = frame[name].astype("Int64")
+        elif kind == "float" and "" not in set(frame[name]):
+            frame[name] = frame[name].astype(float)
+    for name in ("rank", schema.EPOCHS_RUN):
+        frame[name] = pd.to_numeric(frame[name]).astype("Int64")
+    for name in ("objective", schema.BEST_VAL_PPL, schema.FINAL_VAL_PPL, schema.FINAL_TEST_PPL):
+        frame[name] = pd.to_numeric(frame[name])
+    return frame
 
 
 def winner_frame(data: ReportData, search: pd.Series) -> pd.DataFrame:
@@ -166,10 +210,11 @@ def winners_section(data: ReportData) -> Section:
     section = Section("Best configuration per search", [
         "The search's best trial (by its own rule: the completed trial with the lowest final "
         "validation perplexity, else the lowest reached), then the best trial of each other "
-        "model. Searched parameters: the params that differ between the trial runs of one "
-        "model, and those the search's Optuna study sampled; a blank cell: a param not "
-        "searched for that trial's model (its value was fixed), —: the model has no such "
-        "param. " + OBJECTIVE])
+        "model. Searched parameters: those the search's Optuna study sampled (without a "
+        "readable study: the params that differ between the trial runs of one model); —: "
+        "the trial did not sample it (another model's or another condition's parameter); a "
+        "blank cell (no study only): a param not searched for that trial's model, its value "
+        "fixed. " + OBJECTIVE])
     for _, search in data.searches.iterrows():
         frame = winner_frame(data, search)
         names = searched_params(data, search).names

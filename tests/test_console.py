@@ -160,6 +160,26 @@ def test_quiet_ray_drops_tunes_restore_advice_and_keeps_its_other_lines(monkeypa
     assert [r.getMessage() for r in caplog.records] == ["Trials did not complete: [t1]"]
 
 
+def test_quiet_ray_drops_rays_start_up_lines_and_keeps_a_clusters(monkeypatch, caplog):
+    for name in (console.NEW_OUTPUT, console.EXCESSIVE_SNAPSHOT_WARNING):
+        monkeypatch.setenv(name, "")
+    loggers = {name: logging.getLogger(name) for name in console.RAY_START_NOISE}
+    for logger in loggers.values():
+        monkeypatch.setattr(logger, "filters", [])
+    console.quiet_ray()
+    with caplog.at_level(logging.INFO):
+        worker = loggers["ray._private.worker"]
+        worker.info("Started a local Ray instance.")
+        worker.info("Connected to Ray cluster.")
+        auth = loggers["ray._private.authentication.authentication_token_setup"]
+        auth.warning("Token authentication is enabled for this Ray cluster. Set "
+                     "RAY_AUTH_MODE=disabled to opt out.")
+        auth.warning("Token authentication is disabled for this Ray cluster. Anyone with ...")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Connected to Ray cluster.",
+        "Token authentication is disabled for this Ray cluster. Anyone with ..."]
+
+
 def test_a_state_save_that_found_the_disk_full_is_one_line(monkeypatch, caplog):
     import errno
 
@@ -219,7 +239,8 @@ def test_smoke_search_output_is_a_table_and_one_line_per_trial_event(smoke_searc
     noise = ("Checkpoint successfully created", "triggered multiple times",
              "Trial status:", "started with configuration", "Configuration for experiment",
              "View detailed results", "A new study created", "Using an existing study",
-             "Wrote the latest version")
+             "Wrote the latest version", "Token authentication is enabled",
+             "Started a local Ray instance")
     assert not [line for line in out + err if any(n in line for n in noise)]
     assert len(out) + len(err) < MAX_LINES, f"{len(out)} + {len(err)} lines"
 
@@ -244,3 +265,21 @@ def test_each_trial_logs_its_epochs_in_its_folder_as_awd_train_prints_them(smoke
         if '"finished": true' in results[-1]:
             assert re.search(r"^final \| val ppl [\d.]+ \| test ppl [\d.]+$", text, re.MULTILINE)
     assert not line.search(proc.stdout)
+
+
+def test_token_bars_draw_on_a_terminal_only(capsys, monkeypatch):
+    """`awd.evaluate` and `awd.train` into a log file: no tqdm redraws, one a line."""
+    import sys
+
+    from awd.progress import TokenBars
+
+    bars = TokenBars()
+    for done in (100, 200, 300):
+        bars("validate", done, 300)
+    bars.close()
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    bars = TokenBars()
+    bars("validate", 100, 300)
+    bars.close()
+    assert "validate:" in capsys.readouterr().err

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from reports import importance, plots
+from reports import importance, plots, trials
 from reports.build import build
 from reports.importance import POOLED, SOURCE_MLFLOW, SOURCE_STUDY, Point, common_step
 from reports.load import load, read_study
@@ -93,12 +95,21 @@ def make_study(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return study.trials
 
 
+def full_config(trial: optuna.trial.FrozenTrial) -> dict:
+    """What a real trial run logs besides its sampled params: its whole config, so a param its
+    model or condition did not sample holds its default, and a value a condition fixes
+    (decay_start of an SGD schedule) differs between one model's runs."""
+    return {"emsize": 400, "nhid": 1150, "dropouth": 0.25, "lr": 30.0,
+            "decay_start": 6 if trial.number % 3 == 0 else 0}
+
+
 def write_search(client: MlflowClient, name: str, trials: list, study: tuple[str, str] | None,
-                 fixed: dict[str, float] | None = None) -> str:
+                 fixed: dict[str, float] | None = None,
+                 logged: Callable[[optuna.trial.FrozenTrial], dict] | None = None) -> str:
     """A parent run (naming the study if given) and one trial run per study trial, started in
     the reverse order of the trial numbers (but the duplicates in order), as search/ writes
     them (with tests/fake_searches); ``fixed``: config values --set fixed (the runs hold them,
-    not the sampled ones)."""
+    not the sampled ones); ``logged``: the rest of each run's config."""
     tags = {schema.SPACE: "smoke", schema.MODEL: "mixed", schema.DATASET: "ptb"}
     if study:
         tags[schema.STUDY_STORAGE], tags[schema.STUDY_NAME] = study
@@ -112,7 +123,7 @@ def write_search(client: MlflowClient, name: str, trials: list, study: tuple[str
         starts[a], starts[b] = min(starts[a], starts[b]), max(starts[a], starts[b])
     for t in trials:
         model, status, start = t.params["model"], STATUS[t.state], starts[t.number]
-        config = {**t.params, **fixed, "epochs": 3, "batch_size": 20, "gpus_per_trial": 0}
+        config = {**(logged(t) if logged else {}), **t.params, **fixed, "epochs": 3, "batch_size": 20, "gpus_per_trial": 0}
         run_id = start_trial(client, exp, pid, f"t{t.number:04d}", f"smoke-t{t.number:04d}",
                              start, {schema.MODEL: model, schema.DATASET: "ptb"}, config)
         curve = dict(t.intermediate_values)
@@ -127,7 +138,8 @@ def write_search(client: MlflowClient, name: str, trials: list, study: tuple[str
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, new_mlflow_store) -> tuple[str, Path, list]:
-    """with-study, no-study (older search), fixed-dropout (--set dropout=0.3), missing-db."""
+    """with-study, no-study (older search), fixed-dropout (--set dropout=0.3), missing-db,
+    whole-configs (runs that log every config field, as real ones do)."""
     root = tmp_path_factory.mktemp("importance")
     db = root / "optuna.db"
     url = f"sqlite:///{db}"
@@ -139,6 +151,7 @@ def store(tmp_path_factory, new_mlflow_store) -> tuple[str, Path, list]:
     write_search(client, "no-study", trials, None)
     write_search(client, "fixed-dropout", trials, (url, "smoke-abc"), fixed={"dropout": 0.3})
     write_search(client, "missing-db", trials[:6], (f"sqlite:///{root / 'gone.db'}", "x"))
+    write_search(client, "whole-configs", trials, (url, "smoke-abc"), logged=full_config)
     return uri, db, trials
 
 
@@ -291,6 +304,35 @@ def test_a_search_without_a_study_gets_a_labelled_reconstruction(store):
     assert set(awd.params) == {"emsize", "dropout", "dropouth", "lr"}
     assert set(zaremba.params) == {"nhid", "dropout", "lr"}
     assert (awd.step, len(awd.compared), zaremba.step, len(zaremba.compared)) == (3, 5, 2, 6)
+
+
+def test_trial_tables_show_what_each_trial_sampled_and_nothing_else(store):
+    """With a study, the searched params are what it sampled, in its order: not decay_start,
+    which a condition fixes and which differs between one model's runs; a param a trial did
+    not sample (another model's) is missing, not its logged default; integers stay integers,
+    in trials.csv too."""
+    data = load(store[0], ["whole-configs"])
+    (search,) = [s for _, s in data.searches.iterrows()]
+    frame = trials.trial_frame(data, search)
+    names = ["emsize", "dropout", "dropouth", "lr", "nhid"]
+    assert list(frame.columns[len(trials.FRAME_COLUMNS):]) == names
+    rows = frame.set_index("trial_id")
+    assert len(rows) == len(store[2])
+    for t in store[2]:
+        row = rows.loc[f"t{t.number:04d}"]
+        for name in names:
+            if name in t.params:
+                assert row[name] == pytest.approx(t.params[name]), (t.number, name)
+            else:
+                assert pd.isna(row[name]), (t.number, name, row[name])
+    assert str(frame["emsize"].dtype) == str(frame["nhid"].dtype) == "Int64"
+    text = io.StringIO()
+    trials.all_trials(data).to_csv(text, index=False)
+    csv = pd.read_csv(io.StringIO(text.getvalue()), dtype=str)
+    assert {v for v in csv["nhid"].dropna()} <= {str(n) for n in range(32, 97, 16)}
+    assert csv["emsize"].notna().sum() == sum("emsize" in t.params for t in store[2])
+    section = trials.winners_section(data)
+    assert "whole-configs: searched emsize, dropout, dropouth, lr, nhid." in section.blocks
 
 
 # --- the report -------------------------------------------------------------------------------

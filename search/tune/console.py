@@ -61,6 +61,14 @@ TUNE_LOGGER = "ray.tune.tune"
 TUNE_NOISE = ("Resume experiment with:", "Experiment has been interrupted",
               "Wrote the latest version of all result files")
 
+# What `ray.init` says on a laptop that our plan line says better: that it started a local
+# instance, and that token authentication is on (Ray's default for a local cluster, which the
+# search keeps; the warning only says how to turn it off). "Connected to Ray cluster." stays.
+RAY_START_NOISE = {"ray._private.worker": ("Started a local Ray instance.",),
+                   "ray._private.authentication.authentication_token_setup": (
+                       "Token authentication is enabled for this Ray cluster",)}
+NOISE = {TUNE_LOGGER: TUNE_NOISE, **RAY_START_NOISE}
+
 # The worker-side logger that says "Restored on IP from checkpoint: ..." (INFO, with Ray's
 # coloured prefix) for each trial a resume or a retry restores.
 RESTORE_LOGGER = "ray.tune.trainable.trainable"
@@ -80,23 +88,33 @@ class _OneLineWhenDiskFull(logging.Filter):
         return True
 
 
-class _DropTuneNoise(logging.Filter):
+class _DropNoise(logging.Filter):
+    """Drops the records of one logger that hold one of its `NOISE` phrases."""
+
+    def __init__(self, phrases: tuple[str, ...]) -> None:
+        super().__init__()
+        self.phrases = phrases
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not any(n in message for n in TUNE_NOISE)
+        return not any(n in message for n in self.phrases)
 
 
 def quiet_ray() -> None:
     """Ray's per-epoch snapshot warning off (see `EXCESSIVE_SNAPSHOT_WARNING`) and Tune's
-    legacy, silent output engine (`NEW_OUTPUT`), unless the user set them; Tune's restore advice
-    and save timings dropped (`TUNE_NOISE`), a state save that found the disk full one line.
-    Read when Tune starts a run: call before `Tuner.fit`."""
+    legacy, silent output engine (`NEW_OUTPUT`), unless the user set them; Ray's start-up lines,
+    Tune's restore advice and save timings dropped (`NOISE`), a state save that found the disk
+    full one line. Read when Ray starts and when Tune starts a run: call before `ray.init` and
+    before `Tuner.fit` (it adds each filter once)."""
     os.environ.setdefault(EXCESSIVE_SNAPSHOT_WARNING, "0")
     os.environ.setdefault(NEW_OUTPUT, "0")
-    for name, kind in ((TUNE_LOGGER, _DropTuneNoise), (STATE_LOGGER, _OneLineWhenDiskFull)):
+    filters: list[tuple[str, logging.Filter]] = [
+        *((name, _DropNoise(phrases)) for name, phrases in NOISE.items()),
+        (STATE_LOGGER, _OneLineWhenDiskFull())]
+    for name, new in filters:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, kind) for f in logger.filters):
-            logger.addFilter(kind())
+        if not any(type(f) is type(new) for f in logger.filters):
+            logger.addFilter(new)
 
 
 def quiet_worker() -> None:

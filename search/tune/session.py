@@ -58,6 +58,7 @@ def connect_ray(address: str | None) -> None:
     The driver's SIGTERM handler is kept: ``ray.init`` replaces it with one that exits with
     status 15, where a stopped search exits 143 (`search.run`)."""
     check_ray_address(address)
+    quiet_ray()
     env = {k: os.environ[k] for k in ("AWD_DATA_DIR", "AWD_CACHE_DIR") if k in os.environ}
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
