@@ -30,6 +30,7 @@ from reports.render import (
     to_html,
     to_markdown,
 )
+from search.tracking.conventions import without_credentials
 
 ARTIFACT_PATH = "report"
 SUMMARY_CSV = "summary.csv"
@@ -118,17 +119,22 @@ def _importance_section(analyses: list[importance.Analysis], out: Path) -> Secti
     for analysis in analyses:
         section.blocks.append(f"{analysis.search}: {analysis.origin}.")
         ranked = [g for g in analysis.groups if g.importances]
+        theirs = analysis.optuna_default
         if ranked:
             names = list(dict.fromkeys(n for g in ranked for n in g.importances))
+            names += [n for n in theirs if n not in names and theirs[n] > 0]
             rows = [[n, *[fmt_num(g.importances[n], 3) if n in g.importances else "—"
-                          for g in ranked]] for n in names]
-            section.blocks.append(Table(["Parameter", *[g.label for g in ranked]], rows,
-                                        {"Parameter"}))
+                          for g in ranked],
+                     *([fmt_num(theirs[n], 3) if n in theirs else "—"] if theirs else [])]
+                    for n in names]
+            own = [f"{importance.OPTUNA_DEFAULT}: Optuna's default (completed trials)"]
+            section.blocks.append(Table(["Parameter", *[g.label for g in ranked],
+                                         *(own if theirs else [])], rows, {"Parameter"}))
         lines = [f"{analysis.search}: {note}" for note in analysis.notes]
+        lines += [f"{analysis.search}: {text}" for text in (
+            analysis.comparison, analysis.reliability(), analysis.left_out_line()) if text]
         lines += [f"{analysis.search} · {g.model}: {g.message}" for g in analysis.groups
                   if g.message]
-        lines += [f"{analysis.search} · {g.model}: {name} left out ({why})"
-                  for g in analysis.groups for name, why in g.left_out.items()]
         if lines:
             section.blocks.append(lines)
     section.blocks.extend(plots.importance_bars(analyses, out))
@@ -199,7 +205,7 @@ def document(data: ReportData, out: Path) -> tuple[Document, pd.DataFrame]:
             sections.append(extra)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = [f"Experiments: {', '.join(data.experiments)}",
-            f"Tracking URI: {trials.without_credentials(data.tracking_uri)}",
+            f"Tracking URI: {without_credentials(data.tracking_uri)}",
             f"Generated: {now}"]
     return Document("Hyperparameter search report", meta, sections), summary
 

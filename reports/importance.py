@@ -32,6 +32,13 @@ quantile of trials with the rest: with the few trials of a group (the top 10% is
 30) it is mostly noise. On a simulated AWD space where only ``lr`` (and weakly ``dropout``)
 matters, fANOVA ranked ``lr`` first in 77% of 10-trial and 100% of 20-trial samples, PED-ANOVA
 in about 50% of both.
+
+Optuna's own answer. Optuna's default evaluator (PED-ANOVA since Optuna 5, also
+optuna-dashboard's first choice) is run on the same study as Optuna runs it
+(`optuna.importance.get_param_importances(study)`): the COMPLETE trials' final values, the
+best 10% of them against all, every param any of them sampled, pooled over models. The report
+shows its ranking beside ours and says whether the two agree on the most important parameter,
+and, when they do not, which of those differences the search has (`differences`).
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ MODEL = "model"
 SOURCE_STUDY = "study"
 SOURCE_MLFLOW = "mlflow"
 EVALUATOR = "fANOVA"
+OPTUNA_DEFAULT = "PED-ANOVA"
+RELIABLE_TRIALS = 20  # fANOVA found the one param that mattered in 77% of 10-trial samples
 OBJECTIVE = ("best val ppl up to the group's common budget: the largest epoch that at least "
              f"{MIN_TRIALS} of its finished (completed or stopped-early) trials reached, or all "
              "of them in a group of fewer")
@@ -145,10 +154,47 @@ class Analysis:
     origin: str
     groups: list[Group] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    optuna_default: dict[str, float] = field(default_factory=dict)
+    comparison: str = ""
 
     @property
     def models(self) -> list[Group]:
         return [g for g in self.groups if g.model != POOLED]
+
+    @property
+    def main(self) -> Group | None:
+        """The group that speaks for the whole search: the pooled one, else its one model."""
+        return self.groups[0] if self.groups else None
+
+    def reliability(self) -> str:
+        """What the importances rest on, and how far to trust a ranking of so few trials."""
+        ranked = [g for g in self.groups if g.importances]
+        if not ranked:
+            return ""
+        rests = "; ".join(f"{g.model}: {len(g.compared)} trials at epoch {g.step}"
+                          for g in ranked)
+        few = [g.model for g in ranked if len(g.compared) < RELIABLE_TRIALS]
+        if not few:
+            return f"Rests on {rests}."
+        return (f"Rests on {rests}. A hint, not a finding, below {RELIABLE_TRIALS} trials "
+                f"({', '.join(few)}): on a simulated AWD space where only lr mattered, "
+                f"{EVALUATOR} ranked it first in 77% of 10-trial samples and in all 20-trial "
+                "ones.")
+
+    def left_out_line(self) -> str:
+        """Every param a group left out, folded: one entry per reason, its params and groups."""
+        by_why: dict[str, dict[str, list[str]]] = {}
+        for g in self.groups:
+            for name, why in g.left_out.items():
+                by_why.setdefault(why, {}).setdefault(name, []).append(g.model)
+        if not by_why:
+            return ""
+        parts = []
+        for why, names in by_why.items():
+            where = sorted({"the pooled view" if m == POOLED else m
+                            for ms in names.values() for m in ms})
+            parts.append(f"{', '.join(names)} ({why}; from {', '.join(where)})")
+        return "Left out: " + "; ".join(parts) + "."
 
 
 # --- the common budget and the evaluation -------------------------------------------------
@@ -191,6 +237,78 @@ def evaluate(group: Group) -> Group:
             except Exception as e:  # the evaluator rejects some degenerate studies
                 group.message = f"Optuna could not evaluate importances: {e}"
     return group
+
+
+# --- Optuna's own answer ---------------------------------------------------------------------
+def optuna_default(trials: tuple[FrozenTrial, ...]) -> dict[str, float]:
+    """`optuna.importance.get_param_importances` with Optuna's default evaluator on a copy of
+    the study (in memory: the stored one is only read); {} with fewer than 2 completed trials."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if len(complete) < 2:
+        return {}
+    objectives = len(complete[0].values)
+    study = optuna.create_study(directions=["minimize"] * objectives)
+    study.add_trials(complete)
+    optuna.logging.set_verbosity(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return {k: float(v) for k, v in optuna.importance.get_param_importances(
+                study, target=(lambda t: t.values[0]) if objectives > 1 else None).items()}
+        except Exception:  # the evaluator rejects some degenerate studies
+            return {}
+
+
+def _top(importances: dict[str, float]) -> str:
+    return max(importances, key=lambda n: importances[n]) if importances else ""
+
+
+def differences(analysis: Analysis, trials: tuple[FrozenTrial, ...]) -> list[str]:
+    """What Optuna's default call does differently from ours on this search's study."""
+    main = analysis.main
+    finished = [t for t in trials if t.state in _STATUS]
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    out = []
+    if len(complete) < len(finished):
+        out.append(f"it reads only the {len(complete)} completed trials' final values (the "
+                   f"{len(finished) - len(complete)} ASHA stopped are left out)")
+    out.append(f"it sets the best 10% of them (about {max(1, round(0.1 * len(complete)))}) "
+               f"against the rest, where {EVALUATOR} fits all of them")
+    if main is not None:
+        pooled = [n for n in analysis.optuna_default if n in main.left_out]
+        if pooled and main.model == POOLED:
+            out.append(f"it pools {', '.join(pooled)} over trials that sampled them with "
+                       "different ranges or not at all, which ours leaves out of the pooled "
+                       "view (each is in its model's column)")
+        elif pooled:
+            out.append(f"it ranks {', '.join(pooled)}, which ours leaves out ("
+                       f"{'; '.join(main.left_out[n] for n in pooled)})")
+        if main.step is not None and complete:
+            last = max((max(t.intermediate_values, default=0) for t in complete), default=0)
+            if main.step != last:
+                out.append(f"ours compares trials at epoch {main.step}, where it uses each "
+                           f"completed trial's value at its end (epoch {last})")
+    return out
+
+
+def compare(analysis: Analysis, trials: tuple[FrozenTrial, ...]) -> str:
+    """One line: do Optuna's default evaluator and ours agree on the most important parameter
+    of the search (pooled, else its one model), and why not."""
+    theirs, main = analysis.optuna_default, analysis.main
+    if not theirs:
+        return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}) has nothing to rank: fewer "
+                "than 2 completed trials.")
+    if main is None or not main.importances:
+        return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}) ranks {_top(theirs)} first; "
+                f"{EVALUATOR} here has no ranking to set beside it.")
+    ours, first = _top(main.importances), _top(theirs)
+    if ours == first:
+        return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}, what optuna-dashboard shows "
+                f"first) agrees on the most important parameter of {main.model}: {ours}.")
+    why = differences(analysis, trials)
+    return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}, what optuna-dashboard shows first) "
+            f"ranks {first} first where {EVALUATOR} here ranks {ours} first ({main.model}). "
+            f"Why they differ: {'; '.join(why)}.")
 
 
 # --- which params a group compares ----------------------------------------------------------
@@ -370,6 +488,9 @@ def analyse(data: ReportData) -> list[Analysis]:
                                for model, members in _split(_mlflow_points(data, search))]
         for group in analysis.groups:
             evaluate(group)
+        if record is not None and not record.error and analysis.groups:
+            analysis.optuna_default = optuna_default(record.trials)
+            analysis.comparison = compare(analysis, record.trials)
         if analysis.groups:
             out.append(analysis)
     return out

@@ -1,6 +1,7 @@
 """A report document (sections of text, tables and figures) written as Markdown and as one
 self-contained HTML file (inline CSS, PNGs as base64 data URIs, no scripts). The only URLs in it
-are links out to MLflow run pages, never a resource the page loads."""
+are links out to MLflow run pages, never a resource the page loads. A table wider than the page
+(a search of many parameters) scrolls within its own box: the page keeps its width."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; mar
        max-width: 1250px; color: #222; line-height: 1.45; padding: 0 1em; }
 h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
 h2 { border-bottom: 1px solid #bbb; padding-bottom: .15em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .8em 0 1.2em; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-align: top; }
+table { border-collapse: collapse; margin: .8em 0 1.2em; font-size: 12px; display: block;
+        max-width: 100%; overflow-x: auto; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; vertical-align: top; }
 th { background: #f0f2f5; }
 td.text, th.text { text-align: left; }
 tr:nth-child(even) td { background: #fafbfc; }

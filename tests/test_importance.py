@@ -9,8 +9,8 @@ them; plus searches without a study, and one whose study file is gone.
 from __future__ import annotations
 
 import hashlib
-import json
 import io
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -123,7 +123,8 @@ def write_search(client: MlflowClient, name: str, trials: list, study: tuple[str
         starts[a], starts[b] = min(starts[a], starts[b]), max(starts[a], starts[b])
     for t in trials:
         model, status, start = t.params["model"], STATUS[t.state], starts[t.number]
-        config = {**(logged(t) if logged else {}), **t.params, **fixed, "epochs": 3, "batch_size": 20, "gpus_per_trial": 0}
+        config = {**(logged(t) if logged else {}), **t.params, **fixed, "epochs": 3,
+                  "batch_size": 20, "gpus_per_trial": 0}
         run_id = start_trial(client, exp, pid, f"t{t.number:04d}", f"smoke-t{t.number:04d}",
                              start, {schema.MODEL: model, schema.DATASET: "ptb"}, config)
         curve = dict(t.intermediate_values)
@@ -353,7 +354,48 @@ def test_report_tables_name_the_source_budget_and_trial_counts(report, store):
             "trials) | zaremba (epoch 2, 6 of 6 trials) |") in section
     assert f"with-study: Optuna study 'smoke-abc' in sqlite:///{store[1]}." in section
     assert f"no-study: {importance.FALLBACK} (the search run names none)." in section
-    assert "with-study · all models: lr left out (its range differs between models)" in section
+    assert ("with-study: Left out: emsize, dropouth, nhid (not every model samples it; from "
+            "the pooled view); lr (its range differs between models; from the pooled view).") \
+        in section  # one line, each param once
+    assert ("with-study: Rests on all models: 7 trials at epoch 3; awd_lstm: 5 trials at epoch "
+            "3; zaremba: 6 trials at epoch 2. A hint, not a finding, below 20 trials") in section
+    header = next(line for line in section.splitlines() if line.startswith("| Parameter"))
+    assert header.endswith("| PED-ANOVA: Optuna's default (completed trials) |")
+    assert "with-study: Optuna's default evaluator (PED-ANOVA" in section
+
+
+def test_optunas_own_answer_is_optunas_default_call_on_the_study(with_study, store):
+    """The column beside ours is what `get_param_importances(study)` gives on the stored
+    study, with Optuna's default evaluator (PED-ANOVA), not one of ours."""
+    import warnings
+
+    study = optuna.load_study(study_name="smoke-abc", storage=f"sqlite:///{store[1]}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = optuna.importance.get_param_importances(study)
+    assert with_study.optuna_default == pytest.approx(dict(expected))
+    assert set(with_study.optuna_default) >= {"lr", "dropout", "model"}
+
+
+def test_a_disagreement_with_optuna_is_explained_by_what_this_search_has(with_study, store):
+    pooled = _group(with_study, POOLED)
+    agree = importance.Analysis("s", SOURCE_STUDY, "o", [pooled],
+                                optuna_default={n: v for n, v in pooled.importances.items()})
+    line = importance.compare(agree, tuple(store[2]))
+    assert line.endswith(f"agrees on the most important parameter of all models: "
+                         f"{max(pooled.importances, key=pooled.importances.get)}.")
+    theirs = {"lr": 0.7, "dropout": 0.2, "model": 0.1}
+    ours = importance.Group("s", POOLED, pooled.points, params=pooled.params,
+                            left_out=pooled.left_out, step=2,
+                            importances={"model": 0.8, "dropout": 0.2})
+    line = importance.compare(importance.Analysis("s", SOURCE_STUDY, "o", [ours],
+                                                  optuna_default=theirs), tuple(store[2]))
+    assert "ranks lr first where fANOVA here ranks model first (all models)" in line
+    assert "only the 7 completed trials' final values (the 7 ASHA stopped are left out)" in line
+    assert "the best 10% of them (about 1) against the rest" in line
+    assert "it pools lr over trials that sampled them with different ranges" in line
+    assert "ours compares trials at epoch 2, where it uses each completed trial's value at " \
+        "its end (epoch 3)" in line
 
 
 def test_slices_cover_every_searched_param(with_study, report):

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from reports.__main__ import main
 from reports.build import ARTIFACT_PATH, SUMMARY_CSV, build, searches_table
 from reports.load import TRAIN_PPL, load
 from reports.plots import slug
-from reports.render import Document, Section, fmt_value, to_html, to_markdown
+from reports.render import Document, Section, Table, fmt_value, to_html, to_markdown
 from search import schema
 from search.results import TrialSummary
 from search.stages.ablate import FULL
@@ -696,14 +697,15 @@ def test_trial_ids_link_to_their_run_pages_on_an_mlflow_server(fake_store):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("zaremba-medium").experiment_id
     (run,) = client.search_runs([exp], f"tags.`{schema.TRIAL_ID}` = 't0004'")
-    url = f"https://mlflow.example.org:5000/#/experiments/{exp}/runs/{run.info.run_id}"
+    url = (f"https://mlflow.example.org:5000/#/experiments/{exp}/runs/{run.info.run_id}"
+           "?workflowType=machine_learning")  # the run page under Model training, not GenAI
     assert f"| [t0004]({url}) |" in md
     assert f'<a href="{url}">t0004</a>' in page
     assert md.count("](https://mlflow.example.org:5000/#/experiments/") == \
         len(data.trials()) + 3 + 2  # every trial, the three winners, the two parent runs
     parent = data.searches.set_index("label").loc["zaremba-medium", "run_id"]
     assert f"| [{parent[:12]}](https://mlflow.example.org:5000/#/experiments/{exp}/runs/" \
-        f"{parent}) |" in md
+        f"{parent}?workflowType=machine_learning) |" in md
     assert "links to its run page on the MLflow server" in md and "mlflow ui" not in md
 
 
@@ -872,3 +874,45 @@ def test_html_renders_in_headless_chromium(reported, report, tmp_path):
     assert len(anchors) == len(data.trials())
     shown = {a.split(">", 1)[1].split("</a>", 1)[0] for a in anchors}
     assert shown == set(data.trials()["trial_id"])
+
+
+WIDTH_PROBE = """<script>window.addEventListener('load', () => {
+  const right = document.body.getBoundingClientRect().right;
+  const over = [...document.querySelectorAll('table')].filter(
+    t => t.getBoundingClientRect().right > right + 0.5).length;
+  document.body.setAttribute('data-probe', over + ',' + document.documentElement.scrollWidth
+                             + ',' + document.documentElement.clientWidth);
+});</script>"""
+
+
+def _widths(page: str, tmp_path: Path) -> tuple[int, int, int]:
+    """(tables wider than the page's body, the page's scroll width, its client width) at a
+    window of 1400 px."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", WIDTH_PROBE + "</body>"))
+    dom = _chromium(probe, tmp_path, "--window-size=1400,1000", "--virtual-time-budget=5000",
+                    "--dump-dom").stdout
+    match = re.search(r'data-probe="(\d+),(\d+),(\d+)"', dom)
+    assert match, dom[-500:]
+    over, scroll, client = (int(g) for g in match.groups())
+    return over, scroll, client
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_tables_fit_a_1400px_page(report, tmp_path):
+    """The report, and a trials table of a search of 12 parameters (21 columns, wider than the
+    page): no table runs past the page's body, the page never scrolls sideways."""
+    over, scroll, client = _widths((report / "report.html").read_text(), tmp_path)
+    assert over == 0 and scroll <= client, (over, scroll, client)
+    params = ["emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute", "wdrop",
+              "optimizer", "lr", "nonmono", "lr_decay", "clip"]
+    row = ["1", "awd_lstm_4fa4dd6c", "awd_lstm", "stopped_early", "12", "1,124.34", "1,124.34",
+           "1,124.34", "1,101.55", "400", "1150", "0.456", "0.253", "0.654", "0.123", "0.501",
+           "sgd_schedule", "12.3", "8", "1.23", "0.25"]
+    wide = Table(["#", *trials.COMMON, *params], [row] * 5, {"#"})
+    page = to_html(Document("wide", [], [Section("Trials: wide", [wide])]))
+    over, scroll, client = _widths(page, tmp_path)
+    assert over == 0 and scroll <= client, (over, scroll, client)
+    assert "overflow-x: auto" in page  # it scrolls in its own box, the page keeps its width
+
