@@ -34,11 +34,17 @@ class SpaceFileError(UserError):
     """A space declaration that cannot work; the message names the file and the field."""
 
 
-def did_you_mean(word: object, known: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for a near miss among ``known`` (difflib's ratio >= 0.6),
-    else ``""``: appended to an "unknown ..." message."""
+def near_miss(word: object, known: Iterable[str]) -> str | None:
+    """The one of ``known`` that ``word`` most likely misspells (difflib's ratio >= 0.6)."""
     close = difflib.get_close_matches(str(word), list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return close[0] if close else None
+
+
+def did_you_mean(word: object, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for a `near_miss`, else ``""``: appended to an "unknown ..."
+    message."""
+    close = near_miss(word, known)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 def same_value(a: Any, b: Any) -> bool:

@@ -1,6 +1,7 @@
 """Whether a `SpaceSpec` can work, checked before any trial runs: every range, condition and
 name, the warm start, and the configs of every condition at both ends of every range through
-`awd.config.from_flat`. A problem raises `SpaceFileError` as ``FIELD: what is wrong``."""
+`awd.config.from_flat`. A problem raises `SpaceFileError` as ``FIELD: what is wrong``; the
+problems of independent fields come together (`Problems`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import itertools
 import math
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 from optuna.distributions import (
@@ -36,12 +37,37 @@ NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")  # also an MLflow exper
 METRICS = ("best_val_ppl", "val_ppl")
 MODES = ("min", "max")
 # Set by the space's own keys, or by the search (the epoch budget is max_epochs).
+T = TypeVar("T")
 RESERVED = {"model": "the top-level model key", "dataset": "the top-level dataset key",
             "epochs": "max_epochs (the search's epoch budget)"}
 
 
 def fail(path: str, message: str) -> SpaceFileError:
     return SpaceFileError(f"{path}: {message}")
+
+
+class Problems:
+    """The problems of checks that do not depend on each other, so that a file's mistakes
+    come all at once: one line for one problem (as each check raises it), else a line that
+    counts them and one indented line each."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def check(self, check: Callable[..., T], *args: Any) -> T | None:
+        """``check(*args)``, or None with its problem noted."""
+        try:
+            return check(*args)
+        except SpaceFileError as e:
+            self.found.append(str(e))
+            return None
+
+    def raise_any(self) -> None:
+        if len(self.found) == 1:
+            raise SpaceFileError(self.found[0])
+        if self.found:
+            raise SpaceFileError(f"{len(self.found)} problems:\n"
+                                 + "\n".join(f"  {p}" for p in self.found))
 
 
 @cache
@@ -51,29 +77,39 @@ def config_fields(model: str) -> frozenset[str]:
 
 
 def check_spec(spec: SpaceSpec) -> SpaceSpec:
-    """``spec`` if it can work; else `SpaceFileError` naming the first field that cannot."""
-    _check_header(spec)
-    models = (spec.model,) if isinstance(spec.model, str) else spec.model
+    """``spec`` if it can work; else `SpaceFileError` naming every field that cannot, as far
+    as the checks do not depend on each other: the header's fields, each parameter, each name,
+    each condition; the warm start and the configs only once those are right."""
+    problems = Problems()
+    for check in (_check_name, _check_dataset, _check_budget, _check_objective):
+        problems.check(check, spec)
+    models_ok = problems.check(_check_models, spec) is not None
+    named = (spec.model,) if isinstance(spec.model, str) else spec.model
+    models = tuple(m for m in named if m in MODELS)  # an unknown one is _check_models' problem
     for i, p in enumerate(spec.parameters):
-        check_param(f"parameters.{p.name}", p)
-        if any(q.name == p.name for q in spec.parameters[:i]):
-            raise fail(f"parameters.{p.name}", "declared twice")
-    _check_names("fixed", spec.fixed, models)
-    _check_names("parameters", {p.name: None for p in spec.parameters}, models)
+        problems.check(_check_parameter, spec, i, p)
     for name in spec.fixed:
+        problems.check(_check_name_of, "fixed", name, models)
         if any(p.name == name for p in spec.parameters):
-            raise fail(f"fixed.{name}", "also a parameter: a field is fixed or searched")
-    for i, condition in enumerate(spec.conditions):
-        _check_condition(spec, i, condition, models)
+            problems.found.append(str(fail(f"fixed.{name}",
+                                           "also a parameter: a field is fixed or searched")))
+    for p in spec.parameters:
+        problems.check(_check_name_of, "parameters", p.name, models)
+    for i, condition in enumerate(spec.conditions if models_ok else ()):  # they name models
+        problems.check(_check_condition, spec, i, condition, models)
+    problems.raise_any()
     _check_warm_start(spec)
     _check_configs(spec)
     return spec
 
 
-def _check_header(spec: SpaceSpec) -> None:
+def _check_name(spec: SpaceSpec) -> None:
     if not NAME.fullmatch(spec.name):
         raise fail("name", "a plain name (letters, digits, '-', '_', '.'; not starting with "
                    f"'.'; at most 200 characters), got {spec.name!r}")
+
+
+def _check_models(spec: SpaceSpec) -> bool:
     models = (spec.model,) if isinstance(spec.model, str) else spec.model
     if not models:
         raise fail("model", "needs a model or a list of models")
@@ -83,18 +119,34 @@ def _check_header(spec: SpaceSpec) -> None:
                        f"known: {', '.join(MODELS)}")
     if len(set(models)) < len(models):
         raise fail("model", f"a model is listed twice in {list(models)}")
+    return True
+
+
+def _check_dataset(spec: SpaceSpec) -> None:
     if find_dataset(spec.dataset) is None:
         raise fail("dataset", f"unknown dataset {spec.dataset!r}"
                    f"{did_you_mean(spec.dataset, DATASETS)}; known: {', '.join(DATASETS)}")
+
+
+def _check_budget(spec: SpaceSpec) -> None:
     if spec.max_epochs < 1:
         raise fail("max_epochs", f"must be >= 1, got {spec.max_epochs}")
     if not 1 <= spec.grace_period <= spec.max_epochs:
         raise fail("grace_period", f"must be from 1 to max_epochs ({spec.max_epochs}), "
                    f"got {spec.grace_period}")
+
+
+def _check_objective(spec: SpaceSpec) -> None:
     if spec.metric not in METRICS:
         raise fail("metric", f"must be one of {', '.join(METRICS)}, got {spec.metric!r}")
     if spec.mode not in MODES:
         raise fail("mode", f"must be one of {', '.join(MODES)}, got {spec.mode!r}")
+
+
+def _check_parameter(spec: SpaceSpec, i: int, p: ParamSpec) -> None:
+    check_param(f"parameters.{p.name}", p)
+    if any(q.name == p.name for q in spec.parameters[:i]):
+        raise fail(f"parameters.{p.name}", "declared twice")
 
 
 def check_param(path: str, p: ParamSpec) -> None:
@@ -131,13 +183,18 @@ def check_param(path: str, p: ParamSpec) -> None:
 
 def _check_names(section: str, names: dict[str, Any], models: tuple[str, ...]) -> None:
     for name in names:
-        if name in RESERVED:
-            raise fail(f"{section}.{name}", f"set by {RESERVED[name]}")
-        for model in models:
-            if name not in config_fields(model):
-                raise fail(f"{section}.{name}", f"not a config field of {model}"
-                           f"{did_you_mean(name, config_fields(model))} "
-                           "(see python -m awd.train --help)")
+        _check_name_of(section, name, models)
+
+
+def _check_name_of(section: str, name: str, models: tuple[str, ...]) -> None:
+    """``name`` is a config field of every model it can apply to, and not the space's own."""
+    if name in RESERVED:
+        raise fail(f"{section}.{name}", f"set by {RESERVED[name]}")
+    for model in models:
+        if name not in config_fields(model):
+            raise fail(f"{section}.{name}", f"not a config field of {model}"
+                       f"{did_you_mean(name, config_fields(model))} "
+                       "(see python -m awd.train --help)")
 
 
 def _conditioning(spec: SpaceSpec) -> dict[str, ParamSpec]:

@@ -20,7 +20,8 @@ YAML (``search.run --show-space``). The schema, in the order `dump_spec` writes 
         parameters: {NAME: {...}}
     warm_start: {NAME: VALUE}  # the first trial: a value for every parameter it samples
 
-Every problem is one `SpaceFileError` line: ``FILE: FIELD: what is wrong``.
+Every problem is one `SpaceFileError` line, ``FILE: FIELD: what is wrong``; those of
+different fields come together, one indented line each under ``FILE: N problems:``.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ from spaces.spec import (
     SpaceFileError,
     SpaceSpec,
     did_you_mean,
+    near_miss,
 )
-from spaces.spec_check import check_spec, fail, warm_start_params
+from spaces.spec_check import Problems, check_spec, fail, warm_start_params
 
 TOP_KEYS = ("name", "description", "model", "dataset", "max_epochs", "grace_period", "metric",
             "mode", "fixed", "parameters", "conditions", "warm_start")
@@ -115,28 +117,38 @@ def spec_from_data(data: Any) -> SpaceSpec:
     if not isinstance(data, dict):
         raise fail("top level", f"must be a mapping with the keys {', '.join(REQUIRED)} (and "
                    f"optionally the others), got {_kind(data)}")
-    _known_keys("", data, TOP_KEYS)
-    for key in REQUIRED:
-        if key not in data:
-            raise fail(key, "missing (required: " + ", ".join(REQUIRED) + ")")
-    model = data["model"]
-    models = (tuple(_text(f"model[{i}]", m) for i, m in enumerate(_list("model", model)))
-              if isinstance(model, list) else _text("model", model))
-    return SpaceSpec(
-        name=_text("name", data["name"]),
-        description=_text("description", data.get("description", "")),
-        model=models,
-        dataset=_text("dataset", data["dataset"]),
-        max_epochs=_whole("max_epochs", data["max_epochs"]),
-        grace_period=_whole("grace_period", data.get("grace_period", 1)),
-        metric=_text("metric", data.get("metric", "best_val_ppl")),
-        mode=_text("mode", data.get("mode", "min")),
-        fixed=_fixed("fixed", data.get("fixed", {})),
-        parameters=_parameters("parameters", data.get("parameters", {})),
-        conditions=tuple(_condition(f"conditions[{i}]", c)
-                         for i, c in enumerate(_list("conditions", data.get("conditions", [])))),
-        warm_start=_fixed("warm_start", data["warm_start"]),
-    )
+    problems = Problems()
+    problems.check(_known_keys, "", data, TOP_KEYS)
+    meant = {near_miss(key, TOP_KEYS) for key in data if key not in TOP_KEYS}  # said there
+    missing = [key for key in REQUIRED if key not in data and key not in meant]
+    if missing:
+        problems.found.append(str(fail(", ".join(missing), "missing (required: "
+                                       + ", ".join(REQUIRED) + ")")))
+    read = {
+        "name": lambda: _text("name", data["name"]),
+        "description": lambda: _text("description", data.get("description", "")),
+        "model": lambda: _models(data["model"]),
+        "dataset": lambda: _text("dataset", data["dataset"]),
+        "max_epochs": lambda: _whole("max_epochs", data["max_epochs"]),
+        "grace_period": lambda: _whole("grace_period", data.get("grace_period", 1)),
+        "metric": lambda: _text("metric", data.get("metric", "best_val_ppl")),
+        "mode": lambda: _text("mode", data.get("mode", "min")),
+        "fixed": lambda: _fixed("fixed", data.get("fixed", {})),
+        "parameters": lambda: _parameters("parameters", data.get("parameters", {}), problems),
+        "conditions": lambda: tuple(problems.check(_condition, f"conditions[{i}]", c)
+                                    for i, c in enumerate(_list("conditions",
+                                                                data.get("conditions", [])))),
+        "warm_start": lambda: _fixed("warm_start", data["warm_start"]),
+    }
+    fields: dict[str, Any] = {key: problems.check(reader) for key, reader in read.items()
+                              if key in data or key not in REQUIRED}
+    problems.raise_any()
+    return SpaceSpec(**fields)
+
+
+def _models(model: Any) -> str | tuple[str, ...]:
+    return (tuple(_text(f"model[{i}]", m) for i, m in enumerate(_list("model", model)))
+            if isinstance(model, list) else _text("model", model))
 
 
 def _kind(value: Any) -> str:
@@ -205,9 +217,17 @@ def _fixed(path: str, value: Any) -> dict[str, Scalar]:
     return {str(k): _scalar(f"{path}.{k}", v) for k, v in _mapping(path, value).items()}
 
 
-def _parameters(path: str, value: Any) -> tuple[ParamSpec, ...]:
-    return tuple(_param(f"{path}.{name}", str(name), spec)
-                 for name, spec in _mapping(path, value).items())
+def _parameters(path: str, value: Any, problems: Problems | None = None,
+                ) -> tuple[ParamSpec, ...]:
+    """Each parameter read on its own: every bad one noted in ``problems`` (given: the
+    caller raises them with the others), or raised together."""
+    own = problems is None
+    noted = Problems() if problems is None else problems
+    params = tuple(noted.check(_param, f"{path}.{name}", str(name), spec)
+                   for name, spec in _mapping(path, value).items())
+    if own:
+        noted.raise_any()
+    return tuple(p for p in params if p is not None)
 
 
 def _param(path: str, name: str, value: Any) -> ParamSpec:

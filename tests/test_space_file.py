@@ -332,6 +332,41 @@ def test_bad_file_fails_on_one_line_naming_the_field(label, tmp_path):
     assert expected in message, message
 
 
+def _all_problems(text: str, tmp_path: Path) -> list[str]:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceFileError, match=rf"^{re.escape(str(path))}: \d+ problems:\n") as err:
+        load_space_file(path)
+    head, *lines = str(err.value).split("\n")
+    assert head == f"{path}: {len(lines)} problems:"
+    assert all(line.startswith("  ") for line in lines), lines
+    return [line.strip() for line in lines]
+
+
+def test_a_files_mistakes_in_different_fields_come_all_at_once(tmp_path):
+    """Read: every field's mistake together (a misspelt key is not also 'missing')."""
+    text = (BASE.replace("max_epochs: 2", "max_epoch: ten\ngrace_period: one")
+            .replace("{type: float, low: 0.1, high: 0.5}", "{type: flaot, low: 0.1}")
+            .replace("{type: int, low: 16, high: 64, step: 16}", "{type: int, low: 16}"))
+    problems = _all_problems(text, tmp_path)
+    assert [p.split(":")[0] for p in problems] == [
+        "max_epoch", "grace_period", "parameters.dropout.type",
+        "conditions[0].parameters.emsize.high"], problems
+    assert "did you mean 'max_epochs'?" in problems[0]
+    assert "did you mean 'float'?" in problems[2]
+    assert problems[3].endswith(": missing")
+    # checked: every field that can be judged on its own, together
+    text = (BASE.replace("dataset: ptb", "dataset: ptbb").replace("max_epochs: 2",
+                                                                  "max_epochs: 0")
+            .replace("{type: float, low: 0.1, high: 0.5}", "{type: float, low: 0.5, high: 0.1}")
+            .replace("fixed: {train_tokens: 5000}", "fixed: {train_token: 5000}"))
+    problems = _all_problems(text, tmp_path)
+    assert [p.split(":")[0] for p in problems] == [
+        "dataset", "max_epochs", "parameters.dropout.high", "fixed.train_token"], problems
+    assert "did you mean 'ptb'?" in problems[0]
+    assert "did you mean 'train_tokens'?" in problems[3]
+
+
 def test_a_categorical_that_is_not_a_config_field_is_refused():
     with pytest.raises(SpaceFileError, match=r"parameters\.tie: not a config field"):
         parse_space(GOOD, "g.yaml")
