@@ -133,8 +133,10 @@ def test_quiet_zaremba_run_prints_only_summary_lines(tiny_dir, capsys):
     assert json.loads(lines[2])["num_params"] == 49 * 16 + 2 * (4 * 16 * 32 + 8 * 16) + 16 * 49 + 49
 
 
-def test_progress_is_counted_in_tokens_through_the_final_test(tiny_dir, capsys):
-    """Bars for training, validation and the final test evaluation, all in tokens."""
+def test_progress_is_counted_in_tokens_through_the_final_test(tiny_dir, capsys, monkeypatch):
+    """Bars for training, validation and the final test evaluation, all in tokens, on a
+    terminal (into a file or a pipe, none: `awd.progress.TokenBars`)."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     result = cli(capsys, "--model", "awd_lstm", "--data", tiny_dir, "--epochs", "1", *TINY_FLAGS)
     assert result.returncode == 0, result.stderr
     bars = result.stderr.replace("\r", "\n")
