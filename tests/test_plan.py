@@ -3,8 +3,6 @@ trial-epochs, the model's size, and the estimated time from a few timed windows.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
@@ -32,14 +30,16 @@ def test_the_plan_of_a_space(tmp_path):
     assert "9 trials of smoke" in text and "rungs at 1" in text and "about 15 trial-epochs" in text
 
 
-def test_dry_run_measures_and_starts_nothing(tmp_path):
+def test_dry_run_measures_and_starts_nothing(tmp_path, monkeypatch, capsys):
+    """The command line in-process: no Ray, no store, no lock, nothing written."""
+    from search.run import main
+
     real_data("ptb")
-    env = {**os.environ, "AWD_DATA_DIR": str(DATA_DIR)}
-    proc = subprocess.run([sys.executable, "-m", "search.run", "--space", "smoke",
-                           "--num-samples", "6", "--dry-run"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
+    monkeypatch.setenv("AWD_DATA_DIR", str(DATA_DIR))
+    monkeypatch.chdir(tmp_path)
+    assert main(["--space", "smoke", "--num-samples", "6", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("Plan: 6 trials of smoke")
     assert "s an epoch, so about" in lines[2] and " at once" in lines[2]
     assert list(tmp_path.iterdir()) == []  # no store, no results, no lock
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()

@@ -320,31 +320,37 @@ def test_the_smoke_search_registers_its_best_model_once(smoke_search, capsys):
                                                 rel=1e-6)
 
 
-def test_a_search_keeps_its_warnings_after_mlflow_pytorch_is_imported():
-    """Importing mlflow.pytorch runs logging.basicConfig(level=ERROR): without the registry's
-    guard, a search's warnings (an MLflow outage among them) would vanish after the first
-    model was logged."""
-    code = ("import logging, search.run\n"
+@pytest.fixture(scope="module")
+def fresh_interpreter() -> subprocess.CompletedProcess:
+    """One fresh interpreter for the two checks below that need one (each would import torch
+    and MLflow anew): it starts the export warm-up, imports mlflow.pytorch under the registry's
+    guard, logs a search warning, and at exit says whether the warm-up thread had ended. The
+    warm-up starts last, so that the main thread ends while it runs."""
+    code = ("import atexit, logging, search.run\n"
             "from search.tracking import registry\n"
             "with registry._root_logging_kept():\n"
             "    import mlflow.pytorch\n"
             "logging.getLogger('search.tracking.outbox')"
-            ".warning('MLflow at x unreachable since y')\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True)
-    assert "MLflow at x unreachable since y" in proc.stderr
+            ".warning('MLflow at x unreachable since y')\n"
+            "threads = []\n"
+            "atexit.register(lambda: print('alive' if threads[0].is_alive() else 'done'))\n"
+            "threads.append(registry.start_export_warm_up())\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
 
 
-def test_the_interpreter_exit_waits_for_the_export_warm_up():
+def test_a_search_keeps_its_warnings_after_mlflow_pytorch_is_imported(fresh_interpreter):
+    """Importing mlflow.pytorch runs logging.basicConfig(level=ERROR): without the registry's
+    guard, a search's warnings (an MLflow outage among them) would vanish after the first
+    model was logged."""
+    assert fresh_interpreter.returncode == 0, fresh_interpreter.stderr[-2000:]
+    assert "MLflow at x unreachable since y" in fresh_interpreter.stderr
+
+
+def test_the_interpreter_exit_waits_for_the_export_warm_up(fresh_interpreter):
     """A process whose main thread ended while the warm-up thread was inside torch.export
     aborted (SIGABRT in torch's dispatcher during finalization): a resume with nothing left to
     train did, in CI. The exit now joins the thread; the handler registered first runs last
     (atexit is LIFO) and sees it finished."""
-    code = ("import atexit\n"
-            "from search.tracking import registry\n"
-            "threads = []\n"
-            "atexit.register(lambda: print('alive' if threads[0].is_alive() else 'done'))\n"
-            "threads.append(registry.start_export_warm_up())\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "done"
+    assert fresh_interpreter.returncode == 0, fresh_interpreter.stderr[-2000:]
+    assert fresh_interpreter.stdout.strip() == "done"
