@@ -139,8 +139,8 @@ def write_search(client: MlflowClient, name: str, trials: list, study: tuple[str
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, new_mlflow_store) -> tuple[str, Path, list]:
-    """with-study, no-study (older search), fixed-dropout (--set dropout=0.3), missing-db,
-    whole-configs (runs that log every config field, as real ones do)."""
+    """with-study (its runs log every config field, as real ones do), no-study (an older
+    search), fixed-dropout (--set dropout=0.3), missing-db."""
     root = tmp_path_factory.mktemp("importance")
     db = root / "optuna.db"
     url = f"sqlite:///{db}"
@@ -148,11 +148,10 @@ def store(tmp_path_factory, new_mlflow_store) -> tuple[str, Path, list]:
     trials = make_study(url, "smoke-abc")
     uri = new_mlflow_store(root)
     client = MlflowClient(uri)
-    write_search(client, "with-study", trials, (url, "smoke-abc"))
+    write_search(client, "with-study", trials, (url, "smoke-abc"), logged=full_config)
     write_search(client, "no-study", trials, None)
     write_search(client, "fixed-dropout", trials, (url, "smoke-abc"), fixed={"dropout": 0.3})
     write_search(client, "missing-db", trials[:6], (f"sqlite:///{root / 'gone.db'}", "x"))
-    write_search(client, "whole-configs", trials, (url, "smoke-abc"), logged=full_config)
     return uri, db, trials
 
 
@@ -312,7 +311,7 @@ def test_trial_tables_show_what_each_trial_sampled_and_nothing_else(store):
     which a condition fixes and which differs between one model's runs; a param a trial did
     not sample (another model's) is missing, not its logged default; integers stay integers,
     in trials.csv too."""
-    data = load(store[0], ["whole-configs"])
+    data = load(store[0], ["with-study"])
     (search,) = [s for _, s in data.searches.iterrows()]
     frame = trials.trial_frame(data, search)
     names = ["emsize", "dropout", "dropouth", "lr", "nhid"]
@@ -333,7 +332,7 @@ def test_trial_tables_show_what_each_trial_sampled_and_nothing_else(store):
     assert {v for v in csv["nhid"].dropna()} <= {str(n) for n in range(32, 97, 16)}
     assert csv["emsize"].notna().sum() == sum("emsize" in t.params for t in store[2])
     section = trials.winners_section(data)
-    assert "whole-configs: searched emsize, dropout, dropouth, lr, nhid." in section.blocks
+    assert "with-study: searched emsize, dropout, dropouth, lr, nhid." in section.blocks
 
 
 # --- the report -------------------------------------------------------------------------------
