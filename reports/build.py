@@ -66,11 +66,10 @@ def searches_table(data: ReportData) -> Table:
 
 
 def _run_cell(data: ReportData, experiment_id: str, run_id: str) -> Cell:
-    """A run id, short, linked to its page where the store is an MLflow server."""
+    """A run id, short, linked to its page (`reports.trials.run_url`)."""
     if not run_id:
         return "—"
-    url = trials.run_url(data.tracking_uri, experiment_id, run_id)
-    return Link(run_id[:12], url) if url else run_id[:12]
+    return Link(run_id[:12], trials.run_url(data.tracking_uri, experiment_id, run_id))
 
 
 def _best_tables(summary: pd.DataFrame) -> tuple[Table, Table, list[str]]:

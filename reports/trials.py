@@ -1,6 +1,6 @@
 """What to decide with: per search, the hyperparameters it searched, its winners (the search's
 best trial and each model's best) with their values, and every trial ranked, each linked to its
-MLflow run page when the store is an MLflow server.
+MLflow run page (for a local store, where ``mlflow ui`` serves it).
 
 Searched parameters come from the search's Optuna study when it is readable: the params it
 sampled with more than one possible value, in sampling order, and for each trial the ones its
@@ -25,7 +25,7 @@ from reports.render import Cell, Link, Section, Table, fmt_int, fmt_num, fmt_val
 from reports.tables import best_trial, ranked, search_best
 from search import schema
 from search.results import objective, parse_param
-from search.tracking.conventions import without_credentials
+from search.tracking.conventions import run_page_url
 from search.uris import is_server
 
 if TYPE_CHECKING:
@@ -38,12 +38,11 @@ FRAME_COLUMNS = ("search", "rank", "trial_id", "run_id", "experiment_id", "model
                  schema.FINAL_TEST_PPL, "url")
 
 
-def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
-    """The run's page on an MLflow server; None for a store with no web page (SQLite, files)."""
-    if not is_server(tracking_uri):
-        return None
-    server = without_credentials(tracking_uri).rstrip("/")
-    return f"{server}/#/experiments/{experiment_id}/runs/{run_id}"
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page (Model training, not GenAI): on the MLflow server, or for a local store
+    (SQLite, files) where ``mlflow ui`` serves it by default (`how_to_open` says how)."""
+    server = tracking_uri if is_server(tracking_uri) else schema.LOCAL_UI
+    return run_page_url(server, experiment_id, run_id)
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ def _row(data: ReportData, label: str, trial: pd.Series, searched: Searched) -> 
             schema.EPOCHS_RUN: trial[schema.EPOCHS_RUN], "objective": objective(trial),
             **{m: trial[m] for m in (schema.BEST_VAL_PPL, schema.FINAL_VAL_PPL,
                                      schema.FINAL_TEST_PPL)},
-            "url": run_url(data.tracking_uri, trial["experiment_id"], trial["run_id"]) or "",
+            "url": run_url(data.tracking_uri, trial["experiment_id"], trial["run_id"]),
             **_params(trial, searched)}
 
 
@@ -190,12 +189,12 @@ def _table(frame: pd.DataFrame, first: str, firsts: list[str], names: list[str])
 
 
 def how_to_open(data: ReportData) -> str:
-    """Where the trial ids lead, or how to open the runs of a store without web pages."""
-    if run_url(data.tracking_uri, "0", "0") is not None:
+    """Where the trial ids lead; for a store without web pages, the command that serves them."""
+    if is_server(data.tracking_uri):
         return "Each trial id links to its run page on the MLflow server."
-    return ("Trial ids are plain text: the tracking store is not an MLflow server. To see a "
-            f"run, start `mlflow ui --backend-store-uri {data.tracking_uri}` and open "
-            "http://127.0.0.1:5000/#/experiments/EXPERIMENT_ID/runs/RUN_ID (both ids are in "
+    return (f"Each trial id links to its run page at {schema.LOCAL_UI}: start `mlflow ui "
+            f"--backend-store-uri {data.tracking_uri}` first (the tracking store is a local "
+            f"database, which the links open through MLflow's own UI; run ids are in "
             f"{TRIALS_CSV}).")
 
 

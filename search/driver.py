@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from mlflow.tracking import MlflowClient
 
+from awd.config import MODELS, from_flat
 from awd.data.corpus import verify_data
 from awd.errors import CheckpointError, DataError, first_line
 from search import diskspace, schema, storage
@@ -58,6 +59,8 @@ from search.uris import fail_fast_http, resolve_tracking_uri
 if TYPE_CHECKING:
     from ray.tune import Tuner
     from ray.tune.result_grid import ResultGrid
+
+    from spaces import Space
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,22 @@ def _console(opts: SearchOptions) -> SearchConsole:
                          stopper="ASHA" if opts.scheduler == "asha" else "the scheduler")
 
 
+def view_params(space: Space) -> tuple[list[str], list[str]]:
+    """The space's searched params as MLflow's saved view shows them: all of them (columns),
+    and those every trial run logs whatever its model (parallel coordinates, which leave out a
+    run lacking one): a trial run's params are its model's full flat config."""
+    from spaces.spec import searched_names, spec_of
+
+    names = searched_names(space)
+    spec = spec_of(space)
+    if spec is not None and spec.model_param is not None:
+        models = [str(m) for m in spec.model_param.choices or ()]
+    else:
+        models = list(MODELS) if space.model == "mixed" else [space.model]
+    logged = [set(from_flat({"model": m}).to_flat()) for m in models]
+    return names, [n for n in names if all(n in keys for keys in logged)]
+
+
 def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
                concurrency: int) -> tuple[Tuner, SearchState, StateSigner]:
     """The parent run, the saved state and the Tuner of a new search."""
@@ -129,7 +148,7 @@ def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
     study_storage = opts.study_storage or default_study_storage(uri)
     study_name = f"{opts.experiment_name}-{uuid.uuid4().hex[:8]}"
     searcher = searcher_for(opts, study_storage, study_name, concurrency, warm_starts)
-    exp_id = ensure_experiment(client, opts.experiment_name, uri)
+    exp_id = ensure_experiment(client, opts.experiment_name, uri, *view_params(space))
     params = {**opts.as_params(), "gpus_per_trial": gpus, "concurrency": concurrency,
               "max_epochs": opts.epochs, "grace_period": opts.grace, "metric": space.metric,
               "study_storage": study_storage}

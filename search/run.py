@@ -30,8 +30,6 @@ if TYPE_CHECKING:  # Ray, MLflow, torch and pandas load once a search starts, no
     from search.stages.confirm import Confirmation
     from spaces import Space
 
-SHOWN_PARAMS = ("model", "emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute",
-                "wdrop", "lr")  # a space not declared as a SpaceSpec (a define function)
 NOT_APPLICABLE = "—"
 
 
@@ -41,36 +39,6 @@ def list_spaces() -> str:
     width = max(map(len, SPACES))
     return "\n".join(f"{name:<{width}}  {space.description} [{space.max_epochs} epochs]"
                      for name, space in SPACES.items())
-
-
-def searched(space: Space, config: dict[str, Any]) -> dict[str, Any]:
-    """The values a trial's config holds for the space's searched parameters, in the space's
-    order; a parameter of a condition that does not apply to the trial (another model's) is
-    absent."""
-    from spaces.spec import spec_of
-
-    spec = spec_of(space)
-    if spec is None:
-        return {k: config[k] for k in SHOWN_PARAMS if k in config}
-    params = [p.name for p in spec.parameters]
-    for condition in spec.active(config):
-        params += [p.name for p in condition.parameters if p.name not in params]
-    names = (["model"] if spec.model_param is not None else []) + params
-    return {k: config[k] for k in names if k in config}
-
-
-def searched_names(space: Space) -> list[str]:
-    """Every parameter the space searches, in its order (the model first when it is one)."""
-    from spaces.spec import spec_of
-
-    spec = spec_of(space)
-    if spec is None:
-        return list(SHOWN_PARAMS)
-    names = ["model"] if spec.model_param is not None else []
-    for p in (*spec.parameters, *(p for c in spec.conditions for p in c.parameters)):
-        if p.name not in names:
-            names.append(p.name)
-    return names
 
 
 def shown_value(value: Any) -> str:
@@ -87,6 +55,8 @@ def results_table(outcome: SearchOutcome, space: Space, top: int = 10) -> pd.Dat
     """The best trial (by `search.results.pick_best`) first, then the rest by best_val_ppl;
     every searched parameter of the space, — where one does not apply to a trial."""
     import pandas as pd
+
+    from spaces.spec import searched, searched_names
 
     names = searched_names(space)
     rows = []
@@ -213,11 +183,7 @@ def ui_hint(outcome: SearchOutcome) -> str:
     start = f"mlflow ui --backend-store-uri {uri}"
     if experiment_id is None:
         return start
-    return f"{start}\n  then open {experiment_url(LOCAL_UI, experiment_id)}"
-
-
-LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
-
+    return f"{start}\n  then open {experiment_url(schema.LOCAL_UI, experiment_id)}"
 
 
 def main(argv: list[str] | None = None) -> int:

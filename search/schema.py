@@ -6,8 +6,10 @@ Tune's results to MLflow and the report.
 
 Experiment
   tags:    MLflow's experiment kind (EXPERIMENT_KIND_ML, not GenAI), primary metric
-           (best_val_ppl, lower is better) and a saved runs-table view (RUNS_VIEW: the objective
-           and summary columns): `search.tracking.conventions`; its `experiment_url` opens them
+           (best_val_ppl, lower is better) and a saved runs-table view (RUNS_VIEW: the objective,
+           summary and searched-param columns, the trials nested under the parent run, the
+           objective's charts first): `search.tracking.conventions`; its `experiment_url` opens
+           them, its `run_page_url` a run's page (both in MLflow's Model training mode)
 
 Parent run
   tags:    MLflow's mlflow.source.name (SOURCE_NAME), .type, .git.commit and mlflow.user;
@@ -250,7 +252,9 @@ SOURCE_NAME = "python -m search.run"  # mlflow.source.name of every run a search
 DATASET_CONTEXT = "training"  # mlflow.data.context of the runs' dataset input
 EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3 UI: no "GenAI or ML?" prompt
 EXPERIMENT_KIND_ML = "custom_model_development"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local (SQLite) store by default
 WORKFLOW_TYPE_ML = "machine_learning"  # the 3.x UI's ?workflowType= (its sidebar toggle)
 RUNS_VIEW = "awdsearch"  # id of the saved runs-table view (experiment tag mlflow.sharedViewState.*)
 RUNS_VIEW_METRICS = (BEST_VAL_PPL, FINAL_VAL_PPL, FINAL_TEST_PPL, EPOCHS_RUN)
-RUNS_VIEW_TAGS = (MODEL, STATUS)
+RUNS_VIEW_TAGS = (MODEL, STATUS)  # the view's columns: these metrics, the searched params, tags
+RUNS_VIEW_CHARTS = (BEST_VAL_PPL, VAL_PPL)  # the view's first charts: a bar per run, by epoch

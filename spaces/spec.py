@@ -200,3 +200,35 @@ class SpecDefine:
 def spec_of(space: Space) -> SpaceSpec | None:
     """The declaration a space was built from (None: a hand-written define function)."""
     return space.define.spec if isinstance(space.define, SpecDefine) else None
+
+
+# A space not declared as a SpaceSpec (a define function): the params shown for it.
+SHOWN_PARAMS = ("model", "emsize", "nhid", "dropout", "dropouth", "dropouti", "dropoute",
+                "wdrop", "lr")
+
+
+def searched_names(space: Space) -> list[str]:
+    """Every parameter the space searches, in its order (the model first when it is one)."""
+    spec = spec_of(space)
+    if spec is None:
+        return list(SHOWN_PARAMS)
+    names = ["model"] if spec.model_param is not None else []
+    for p in (*spec.parameters, *(p for c in spec.conditions for p in c.parameters)):
+        if p.name not in names:
+            names.append(p.name)
+    return names
+
+
+def searched(space: Space, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The values a trial's config holds for the space's searched parameters, in the space's
+    order; a parameter of a condition that does not apply to the trial (another model's) is
+    absent."""
+    spec = spec_of(space)
+    if spec is None:
+        return {k: config[k] for k in SHOWN_PARAMS if k in config}
+    params = [p.name for p in spec.parameters]
+    for condition in spec.active(config):
+        params += [p.name for p in condition.parameters if p.name not in params]
+    names = (["model"] if spec.model_param is not None else []) + params
+    return {k: config[k] for k in names if k in config}
+

@@ -463,8 +463,10 @@ def test_html_is_self_contained(report):
     assert "<script" not in lowered
     for chunk in lowered.split("src=")[1:]:
         assert not chunk.lstrip("\"' ").startswith(("http:", "https:", "//")), chunk[:80]
-    # the only hrefs: links out to run pages, and none for a store with no web pages (SQLite)
-    assert lowered.count("href=") == lowered.count("<a href=") == 0
+    # the only hrefs: links out to run pages, for a SQLite store where `mlflow ui` serves them
+    hrefs = re.findall(r'href="([^"]*)"', page)
+    assert hrefs and lowered.count("href=") == lowered.count("<a href=") == len(hrefs)
+    assert all(h.startswith(f"{schema.LOCAL_UI}/#/experiments/") for h in hrefs), hrefs[:3]
     assert "<link" not in lowered
     n_png = len(list(out.glob("*.png")))
     assert page.count('src="data:image/png;base64,') == n_png
@@ -562,9 +564,14 @@ def _section(md: str, title: str) -> str:
     return md.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
+def _unlinked(text: str) -> str:
+    """Markdown with each link ``[text](url)`` as its text."""
+    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
+
+
 def _md_tables(section: str) -> list[list[dict[str, str]]]:
-    """Every Markdown table of a section as rows of {header: cell}."""
-    tables_, lines = [], section.splitlines()
+    """Every Markdown table of a section as rows of {header: cell} (links as their text)."""
+    tables_, lines = [], _unlinked(section).splitlines()
     for i, line in enumerate(lines):
         if line.startswith("| ") and (i == 0 or not lines[i - 1].startswith("|")):
             head = [c.strip() for c in line.strip("|").split(" | ")]
@@ -647,7 +654,8 @@ def test_winners_show_every_searched_param_of_the_best_trial(reported, report):
 
 
 def test_fake_winners_are_the_params_that_vary_within_a_model(fake_report):
-    section = _section((fake_report / "report.md").read_text(), "Best configuration per search")
+    section = _unlinked(_section((fake_report / "report.md").read_text(),
+                                 "Best configuration per search"))
     # within a model (never across the models' presets), sorted by name without a study
     assert "awd-mixed: searched dropout, dropoute, dropouth, dropouti, emsize, nhid, wdrop." \
         in section
@@ -682,8 +690,11 @@ def test_trials_table_lists_every_trial_in_the_searchs_order(reported, report):
             assert row["Best val"] == f"{run.data.metrics['best_val_ppl']:,.2f}"
             test = run.data.metrics.get("final_test_ppl")
             assert row["Test"] == (f"{test:,.2f}" if test is not None else "—")
-    assert "mlflow ui --backend-store-uri sqlite:///" in md  # how to open a SQLite store's runs
-    assert "](http" not in md  # no links without an MLflow server
+    # a SQLite store: the command that serves it once, then links to where it serves them
+    assert md.count(f"start `mlflow ui --backend-store-uri {reported.uri}` first") == 1
+    links = re.findall(r"\]\((http[^)]*)\)", md)
+    assert links and all(u.startswith(f"{schema.LOCAL_UI}/#/experiments/") and
+                         u.endswith(f"?workflowType={schema.WORKFLOW_TYPE_ML}") for u in links)
 
 
 def test_trial_ids_link_to_their_run_pages_on_an_mlflow_server(fake_store):
@@ -860,11 +871,12 @@ def test_html_renders_in_headless_chromium(reported, report, tmp_path):
     dom = _chromium(out / "report.html", tmp_path, "--dump-dom").stdout
     assert dom.count("<table>") >= 3 and dom.count("data:image/png;base64,") >= 3
     data = load(reported.uri, reported.names)
-    for name in reported.names:  # every trial a row of its search's table, as plain text
+    for name in reported.names:  # every trial a row of its search's table and a link
         section = dom.split(f"<h2>Trials: {name}</h2>", 1)[1].split("</section>", 1)[0]
-        assert section.count("<tr>") == len(data.trials(data.searches.loc[
-            data.searches["label"] == name, "search_key"].iloc[0])) + 1
-        assert "<a " not in section
+        rows = len(data.trials(data.searches.loc[
+            data.searches["label"] == name, "search_key"].iloc[0]))
+        assert section.count("<tr>") == rows + 1
+        assert section.count(f'<a href="{schema.LOCAL_UI}/#/experiments/') == rows
     # the same trials as an MLflow server would serve them: every trial id a link
     data.tracking_uri = "http://mlflow.example:5000"
     linked = tmp_path / "linked.html"

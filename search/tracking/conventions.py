@@ -5,12 +5,47 @@ experiment's kind, primary metric and a saved runs-table view.
 Our runs are written by the driver through the client API, not by ``mlflow.start_run`` in the
 training process, so nothing of this is filled in by MLflow itself.
 
-Which page the MLflow 3.17 UI opens an experiment on is not the experiment's to say: the UI takes
-it from the browser's "GenAI / Model training" toggle (``localStorage["mlflow.workflowType"]``,
-GenAI by default) or from the URL's ``?workflowType=``, and lands a GenAI-mode browser on the
-traces overview. The ``mlflow.experimentKind`` tag only stops the UI asking which kind the
-experiment is. `experiment_url` is a link that opens the runs table, with our saved view's
-columns; there is no server-side default for the runs table's columns other than such a view.
+Which page the MLflow 3.17 UI opens an experiment or a run on is not the experiment's to say: the
+UI takes it from the browser's "GenAI / Model training" toggle
+(``localStorage["mlflow.workflowType"]``, GenAI by default) or from the URL's ``?workflowType=``
+(any page's, a run page's included), and lands a GenAI-mode browser on the traces overview and a
+run page under the GenAI sidebar. The ``mlflow.experimentKind`` tag only stops the UI asking
+which kind the experiment is. `experiment_url` is a link that opens the runs table with our saved
+view, `run_page_url` a run's page, both in Model training mode; there is no server-side default
+for the runs table's columns or charts other than such a view.
+
+The saved view (`runs_view`; what the 3.17.2 UI bundle reads from it, checked there): the view
+is the experiment tag ``mlflow.sharedViewState.<id>`` holding the envelope ``{name, createdAt,
+updatedAt, state}``, ``state`` a JSON string (or ``deflate;`` + base64). Opening it, the UI takes
+from ``state`` the search facets ``searchFilter``, ``orderByKey``, ``orderByAsc``, ``startTime``,
+``lifecycleFilter``, ``modelVersionFilter``, ``datasetsFilter``, and the UI state
+``selectedColumns``, ``columnOrder``, ``columnWidths``, ``runsHiddenMode``, ``compareRunCharts``,
+``compareRunSections``, ``viewMaximized``, ``runListHidden``, ``isAccordionReordered``,
+``groupBy``, ``groupsExpanded``, ``useGroupedValuesInCharts``, ``hideEmptyCharts``,
+``globalLineChartConfig``, ``chartsSearchFilter``; it drops ``runsExpanded``, ``runsPinned``,
+``runsHidden``, ``runsVisibilityMap`` and ``autoRefreshEnabled`` (the browser's own). Ours sets:
+
+- ``selectedColumns``: the objective and results, the space's searched params
+  (``params.`name```), the model and status tags, Dataset, Source, Models;
+- ``orderByKey`` = ``attributes.start_time`` (ascending): the UI nests child runs under the run
+  their ``mlflow.parentRunId`` names only when the table is ordered by start time (or neither
+  ordered nor filtered); ordered by a metric it lists the parent among its children. A view
+  cannot open the parent expanded (``runsExpanded`` is dropped): one click on its ``+``;
+- ``compareRunCharts`` / ``compareRunSections``: the chart view's "Model metrics" section
+  starts with a bar per run of the objective (``best_val_ppl``), ``val_ppl`` by epoch and a
+  parallel-coordinates chart of the searched params against the objective; the section is
+  marked reordered, so that the UI appends the other metrics after them instead of sorting
+  them in alphabetically. "System metrics" is named too: a view's sections that lack it make
+  the UI (3.17.2) drop the section it adds for system/... metrics;
+- ``runsHiddenMode`` = ``SHOW_ALL``: charts plot every run, not the first 10.
+
+The charts plot the table's visible rows, so the trials once the parent is expanded. The parent
+run draws nothing in the val_ppl chart and is left out of the parallel coordinates (it has
+neither a val_ppl nor the searched params) but keeps its bar in the objective's: hiding one run
+(``runsHidden``, ``runsVisibilityMap``) is not something a view can carry. Nor can anything
+set the Compare page's parallel coordinates: it takes the runs and experiments from its URL and
+starts on the first three differing params (alphabetically) and the first metric, whatever the
+view says.
 """
 
 from __future__ import annotations
@@ -19,7 +54,7 @@ import getpass
 import hashlib
 import json
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -113,24 +148,82 @@ def log_dataset(client: MlflowClient, run_id: str, dataset: DatasetRef | None) -
         client.log_inputs(run_id, datasets=[dataset.as_input()])
 
 
-def runs_view(created_ms: int) -> str:
-    """The saved view (the envelope the 3.17 UI writes): the objective and results as columns,
-    best first."""
+ORDER_BY_START = "attributes.start_time"  # the only order under which the UI nests child runs
+RUNS_HIDDEN_MODE = "SHOW_ALL"  # the UI's default plots the first 10 runs only
+CHART_SECTION = "Model metrics"  # the UI's section of the metrics without a "/" in their name
+CHART_SECTION_ID = "awdsearch-model-metrics"
+SYSTEM_SECTION = "System metrics"  # the UI's section of system/...: named, or the UI drops it
+SYSTEM_SECTION_ID = "awdsearch-system-metrics"
+PARALLEL_CHART_ID = "awdsearch-parallel"
+
+
+def _chart(kind: str, uuid: str, name: str, **fields: Any) -> dict[str, Any]:
+    """A chart card as the 3.17 UI serializes its own (``RunsChartsCardConfig`` and the
+    subclass of ``kind``)."""
+    return {"uuid": uuid, "type": kind, "runsCountToCompare": 10,
+            "metricSectionId": CHART_SECTION_ID, "deleted": False, "isGenerated": False,
+            "displayName": name, **fields}
+
+
+def _metric_chart(metric: str) -> dict[str, Any]:
+    """The objective as a bar per run (its lowest value), the others as lines by epoch."""
+    uuid = f"awdsearch-{metric}"
+    if metric == schema.BEST_VAL_PPL:
+        return _chart("BAR", uuid, metric, metricKey=metric)
+    return _chart("LINE", uuid, metric, metricKey=metric, lineSmoothness=0,
+                  xAxisScaleType="linear", scaleType="linear", range={}, xAxisKey="step",
+                  selectedXAxisMetricKey="", yAxisKey="metric", yAxisExpressions=[],
+                  ignoreOutliers=False, useGlobalXaxisKey=True, useGlobalLineSmoothing=True)
+
+
+def chart_cards(compared: Sequence[str]) -> list[dict[str, Any]]:
+    """The view's first charts: `schema.RUNS_VIEW_CHARTS`, then the ``compared`` params against
+    the objective in parallel coordinates (none without such params). The UI leaves a run
+    lacking one of them out of that chart: the parent run, and a trial of another model if
+    ``compared`` named a param its model does not log."""
+    cards = [_metric_chart(m) for m in schema.RUNS_VIEW_CHARTS]
+    if compared:
+        cards.append(_chart("PARALLEL", PARALLEL_CHART_ID, "Parallel Coordinates",
+                            selectedParams=list(compared),
+                            selectedMetrics=[schema.BEST_VAL_PPL], showAllRuns=False))
+    return cards
+
+
+def runs_view_state(searched: Sequence[str] = (),
+                    compared: Sequence[str] | None = None) -> dict[str, Any]:
+    """The state of our saved view (the keys: the module docstring); ``searched``: the space's
+    searched parameter names, in its order (columns); ``compared``: those every trial run logs
+    whatever its model (the parallel coordinates; default ``searched``)."""
     columns = ([f"metrics.`{m}`" for m in schema.RUNS_VIEW_METRICS]
+               + [f"params.`{p}`" for p in searched]
                + [f"tags.`{t}`" for t in schema.RUNS_VIEW_TAGS]
                + [f"attributes.`{a}`" for a in ("Dataset", "Source", "Models")])
-    state = {"selectedColumns": columns, "orderByKey": f"metrics.`{schema.BEST_VAL_PPL}`",
-             "orderByAsc": True}
+    sections = [{"uuid": uuid, "name": name, "display": True, "isReordered": reordered,
+                 "deleted": False, "isGenerated": True}
+                for uuid, name, reordered in ((CHART_SECTION_ID, CHART_SECTION, True),
+                                              (SYSTEM_SECTION_ID, SYSTEM_SECTION, False))]
+    return {"selectedColumns": columns, "orderByKey": ORDER_BY_START, "orderByAsc": True,
+            "runsHiddenMode": RUNS_HIDDEN_MODE,
+            "compareRunCharts": chart_cards(searched if compared is None else compared),
+            "compareRunSections": sections}
+
+
+def runs_view(created_ms: int, searched: Sequence[str] = (),
+              compared: Sequence[str] | None = None) -> str:
+    """The saved view, in the envelope the 3.17 UI writes: the objective, results and searched
+    params as columns, the trials nested under the search's run, the objective's charts first."""
     return json.dumps({"name": RUNS_VIEW_NAME, "createdAt": created_ms, "updatedAt": created_ms,
-                       "state": json.dumps(state)})
+                       "state": json.dumps(runs_view_state(searched, compared))})
 
 
-def experiment_tags(created_ms: int) -> dict[str, str]:
-    """An experiment of model training (not GenAI), minimising best_val_ppl, with our view."""
+def experiment_tags(created_ms: int, searched: Sequence[str] = (),
+                    compared: Sequence[str] | None = None) -> dict[str, str]:
+    """An experiment of model training (not GenAI), minimising best_val_ppl, with our view
+    (`runs_view_state`)."""
     return {schema.EXPERIMENT_KIND: schema.EXPERIMENT_KIND_ML,
             MLFLOW_EXPERIMENT_PRIMARY_METRIC_NAME: schema.BEST_VAL_PPL,
             MLFLOW_EXPERIMENT_PRIMARY_METRIC_GREATER_IS_BETTER: "False",
-            RUNS_VIEW_TAG: runs_view(created_ms)}
+            RUNS_VIEW_TAG: runs_view(created_ms, searched, compared)}
 
 
 def without_credentials(uri: str) -> str:
@@ -150,6 +243,14 @@ def experiment_url(server: str, experiment_id: str) -> str:
     server = without_credentials(server)
     return (f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs"
             f"?workflowType={schema.WORKFLOW_TYPE_ML}&viewStateShareKey={schema.RUNS_VIEW}")
+
+
+def run_page_url(server: str, experiment_id: str, run_id: str) -> str:
+    """The link to a run's page, under the Model training sidebar (not GenAI's) whatever the
+    browser's toggle says."""
+    server = without_credentials(server)
+    return (f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+            f"?workflowType={schema.WORKFLOW_TYPE_ML}")
 
 
 def inherited_tags(parent_tags: Mapping[str, Any]) -> dict[str, str]:

@@ -79,9 +79,12 @@ def check_tracking_location(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"folder {db.parent} of the MLflow database does not exist")
 
 
-def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+def ensure_experiment(client: MlflowClient, name: str, uri: str, searched: Sequence[str] = (),
+                      compared: Sequence[str] | None = None) -> str:
     """The experiment's id, creating it (artifacts next to a SQLite database) if needed, with
-    MLflow's tags for a model-training experiment (`conventions.experiment_tags`)."""
+    MLflow's tags for a model-training experiment (`conventions.experiment_tags`: its saved
+    view shows the space's ``searched`` params, ``compared`` in parallel coordinates). A tag
+    already as wanted is left as it is."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
         location = None
@@ -91,7 +94,8 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
         exp = client.get_experiment(client.create_experiment(name, artifact_location=location))
     elif exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
-    for key, value in experiment_tags(int(exp.creation_time or 0)).items():
+    tags = experiment_tags(int(exp.creation_time or 0), searched, compared)
+    for key, value in tags.items():
         if exp.tags.get(key) != value:
             client.set_experiment_tag(exp.experiment_id, key, value)
     return str(exp.experiment_id)
