@@ -25,10 +25,11 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from reports import build as build_module
 from reports import importance, plots, trials
-from reports.build import build
 from reports.importance import POOLED, SOURCE_MLFLOW, SOURCE_STUDY, Point, common_step
 from reports.load import load, read_study
+from reports.render import Document, Section, to_markdown
 from search import schema
 
 AWD, ZAREMBA = "awd_lstm", "zaremba"
@@ -338,8 +339,14 @@ def test_trial_tables_show_what_each_trial_sampled_and_nothing_else(store):
 # --- the report -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def report(store, tmp_path_factory) -> Path:
+    """The report's sections that read the study (importance, slices, parallel coordinates),
+    built as `reports.build.document` builds them, as report.md beside their figures."""
     out = tmp_path_factory.mktemp("report")
-    build(store[0], ["with-study", "no-study"], out, log_artifacts=False)
+    analyses = importance.analyse(load(store[0], ["with-study", "no-study"]))
+    sections = [build_module._importance_section(analyses, out),
+                Section("Slices: every searched parameter", [*plots.slices(analyses, out)]),
+                Section("Parallel coordinates", [*plots.parallel_coordinates(analyses, out)])]
+    (out / "report.md").write_text(to_markdown(Document("r", [], sections)))
     return out
 
 
