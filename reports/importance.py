@@ -34,7 +34,7 @@ matters, fANOVA ranked ``lr`` first in 77% of 10-trial and 100% of 20-trial samp
 in about 50% of both.
 
 Optuna's own answer. Optuna's default evaluator (PED-ANOVA since Optuna 5, also
-optuna-dashboard's first choice) is run on the same study as Optuna runs it
+optuna-dashboard's default) is run on the same study as Optuna runs it
 (`optuna.importance.get_param_importances(study)`): the COMPLETE trials' final values, the
 best 10% of them against all, every param any of them sampled, pooled over models. The report
 shows its ranking beside ours and says whether the two agree on the most important parameter,
@@ -303,10 +303,10 @@ def compare(analysis: Analysis, trials: tuple[FrozenTrial, ...]) -> str:
                 f"{EVALUATOR} here has no ranking to set beside it.")
     ours, first = _top(main.importances), _top(theirs)
     if ours == first:
-        return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}, what optuna-dashboard shows "
-                f"first) agrees on the most important parameter of {main.model}: {ours}.")
+        return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}, also optuna-dashboard's) "
+                f"agrees on the most important parameter of {main.model}: {ours}.")
     why = differences(analysis, trials)
-    return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}, what optuna-dashboard shows first) "
+    return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}, also optuna-dashboard's) "
             f"ranks {first} first where {EVALUATOR} here ranks {ours} first ({main.model}). "
             f"Why they differ: {'; '.join(why)}.")
 
