@@ -454,9 +454,7 @@ def _close(opts: SearchOptions, client: MlflowClient, state: SearchState, grid: 
     best = None if stopped else pick_best(trials)
     confirmation = _confirm(opts, state, client, trials, ended=not stopped)
     after, ablation, pareto = None, None, None
-    ablating = not stopped and (opts.ablate or ablate.resumable(opts, state.parent_run_id))
-    with nullcontext() if ablating else session.released_meanwhile(), \
-            tempfile.TemporaryDirectory() as d:  # Ray is done with unless the ablation runs
+    with tempfile.TemporaryDirectory() as d:
         model = None
         if best is not None and best.checkpoint is not None:
             try:

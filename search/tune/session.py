@@ -84,23 +84,6 @@ def disconnect() -> None:
     ray.shutdown()
 
 
-RELEASE_WAIT_S = 60.0  # at most this long for Ray's processes to stop, at the end
-
-
-@contextmanager
-def released_meanwhile() -> Iterator[None]:
-    """Leave the cluster in the background while the block runs (the winner's export, the
-    summary): the user waits for the longer of the two at the end of a search, not for
-    both (about 1.4 s of Ray's shutdown on 2 cores). Only once nothing else needs Ray; joined
-    before the block's caller goes on, so the interpreter never exits half-way through it."""
-    leaving = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
-    leaving.start()
-    try:
-        yield
-    finally:
-        leaving.join(RELEASE_WAIT_S)
-
-
 def default_gpus_per_trial(opts: SearchOptions) -> float:
     if opts.gpus_per_trial is not None:
         return opts.gpus_per_trial
