@@ -119,7 +119,7 @@ def _importance_section(analyses: list[importance.Analysis], out: Path) -> Secti
         section.blocks.append(f"{analysis.search}: {analysis.origin}.")
         ranked = [g for g in analysis.groups if g.importances]
         theirs = analysis.optuna_default
-        if ranked:
+        if ranked or theirs:
             names = list(dict.fromkeys(n for g in ranked for n in g.importances))
             names += [n for n in theirs if n not in names and theirs[n] > 0]
             rows = [[n, *[fmt_num(g.importances[n], 3) if n in g.importances else "—"

@@ -36,7 +36,8 @@ in about 50% of both.
 Optuna's own answer. Optuna's default evaluator (PED-ANOVA since Optuna 5, also
 optuna-dashboard's default) is run on the same study as Optuna runs it
 (`optuna.importance.get_param_importances(study)`): the COMPLETE trials' final values, the
-best 10% of them against all, every param any of them sampled, pooled over models. The report
+best 10% of them against all of them, every param any of them sampled, pooled over models
+(several objectives: the importance of reaching the Pareto front). The report
 shows its ranking beside ours and says whether the two agree on the most important parameter,
 and, when they do not, which of those differences the search has (`differences`).
 """
@@ -59,6 +60,7 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from awd.errors import first_line
 from reports.load import ReportData, StudyRecord
 from reports.params import column_kind
 from search import schema
@@ -155,6 +157,7 @@ class Analysis:
     groups: list[Group] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     optuna_default: dict[str, float] = field(default_factory=dict)
+    optuna_missing: str = ""  # why Optuna's own answer is empty
     comparison: str = ""
 
     @property
@@ -240,27 +243,34 @@ def evaluate(group: Group) -> Group:
 
 
 # --- Optuna's own answer ---------------------------------------------------------------------
-def optuna_default(trials: tuple[FrozenTrial, ...]) -> dict[str, float]:
+def optuna_default(trials: tuple[FrozenTrial, ...], directions: tuple[str, ...] = ("minimize",)
+                   ) -> tuple[dict[str, float], str]:
     """`optuna.importance.get_param_importances` with Optuna's default evaluator on a copy of
-    the study (in memory: the stored one is only read); {} with fewer than 2 completed trials."""
+    the study (in memory, with its directions: the stored one is only read), as Optuna runs it
+    (a study of several objectives: the importance of reaching its Pareto front); or {} and
+    why not."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if len(complete) < 2:
-        return {}
-    objectives = len(complete[0].values)
-    study = optuna.create_study(directions=["minimize"] * objectives)
-    study.add_trials(complete)
+        return {}, f"{len(complete)} completed trial(s), it needs 2"
     optuna.logging.set_verbosity(logging.WARNING)
+    study = optuna.create_study(directions=[
+        optuna.study.StudyDirection[d.upper()] for d in directions])
+    study.add_trials(complete)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return {k: float(v) for k, v in optuna.importance.get_param_importances(
-                study, target=(lambda t: t.values[0]) if objectives > 1 else None).items()}
-        except Exception:  # the evaluator rejects some degenerate studies
-            return {}
+            found = optuna.importance.get_param_importances(study)
+        except Exception as e:  # the evaluator rejects some degenerate studies
+            return {}, f"Optuna could not evaluate the study: {first_line(e)}"
+    return {k: float(v) for k, v in found.items()}, ""
 
 
 def _top(importances: dict[str, float]) -> str:
-    return max(importances, key=lambda n: importances[n]) if importances else ""
+    """The most important parameter; "" when none stands out (a tie at the top)."""
+    ranked = sorted(importances.values(), reverse=True)
+    if not ranked or (len(ranked) > 1 and math.isclose(ranked[0], ranked[1], abs_tol=1e-9)):
+        return ""
+    return max(importances, key=lambda n: importances[n])
 
 
 def differences(analysis: Analysis, trials: tuple[FrozenTrial, ...]) -> list[str]:
@@ -272,17 +282,13 @@ def differences(analysis: Analysis, trials: tuple[FrozenTrial, ...]) -> list[str
     if len(complete) < len(finished):
         out.append(f"it reads only the {len(complete)} completed trials' final values (the "
                    f"{len(finished) - len(complete)} ASHA stopped are left out)")
-    out.append(f"it sets the best 10% of them (about {max(1, round(0.1 * len(complete)))}) "
-               f"against the rest, where {EVALUATOR} fits all of them")
+    out.append(f"it sets the best 10% of them ({max(1, math.ceil(0.1 * len(complete)))}) "
+               f"against all of them, where {EVALUATOR} fits a model of every value")
     if main is not None:
-        pooled = [n for n in analysis.optuna_default if n in main.left_out]
-        if pooled and main.model == POOLED:
-            out.append(f"it pools {', '.join(pooled)} over trials that sampled them with "
-                       "different ranges or not at all, which ours leaves out of the pooled "
-                       "view (each is in its model's column)")
-        elif pooled:
-            out.append(f"it ranks {', '.join(pooled)}, which ours leaves out ("
-                       f"{'; '.join(main.left_out[n] for n in pooled)})")
+        ranked = [n for n in analysis.optuna_default if n in main.left_out]
+        if ranked:
+            out.append("it ranks " + ", ".join(f"{n}, which ours leaves out of {main.model} "
+                                               f"({main.left_out[n]})" for n in ranked))
         if main.step is not None and complete:
             last = max((max(t.intermediate_values, default=0) for t in complete), default=0)
             if main.step != last:
@@ -296,12 +302,16 @@ def compare(analysis: Analysis, trials: tuple[FrozenTrial, ...]) -> str:
     of the search (pooled, else its one model), and why not."""
     theirs, main = analysis.optuna_default, analysis.main
     if not theirs:
-        return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}) has nothing to rank: fewer "
-                "than 2 completed trials.")
-    if main is None or not main.importances:
-        return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}) ranks {_top(theirs)} first; "
+        return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}) has nothing to rank: "
+                f"{analysis.optuna_missing}.")
+    first = _top(theirs)
+    if not first:
+        return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}) sets no parameter first (a tie "
+                "at the top): nothing to compare.")
+    if main is None or not _top(main.importances):
+        return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}) ranks {first} first; "
                 f"{EVALUATOR} here has no ranking to set beside it.")
-    ours, first = _top(main.importances), _top(theirs)
+    ours = _top(main.importances)
     if ours == first:
         return (f"Optuna's default evaluator ({OPTUNA_DEFAULT}, also optuna-dashboard's) "
                 f"agrees on the most important parameter of {main.model}: {ours}.")
@@ -489,7 +499,8 @@ def analyse(data: ReportData) -> list[Analysis]:
         for group in analysis.groups:
             evaluate(group)
         if record is not None and not record.error and analysis.groups:
-            analysis.optuna_default = optuna_default(record.trials)
+            analysis.optuna_default, analysis.optuna_missing = optuna_default(
+                record.trials, record.directions)
             analysis.comparison = compare(analysis, record.trials)
         if analysis.groups:
             out.append(analysis)

@@ -57,6 +57,7 @@ class StudyRecord:
     name: str
     trials: tuple[FrozenTrial, ...] = ()
     error: str = ""
+    directions: tuple[str, ...] = ("minimize",)  # the study's, one per objective
 
 
 @dataclass
@@ -319,7 +320,8 @@ def read_study(storage: str, name: str) -> StudyRecord:
         rdb = optuna.storages.RDBStorage(url, skip_table_creation=True)
         try:
             study = optuna.load_study(study_name=name, storage=rdb)
-            return StudyRecord(storage, name, tuple(study.get_trials(deepcopy=False)))
+            return StudyRecord(storage, name, tuple(study.get_trials(deepcopy=False)),
+                               directions=tuple(d.name.lower() for d in study.directions))
         finally:
             rdb.engine.dispose()
     except KeyError:

@@ -82,7 +82,9 @@ class Document:
 
 # --- number formatting ----------------------------------------------------------------------
 def is_missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
+    """None, NaN, pandas' NaT and NA (an Int64 column's blank)."""
+    return (value is None or (isinstance(value, float) and math.isnan(value))
+            or value is pd.NaT or value is pd.NA)
 
 
 def fmt_num(value: Any, digits: int = 2) -> str:

@@ -65,11 +65,14 @@ def _study_trials(data: ReportData, search: pd.Series) -> tuple[FrozenTrial, ...
 
 def searched_params(data: ReportData, search: pd.Series) -> Searched:
     """The search's hyperparameters (see the module docstring), in the study's sampling order;
-    without a readable study, those that differ between one model's runs, by name."""
+    without a readable study paired with the runs, those that differ between one model's runs,
+    by name. A field --set fixed for every trial is none of them."""
     trials = data.trials(search["search_key"])
     logged_by = {str(m): set().union(*g["params"]) for m, g in trials.groupby("model")}
     study = _study_trials(data, search)
-    if study is not None:
+    paired = {str(t.user_attrs.get(schema.OPTUNA_TUNE_TRIAL_ID, "")) for t in study or ()}
+    fixed = {str(f).split("=", 1)[0] for f in search["fixed"]}  # --set: not what was sampled
+    if study is not None and paired & set(trials["trial_id"].astype(str)):
         sampled: dict[str, None] = {}
         by_model: dict[str, set[str]] = {m: set() for m in logged_by}
         by_trial: dict[str, frozenset[str]] = {}
@@ -82,7 +85,7 @@ def searched_params(data: ReportData, search: pd.Series) -> Searched:
             tune_id = trial.user_attrs.get(schema.OPTUNA_TUNE_TRIAL_ID)
             if tune_id:
                 by_trial[str(tune_id)] = frozenset(trial.params)
-        return Searched([n for n in sampled if n not in NOT_HYPERPARAMETERS],
+        return Searched([n for n in sampled if n not in NOT_HYPERPARAMETERS and n not in fixed],
                         {m: frozenset(n) for m, n in by_model.items()}, by_trial)
     differs: dict[str, set[str]] = {}
     for model, group in trials.groupby("model"):
@@ -90,7 +93,7 @@ def searched_params(data: ReportData, search: pd.Series) -> Searched:
         differs[str(model)] = {n for n in set().union(*parsed)
                                if len({p.get(n) for p in parsed}) > 1}
     every = set().union(*differs.values())
-    return Searched([n for n in sorted(every) if n not in NOT_HYPERPARAMETERS],
+    return Searched([n for n in sorted(every) if n not in NOT_HYPERPARAMETERS and n not in fixed],
                     {m: frozenset(n) for m, n in differs.items()})
 
 

@@ -55,12 +55,20 @@ class Problems:
         self.found: list[str] = []
 
     def check(self, check: Callable[..., T], *args: Any) -> T | None:
-        """``check(*args)``, or None with its problem noted."""
+        """``check(*args)``, or None with its problems noted (those of a check that collects
+        its own, one each)."""
         try:
             return check(*args)
         except SpaceFileError as e:
-            self.found.append(str(e))
+            head, *lines = str(e).split("\n")
+            self.found.extend([line.strip() for line in lines] if lines else [head])
             return None
+
+    def passed(self, check: Callable[..., Any], *args: Any) -> bool:
+        """Whether ``check(*args)`` raised nothing (its problems noted)."""
+        before = len(self.found)
+        self.check(check, *args)
+        return len(self.found) == before
 
     def raise_any(self) -> None:
         if len(self.found) == 1:
@@ -78,25 +86,27 @@ def config_fields(model: str) -> frozenset[str]:
 
 def check_spec(spec: SpaceSpec) -> SpaceSpec:
     """``spec`` if it can work; else `SpaceFileError` naming every field that cannot, as far
-    as the checks do not depend on each other: the header's fields, each parameter, each name,
-    each condition; the warm start and the configs only once those are right."""
+    as the checks do not depend on each other: the header's fields, each parameter, each name;
+    the conditions once the models and parameters they name are right; the warm start and the
+    configs once all of those are."""
     problems = Problems()
     for check in (_check_name, _check_dataset, _check_budget, _check_objective):
         problems.check(check, spec)
-    models_ok = problems.check(_check_models, spec) is not None
+    models_ok = problems.passed(_check_models, spec)
     named = (spec.model,) if isinstance(spec.model, str) else spec.model
     models = tuple(m for m in named if m in MODELS)  # an unknown one is _check_models' problem
-    for i, p in enumerate(spec.parameters):
-        problems.check(_check_parameter, spec, i, p)
+    bad = {p.name for i, p in enumerate(spec.parameters)
+           if not problems.passed(_check_parameter, spec, i, p)}
     for name in spec.fixed:
         problems.check(_check_name_of, "fixed", name, models)
         if any(p.name == name for p in spec.parameters):
             problems.found.append(str(fail(f"fixed.{name}",
                                            "also a parameter: a field is fixed or searched")))
-    for p in spec.parameters:
-        problems.check(_check_name_of, "parameters", p.name, models)
-    for i, condition in enumerate(spec.conditions if models_ok else ()):  # they name models
-        problems.check(_check_condition, spec, i, condition, models)
+    bad |= {p.name for p in spec.parameters
+            if not problems.passed(_check_name_of, "parameters", p.name, models)}
+    if models_ok and not bad:  # conditions name the models and the parameters: right ones
+        for i, condition in enumerate(spec.conditions):
+            problems.check(_check_condition, spec, i, condition, models)
     problems.raise_any()
     _check_warm_start(spec)
     _check_configs(spec)
@@ -109,7 +119,7 @@ def _check_name(spec: SpaceSpec) -> None:
                    f"'.'; at most 200 characters), got {spec.name!r}")
 
 
-def _check_models(spec: SpaceSpec) -> bool:
+def _check_models(spec: SpaceSpec) -> None:
     models = (spec.model,) if isinstance(spec.model, str) else spec.model
     if not models:
         raise fail("model", "needs a model or a list of models")
@@ -119,7 +129,6 @@ def _check_models(spec: SpaceSpec) -> bool:
                        f"known: {', '.join(MODELS)}")
     if len(set(models)) < len(models):
         raise fail("model", f"a model is listed twice in {list(models)}")
-    return True
 
 
 def _check_dataset(spec: SpaceSpec) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,13 @@ def file_and_folder(tmp_path_factory) -> Path:
     (root / "afile").write_text("not a folder")
     (root / "adir").mkdir()
     return root
+
+
+def pytest_configure(config):
+    """A test run started in the background of a script (``pytest ... &`` without job control)
+    inherits SIGINT ignored, and so would every search its tests start: a Ctrl-C sent to one
+    would do nothing. The tests that stop a search with SIGINT need it delivered, so the
+    process takes Python's own handler back (children then start with the default)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+

@@ -307,6 +307,39 @@ def test_a_search_without_a_study_gets_a_labelled_reconstruction(store):
     assert (awd.step, len(awd.compared), zaremba.step, len(zaremba.compared)) == (3, 5, 2, 6)
 
 
+def test_no_top_parameter_is_compared_on_a_tie(with_study, store):
+    pooled = _group(with_study, POOLED)
+    tied = importance.Analysis("s", SOURCE_STUDY, "o", [pooled],
+                               optuna_default={"lr": 0.5, "dropout": 0.5})
+    assert "sets no parameter first (a tie at the top)" in importance.compare(tied,
+                                                                              tuple(store[2]))
+
+
+def test_optunas_own_answer_keeps_the_studys_direction_and_says_why_it_is_missing(store):
+    """A study that maximises: its best 10% are its highest values (the copy keeps the
+    direction). Here the highest values are set by b, the lowest by a."""
+    trials = [optuna.trial.create_trial(
+        params={"a": a, "b": b}, value=b if b > 0.5 else -a,
+        distributions={"a": FloatDistribution(0, 1), "b": FloatDistribution(0, 1)})
+        for a, b in np.random.default_rng(0).uniform(size=(60, 2))]
+    up, why = importance.optuna_default(tuple(trials), ("maximize",))
+    assert why == "" and max(up, key=up.get) == "b", up
+    down, _ = importance.optuna_default(tuple(trials), ("minimize",))
+    assert max(down, key=down.get) == "a", down
+    none, why = importance.optuna_default(tuple(trials[:1]), ("minimize",))
+    assert none == {} and why == "1 completed trial(s), it needs 2"
+    empty = importance.Analysis("s", SOURCE_STUDY, "o", [], optuna_missing=why)
+    assert importance.compare(empty, ()) .endswith("nothing to rank: 1 completed trial(s), "
+                                                   "it needs 2.")
+
+
+def test_a_field_fixed_by_set_is_not_a_searched_column(store):
+    data = load(store[0], ["fixed-dropout"])
+    (search,) = [s for _, s in data.searches.iterrows()]
+    assert "dropout" not in trials.searched_params(data, search).names
+    assert "lr" in trials.searched_params(data, search).names
+
+
 def test_trial_tables_show_what_each_trial_sampled_and_nothing_else(store):
     """With a study, the searched params are what it sampled, in its order: not decay_start,
     which a condition fixes and which differs between one model's runs; a param a trial did
@@ -398,8 +431,9 @@ def test_a_disagreement_with_optuna_is_explained_by_what_this_search_has(with_st
                                                   optuna_default=theirs), tuple(store[2]))
     assert "ranks lr first where fANOVA here ranks model first (all models)" in line
     assert "only the 7 completed trials' final values (the 7 ASHA stopped are left out)" in line
-    assert "the best 10% of them (about 1) against the rest" in line
-    assert "it pools lr over trials that sampled them with different ranges" in line
+    assert "the best 10% of them (1) against all of them" in line
+    assert "it ranks lr, which ours leaves out of all models (its range differs between " \
+        "models)" in line
     assert "ours compares trials at epoch 2, where it uses each completed trial's value at " \
         "its end (epoch 3)" in line
 

@@ -36,6 +36,8 @@ def test_dry_run_measures_and_starts_nothing(tmp_path, monkeypatch, capsys):
 
     real_data("ptb")
     monkeypatch.setenv("AWD_DATA_DIR", str(DATA_DIR))
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "")  # what main sets, undone
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     monkeypatch.chdir(tmp_path)
     assert main(["--space", "smoke", "--num-samples", "6", "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -625,6 +625,7 @@ def test_hyperparameter_values_are_formatted_for_reading():
     assert [fmt_value(v) for v in (1150, 0.004978, 17.81, 30.0, 1.2e-6, "ntasgd", True,
                                    math.nan)] == ["1150", "0.00498", "17.8", "30", "1.2e-06",
                                                   "ntasgd", "True", "—"]
+    assert fmt_value(pd.NA) == "—"  # an Int64 column's blank
 
 
 def test_winners_show_every_searched_param_of_the_best_trial(reported, report):

@@ -347,14 +347,15 @@ def test_a_files_mistakes_in_different_fields_come_all_at_once(tmp_path):
     """Read: every field's mistake together (a misspelt key is not also 'missing')."""
     text = (BASE.replace("max_epochs: 2", "max_epoch: ten\ngrace_period: one")
             .replace("{type: float, low: 0.1, high: 0.5}", "{type: flaot, low: 0.1}")
-            .replace("{type: int, low: 16, high: 64, step: 16}", "{type: int, low: 16}"))
+            .replace("{type: int, low: 16, high: 64, step: 16}", "{type: int, low: 16}")
+            .replace("{type: float, low: 1.0, high: 20.0, log: true}", "{type: float}"))
     problems = _all_problems(text, tmp_path)
-    assert [p.split(":")[0] for p in problems] == [
+    assert [p.split(":")[0] for p in problems] == [  # a condition's own two: one line each
         "max_epoch", "grace_period", "parameters.dropout.type",
-        "conditions[0].parameters.emsize.high"], problems
+        "conditions[0].parameters.lr.low", "conditions[0].parameters.emsize.high"], problems
     assert "did you mean 'max_epochs'?" in problems[0]
     assert "did you mean 'float'?" in problems[2]
-    assert problems[3].endswith(": missing")
+    assert problems[3].endswith(": missing") and problems[4].endswith(": missing")
     # checked: every field that can be judged on its own, together
     text = (BASE.replace("dataset: ptb", "dataset: ptbb").replace("max_epochs: 2",
                                                                   "max_epochs: 0")
@@ -365,6 +366,16 @@ def test_a_files_mistakes_in_different_fields_come_all_at_once(tmp_path):
         "dataset", "max_epochs", "parameters.dropout.high", "fixed.train_token"], problems
     assert "did you mean 'ptb'?" in problems[0]
     assert "did you mean 'train_tokens'?" in problems[3]
+    # a misspelt parameter: its name's problem, not a condition's that names the right one
+    text = GOOD.replace("  tie: {type: categorical, choices: [a, b]}\n",
+                        "  optimiser: {type: categorical, choices: [ntasgd, sgd_schedule]}\n")
+    text = text.replace("  - when: {model: [zaremba]}", "  - when: {optimizer: ntasgd}")
+    path = tmp_path / "one.yaml"
+    path.write_text(text.replace("max_epochs: 2", "max_epochs: 0"))
+    with pytest.raises(SpaceFileError) as err:
+        load_space_file(path)
+    assert "parameters.optimiser: not a config field" in str(err.value)
+    assert "conditions[1]" not in str(err.value)
 
 
 def test_a_categorical_that_is_not_a_config_field_is_refused():
