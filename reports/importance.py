@@ -47,6 +47,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,14 +234,22 @@ def evaluate(group: Group) -> Group:
     elif len({round(group.value(p), 9) for p in group.compared}) < 2:
         group.message = f"every trial has the same value at epoch {group.step}"
     else:
-        optuna.logging.set_verbosity(logging.WARNING)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet_optuna():
             try:
                 group.importances = _fanova(group)
             except Exception as e:  # the evaluator rejects some degenerate studies
                 group.message = f"Optuna could not evaluate importances: {e}"
     return group
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna's study-creation lines and its evaluators' warnings off: the report says what
+    they would (`Group.message`, `Analysis.optuna_missing`)."""
+    optuna.logging.set_verbosity(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 # --- Optuna's own answer ---------------------------------------------------------------------
@@ -252,12 +262,10 @@ def optuna_default(trials: tuple[FrozenTrial, ...], directions: tuple[str, ...] 
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if len(complete) < 2:
         return {}, f"{len(complete)} completed trial(s), it needs 2"
-    optuna.logging.set_verbosity(logging.WARNING)
-    study = optuna.create_study(directions=[
-        optuna.study.StudyDirection[d.upper()] for d in directions])
-    study.add_trials(complete)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet_optuna():
+        study = optuna.create_study(directions=[
+            optuna.study.StudyDirection[d.upper()] for d in directions])
+        study.add_trials(complete)
         try:
             found = optuna.importance.get_param_importances(study)
         except Exception as e:  # the evaluator rejects some degenerate studies

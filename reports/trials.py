@@ -71,7 +71,7 @@ def searched_params(data: ReportData, search: pd.Series) -> Searched:
     logged_by = {str(m): set().union(*g["params"]) for m, g in trials.groupby("model")}
     study = _study_trials(data, search)
     paired = {str(t.user_attrs.get(schema.OPTUNA_TUNE_TRIAL_ID, "")) for t in study or ()}
-    fixed = {str(f).split("=", 1)[0] for f in search["fixed"]}  # --set: not what was sampled
+    fixed = set(search["fixed"])  # the keys --set fixed: not what was sampled
     if study is not None and paired & set(trials["trial_id"].astype(str)):
         sampled: dict[str, None] = {}
         by_model: dict[str, set[str]] = {m: set() for m in logged_by}
@@ -172,7 +172,7 @@ def all_trials(data: ReportData) -> pd.DataFrame:
 
 # --- sections -------------------------------------------------------------------------------
 def _trial_cell(row: pd.Series) -> Cell:
-    return Link(row["trial_id"], row["url"]) if row["url"] else row["trial_id"]
+    return Link(row["trial_id"], row["url"])
 
 
 def _common(row: pd.Series) -> list[Cell]:

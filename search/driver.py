@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from mlflow.tracking import MlflowClient
 
-from awd.config import MODELS, from_flat
+from awd.config import MODELS
 from awd.data.corpus import verify_data
 from awd.errors import CheckpointError, DataError, first_line
 from search import diskspace, schema, storage
@@ -124,6 +124,7 @@ def view_params(space: Space) -> tuple[list[str], list[str]]:
     and those every trial run logs whatever its model (parallel coordinates, which leave out a
     run lacking one): a trial run's params are its model's full flat config."""
     from spaces.spec import searched_names, spec_of
+    from spaces.spec_check import config_fields
 
     names = searched_names(space)
     spec = spec_of(space)
@@ -131,8 +132,7 @@ def view_params(space: Space) -> tuple[list[str], list[str]]:
         models = [str(m) for m in spec.model_param.choices or ()]
     else:
         models = list(MODELS) if space.model == "mixed" else [space.model]
-    logged = [set(from_flat({"model": m}).to_flat()) for m in models]
-    return names, [n for n in names if all(n in keys for keys in logged)]
+    return names, [n for n in names if all(n in config_fields(m) for m in models)]
 
 
 def _start_new(opts: SearchOptions, client: MlflowClient, uri: str, gpus: float,
