@@ -126,9 +126,7 @@ class AWDOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         if self._ot_study is None:
             return
-        untold = getattr(self, "_untold", {})  # a searcher saved before it had one
-        self._untold = untold
-        for trial_id, (state, values) in list(untold.items()):
+        for trial_id, (state, values) in list(self._untold.items()):
             if trial_id in self._ot_trials and not self._told(trial_id):
                 self._tell(trial_id, state, values)
         known = {t.number for t in self._ot_trials.values()}
