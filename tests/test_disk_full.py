@@ -7,7 +7,6 @@ once. Needs root (``mount -t tmpfs``); skipped with the reason elsewhere."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -55,12 +54,11 @@ def _search(cwd: Path, storage: Path, store: Path, *more: str) -> list[str]:
 
 
 def _fill(disk: Path) -> Path:
-    """Another process's file that takes the disk's last byte (written until ENOSPC: the
-    search writes meanwhile)."""
-    ballast = disk / "ballast"
-    with open(ballast, "wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * MB)
+    """Another process's file that takes the disk's last byte (`benchmarks.faults.fill`, the
+    fault table's own)."""
+    from benchmarks.faults import fill
+
+    ballast = fill(disk)
     assert shutil.disk_usage(disk).free < MB
     return ballast
 
