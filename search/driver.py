@@ -22,7 +22,7 @@ from awd.config import MODELS
 from awd.data.corpus import verify_data
 from awd.errors import CheckpointError, DataError, first_line
 from search import diskspace, schema, storage
-from search.errors import SearchError, Terminated
+from search.errors import SearchError, Terminated, terminate
 from search.lock import DriverLock
 from search.options import SearchOptions, resumed
 from search.plan import concurrency_here, make_plan
@@ -380,7 +380,7 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
     no_space = disks.reason if disks is not None else None
 
     def on_sigterm(signum: int, frame: object) -> None:
-        raise Terminated
+        terminate()
 
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None

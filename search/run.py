@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from awd.errors import UserError
 from search import schema
 from search.diskspace import NoSpaceError
-from search.errors import Terminated
+from search.errors import Terminated, forget_terminations, terminate
 from search.options import SearchOptions, build_parser, options_from_args
 from search.results import status_counts
 from search.uris import is_server
@@ -315,8 +315,9 @@ def _unsynced(outcome: SearchOutcome, argv: list[str]) -> int:
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     def on_sigterm(signum: int, frame: object) -> None:
-        raise Terminated
+        terminate()
 
+    forget_terminations()
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
     try:

@@ -22,7 +22,12 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from search import schema, storage
-from search.errors import SearchError, Terminated
+from search.errors import (
+    SearchError,
+    Terminated,
+    raise_swallowed_termination,
+    terminate,
+)
 from search.options import SearchOptions
 from search.plan import ASHA_REDUCTION_FACTOR
 from search.tune.console import quiet_ray, quiet_trainable
@@ -222,8 +227,10 @@ def fit(tuner: tune.Tuner) -> tuple[ResultGrid, int | None]:
             return
         terminated.append(signum)
         if tunes is before or not callable(tunes):  # Tune is restoring, not running yet
-            raise Terminated
+            terminate()
         tunes(signal.SIGINT, frame)
+
+    raise_swallowed_termination()  # a SIGTERM while the Tuner was being restored
 
     with _handling(signal.SIGTERM, on_sigterm, catching):
         grid = tuner.fit()
