@@ -22,7 +22,7 @@ from awd.config import MODELS
 from awd.data.corpus import verify_data
 from awd.errors import CheckpointError, DataError, first_line
 from search import diskspace, schema, storage
-from search.errors import SearchError, Terminated, terminate
+from search.errors import SearchError, Terminated, forget_terminations, terminate
 from search.lock import DriverLock
 from search.options import SearchOptions, resumed
 from search.plan import concurrency_here, make_plan
@@ -388,6 +388,7 @@ def _finish(opts: SearchOptions, client: MlflowClient, state: SearchState, grid:
         drain_s = DRAIN_S if no_space is None else NO_SPACE_DRAIN_S
         return replace(_close(opts, client, state, grid, stopped_by, drain_s), no_space=no_space)
     except KeyboardInterrupt as e:
+        forget_terminations()  # caught here: not one a callback swallowed
         signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
         return _killed(opts, client, state, grid, int(signum), no_space)
     except Exception as e:  # a disk filled as the search was closed: what is saved stays saved

@@ -35,6 +35,7 @@ def raise_swallowed_termination() -> None:
 
 
 def forget_terminations() -> None:
-    """A new run of the command line: no SIGTERM yet."""
+    """A new run of the command line, or a `Terminated` that got out and was caught: none
+    swallowed to raise again."""
     _terminating.clear()
 

@@ -25,6 +25,7 @@ from search import schema, storage
 from search.errors import (
     SearchError,
     Terminated,
+    forget_terminations,
     raise_swallowed_termination,
     terminate,
 )
@@ -232,8 +233,12 @@ def fit(tuner: tune.Tuner) -> tuple[ResultGrid, int | None]:
 
     raise_swallowed_termination()  # a SIGTERM while the Tuner was being restored
 
-    with _handling(signal.SIGTERM, on_sigterm, catching):
-        grid = tuner.fit()
+    try:
+        with _handling(signal.SIGTERM, on_sigterm, catching):
+            grid = tuner.fit()
+    except Terminated:
+        forget_terminations()  # it got out: not one a callback swallowed
+        raise
     stopped = catching and signal.getsignal(signal.SIGINT) is before
     restore_sigint(before)
     if terminated:
