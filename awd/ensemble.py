@@ -90,7 +90,7 @@ def greedy_selection(logprobs: torch.Tensor, size: int) -> Selection:
     for step in range(1, size + 1):
         candidate = -torch.log((total[None, :] + probs) / step).mean(dim=1)
         candidate = torch.nan_to_num(candidate, nan=math.inf)
-        pick = int(torch.argmin(candidate))
+        pick = _first_of_the_lowest(candidate)
         picks.append(pick)
         total += probs[pick]
         losses.append(float(candidate[pick]))
@@ -99,6 +99,16 @@ def greedy_selection(logprobs: torch.Tensor, size: int) -> Selection:
     for pick in picks[:best + 1]:
         counts[pick] += 1
     return Selection([c / (best + 1) for c in counts], picks, losses, best)
+
+
+def _first_of_the_lowest(losses: torch.Tensor, rel_tol: float = 1e-12) -> int:
+    """The first index whose loss equals the lowest up to rounding: a mean's summation order
+    (vectorized differently on different CPUs) must not decide between equal candidates."""
+    lowest = float(losses.min())
+    if not math.isfinite(lowest):
+        return int(torch.argmin(losses))
+    tied = losses <= lowest + rel_tol * max(abs(lowest), 1.0)
+    return int(torch.nonzero(tied)[0])
 
 
 # --- the ensemble as a file ------------------------------------------------------------------
