@@ -80,7 +80,8 @@ def greedy_selection(logprobs: torch.Tensor, size: int) -> Selection:
     """Caruana's selection with replacement over candidates' log-probabilities (M, N): ``size``
     steps, each adding the candidate whose addition gives the lowest mean validation loss (the
     first of equals; a candidate with a non-finite loss only if nothing else is left); the
-    ensemble kept is the best of the steps."""
+    ensemble kept is the best of the steps (the smallest of equals). Equal is up to rounding
+    (`_first_of_the_lowest`), in both choices."""
     if not 1 <= size <= MAX_SIZE:
         raise ConfigError(f"--ensemble must be 1 to {MAX_SIZE} members, got {size}")
     probs = logprobs.double().exp()
@@ -94,7 +95,7 @@ def greedy_selection(logprobs: torch.Tensor, size: int) -> Selection:
         picks.append(pick)
         total += probs[pick]
         losses.append(float(candidate[pick]))
-    best = min(range(len(losses)), key=lambda s: (losses[s], s))
+    best = _first_of_the_lowest(torch.tensor(losses, dtype=torch.float64))
     counts = [0] * probs.size(0)
     for pick in picks[:best + 1]:
         counts[pick] += 1
