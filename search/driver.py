@@ -335,8 +335,19 @@ def _run(opts: SearchOptions, uri: str, state: SearchState | None,
         _warm_up_export()
         return _finish(opts, client, state, *_fit(tuner, signer, disks))
     except BaseException:
-        client.update_run(state.parent_run_id, status=previous)
+        _put_back(client, state.parent_run_id, previous)
         raise
+
+
+def _put_back(client: MlflowClient, parent_run_id: str, status: str) -> None:
+    """The parent's status as a failed or stopped resume found it; best effort, like
+    `_mark_killed`: a store that refuses it now (away, or its SQLite file locked) costs a
+    warning, never the signal's exit status or the error's own message."""
+    try:
+        client.update_run(parent_run_id, status=status)
+    except Exception as e:
+        log.warning("the parent run's status is not put back to %s (%s); --resume sets it",
+                    status, first_line(e)[:200])
 
 
 def _fit(tuner: Tuner, signer: StateSigner, disks: list[diskspace.Folder]

@@ -12,6 +12,7 @@ from dataclasses import fields, replace
 
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from awd.errors import ConfigError, DataError, TrainingDiverged
@@ -456,3 +457,41 @@ def test_a_sigterm_a_gc_callback_swallowed_still_stops_the_search_before_tune():
             session.fit(NeverFit())  # type: ignore[arg-type]
     finally:
         errors.forget_terminations()
+
+
+def test_a_resume_stopped_while_the_store_refuses_keeps_the_signal(monkeypatch, tmp_path,
+                                                                   new_mlflow_store, caplog):
+    """A SIGTERM while a resume restores its search (`search.errors.Terminated`) puts the
+    parent's status back; a store that refuses that write (its SQLite file locked, as once in
+    CI) costs a warning, not the signal: the driver still ends with 143 and one line."""
+    import search.driver as driver
+    from search.errors import Terminated
+
+    uri = new_mlflow_store(tmp_path)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("resumed")
+    parent = client.create_run(experiment).info.run_id
+    client.set_terminated(parent, "KILLED")
+    state = SearchState(parent_run_id=parent, experiment_id=experiment, tracking_uri=uri,
+                        options=SearchOptions(storage=str(tmp_path)), gpus_per_trial=0.0,
+                        study_storage="sqlite:///optuna.db", study_name="s")
+    monkeypatch.setattr(driver.session, "connect_ray", lambda address: None)
+    monkeypatch.setattr(driver.session, "check_resources", lambda *a: None)
+
+    def stopped(opts, state):
+        raise Terminated
+
+    monkeypatch.setattr(driver, "_catch_up", stopped)
+    update_run = MlflowClient.update_run
+
+    def locked_after_running(self, run_id, status=None, name=None):
+        if status != "RUNNING":
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return update_run(self, run_id, status=status, name=name)
+
+    monkeypatch.setattr(MlflowClient, "update_run", locked_after_running)
+    with pytest.raises(Terminated), caplog.at_level("WARNING", logger="search.driver"):
+        driver._run(state.options, uri, state, [])
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("the parent run's status is not put back to KILLED")
+    assert "database is locked" in warning
