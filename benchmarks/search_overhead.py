@@ -34,6 +34,7 @@ from typing import Any
 import ray
 import torch
 
+from benchmarks.capacity import split_capacity, trial_row
 from benchmarks.machine import RESULTS_DIR, machine_info
 from search import schema
 from search.driver import SearchOutcome, run_search
@@ -41,63 +42,14 @@ from search.options import SearchOptions
 
 
 def breakdown(outcome: SearchOutcome, started: float, ended: float, slots: int) -> dict[str, Any]:
-    """Split slots x wall time into training, in-trial overhead and driver overhead, with the
-    driver's part broken into start-up (before the first trial), the idle tail (slots waiting
-    for the last trial), the summary after the last trial, and gaps between trials."""
-    trial_rows = []
+    """`split_capacity` of a search's trials, read from Ray's result files."""
+    rows = []
     for t in outcome.trials:
-        rows = [
-            json.loads(x)
-            for x in (Path(outcome.experiment_dir) / _dir(outcome, t.trial_id) / "result.json")
-            .read_text()
-            .splitlines()
-        ]
-        end = rows[-1]["timestamp"]
-        trial_rows.append(
-            {
-                "trial": t.trial_id,
-                "model": t.config["model"],
-                "training_s": rows[-1][schema.TRAIN_SECONDS],  # cumulative, resumes included
-                "ray_time_s": rows[-1]["time_total_s"],
-                "start": end - rows[-1]["time_total_s"],
-                "end": end,
-            }
-        )
-    wall = ended - started
-    capacity = wall * slots
-    training = sum(r["training_s"] for r in trial_rows)
-    in_trial = sum(r["ray_time_s"] for r in trial_rows) - training
-    first_start = min(r["start"] for r in trial_rows)
-    last_end = max(r["end"] for r in trial_rows)
-    ends = sorted(r["end"] for r in trial_rows)[-slots:]  # each slot's last trial
-    driver = {
-        "startup_s": (first_start - started) * slots,
-        "summary_after_last_trial_s": (ended - last_end) * slots,
-        "idle_tail_s": sum(last_end - e for e in ends),
-    }
-    driver["between_trials_s"] = (capacity - training - in_trial) - sum(driver.values())
-    for row in trial_rows:
-        row.pop("start"), row.pop("end")
-    return {
-        "wall_s": wall,
-        "slots": slots,
-        "capacity_s": capacity,
-        "training_s": training,
-        "in_trial_overhead_s": in_trial,
-        "driver_overhead_s": sum(driver.values()),
-        "driver_parts_s": driver,
-        "orchestration_share": 1 - training / capacity,
-        "steady_state_share": 1
-        - training
-        / (
-            capacity
-            - driver["startup_s"]
-            - driver["summary_after_last_trial_s"]
-            - driver["idle_tail_s"]
-        ),
-        "mean_trial_training_s": training / len(trial_rows),
-        "trials": trial_rows,
-    }
+        path = Path(outcome.experiment_dir) / _dir(outcome, t.trial_id) / "result.json"
+        last = json.loads(path.read_text().splitlines()[-1])
+        rows.append(trial_row(t.trial_id, last, last[schema.TRAIN_SECONDS]))  # resumes included
+        rows[-1]["model"] = t.config["model"]
+    return split_capacity(rows, started, ended, slots)
 
 
 def _dir(outcome: SearchOutcome, trial_id: str) -> str:
