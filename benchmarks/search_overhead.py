@@ -2,7 +2,8 @@
 
 Runs a real search (local Ray, Optuna, ASHA off, MLflow SQLite) of the ``smoke`` space with a
 bigger training slice fixed for every trial (``SearchOptions.fixed``, the CLI's
-``--set train_tokens=N``), sized so that a trial's training lasts about ``--trial-seconds``, then
+``--set train_tokens=N``), sized by one speed (``--tokens-per-second``) to train about
+``--trial-seconds``: the smoke models' kinds and sizes spread that (18-38 s for 30). Then it
 splits the capacity it used (wall time x trial slots) into:
   training       sum over trials of their ``train_seconds`` (the epochs' train + validation
                  seconds, awd's own timer)
