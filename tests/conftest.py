@@ -14,7 +14,6 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import settings
 
 # Property tests draw the same examples on every run: a red CI is reproducible, never a dice roll.
@@ -71,7 +70,11 @@ def _private_state_key(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
-    """Tiny models run fastest on one thread, and far more predictably on a busy 2-core box."""
+    """Tiny models run fastest on one thread, and far more predictably on a busy 2-core box.
+    torch is imported here, not at the top: xdist's controller loads this file too and runs no
+    test, and torch's import (a second) would hold back the start of its workers."""
+    import torch
+
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
