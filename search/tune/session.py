@@ -57,21 +57,42 @@ def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
 
 
 QUIET_WORKER = "search.tune.console.quiet_worker"  # Ray's worker_process_setup_hook
+# Ray's setting (read from the environment by a raylet as it starts) that makes a new local
+# cluster start one idle worker per CPU for its first driver. Tune never gives a trial one of
+# them (each trial actor has a runtime environment of its own, so a process of its own): on a
+# small machine they only take cores from the search's start (a 2-trial search on 2 cores ends
+# 1.2-1.4 s sooner without them: benchmarks/README.md, "search_overhead.py").
+PRESTART_ENV = "RAY_prestart_worker_first_driver"
+
+
+@contextmanager
+def _without_idle_workers() -> Iterator[None]:
+    """`PRESTART_ENV` off for a raylet that ``ray.init`` starts here (a user's own value wins);
+    a cluster that is joined keeps its own. This process's environment is put back after."""
+    before = os.environ.get(PRESTART_ENV)
+    os.environ.setdefault(PRESTART_ENV, "0")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PRESTART_ENV, None)
 
 
 def connect_ray(address: str | None) -> None:
-    """Join the given cluster, or start a local one; data location travels to the workers.
-    The driver's SIGTERM handler is kept: ``ray.init`` replaces it with one that exits with
-    status 15, where a stopped search exits 143 (`search.run`)."""
+    """Join the given cluster, or start a local one (without idle workers: `PRESTART_ENV`);
+    data location travels to the workers. The driver's SIGTERM handler is kept: ``ray.init``
+    replaces it with one that exits with status 15, where a stopped search exits 143
+    (`search.run`)."""
     check_ray_address(address)
     quiet_ray()
     env = {k: os.environ[k] for k in ("AWD_DATA_DIR", "AWD_CACHE_DIR") if k in os.environ}
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
-        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
-                 runtime_env={"env_vars": env, "worker_process_setup_hook": QUIET_WORKER},
-                 log_to_driver=True)
+        with _without_idle_workers():
+            ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
+                     runtime_env={"env_vars": env, "worker_process_setup_hook": QUIET_WORKER},
+                     log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "a new local cluster"
         cause = f" ({e.__cause__})" if e.__cause__ else ""
