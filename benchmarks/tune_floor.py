@@ -1,13 +1,14 @@
 """What Ray Tune alone costs a search of `search_overhead`'s shape: the floor under its figures.
 
 A bare Tune search on a new local Ray (``ray.init`` to ``ray.shutdown``, as a search's driver
-does): ``--trials`` function trials, ``--concurrency`` at a time with 1 CPU each, actors reused as
-a search reuses them, and no searcher, scheduler, MLflow or checkpoints. Each trial imports torch
-(any PyTorch trainable does), then "trains" by sleeping ``--trial-seconds`` in ``--epochs``
-reports: every trial lasts the same, and nothing trains on the cores while Ray starts or stops.
-Its capacity is split by `benchmarks.capacity.split_capacity`, so that start-up (before the first
-trial's first step) and end (after the last trial's last result, ``ray.shutdown`` included) are
-measured exactly as `search_overhead` measures a real search: a lower bound for them here.
+does, and like it without Ray's idle workers): ``--trials`` function trials, ``--concurrency`` at
+a time with 1 CPU each, actors reused as a search reuses them, and no searcher, scheduler, MLflow
+or checkpoints. Each trial imports torch (any PyTorch trainable does), then "trains" by sleeping
+``--trial-seconds`` in ``--epochs`` reports: every trial lasts the same, and nothing trains on the
+cores while Ray starts or stops. Its capacity is split by `benchmarks.capacity.split_capacity`,
+so that start-up (before the first trial's first step) and end (after the last trial's last
+result, ``ray.shutdown`` included) are measured exactly as `search_overhead` measures a real
+search: a lower bound for them here.
 
     python -m benchmarks.tune_floor --trials 8 --concurrency 2 --trial-seconds 30
 """
@@ -29,6 +30,7 @@ from ray import tune
 
 from benchmarks.capacity import split_capacity, trial_row
 from benchmarks.machine import RESULTS_DIR, machine_info
+from search.tune.session import without_idle_workers
 
 TRAINED = "slept_s"
 
@@ -51,7 +53,8 @@ def run_bare(trials: int, concurrency: int, seconds: float, epochs: int, workdir
     from benchmarks.tune_floor import sleeping_trial as trial
 
     started = time.time()
-    ray.init(include_dashboard=False)
+    with without_idle_workers():  # Ray started as a search starts it
+        ray.init(include_dashboard=False)
     try:
         tuner = tune.Tuner(
             tune.with_resources(trial, {"cpu": 1}),

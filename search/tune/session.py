@@ -66,7 +66,7 @@ PRESTART_ENV = "RAY_prestart_worker_first_driver"
 
 
 @contextmanager
-def _without_idle_workers() -> Iterator[None]:
+def without_idle_workers() -> Iterator[None]:
     """`PRESTART_ENV` off for a raylet that ``ray.init`` starts here (a user's own value wins);
     a cluster that is joined keeps its own. This process's environment is put back after."""
     before = os.environ.get(PRESTART_ENV)
@@ -89,7 +89,7 @@ def connect_ray(address: str | None) -> None:
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
-        with _without_idle_workers():
+        with without_idle_workers():
             ray.init(address=address, include_dashboard=False, ignore_reinit_error=True,
                      runtime_env={"env_vars": env, "worker_process_setup_hook": QUIET_WORKER},
                      log_to_driver=True)
