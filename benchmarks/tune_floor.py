@@ -86,7 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--trial-seconds", type=float, default=30.0)
     p.add_argument("--out", type=Path, default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if min(args.trials, args.concurrency, args.epochs) < 1 or not args.trial_seconds > 0:
+        p.error("--trials, --concurrency and --epochs must be >= 1, --trial-seconds > 0")
+    if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
+        p.error(f"--out {args.out}: a file in an existing folder, written after the run")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": vars(args) | {"out": None},
         "result": result,
     }
+    RESULTS_DIR.mkdir(exist_ok=True)
     out = args.out or RESULTS_DIR / f"tune_floor-cpu-{dt.date.today()}.json"
-    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(record, indent=2, default=str))
     print(json.dumps({k: v for k, v in result.items() if k != "trials"}, indent=2))
     print(f"written to {out}")
