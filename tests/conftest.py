@@ -196,8 +196,19 @@ SLOW_ONLY_FIXTURES = ("smoke_search",)  # they start Ray: only tests marked slow
 SLOW_ONLY_MODULE = "\npytestmark = pytest.mark.slow\n"  # a file whose every test is slow
 
 
+def _markexpr(config: pytest.Config) -> str:
+    return (config.getoption("markexpr") or "").strip()
+
+
+def _excludes_slow(config: pytest.Config) -> bool:
+    """Whether ``-m`` leaves the slow tests out: the fast tier, or a narrower run of it."""
+    return "not slow" in _markexpr(config)
+
+
 def _fast_tier(config: pytest.Config) -> bool:
-    return (config.getoption("markexpr") or "").strip() == "not slow"
+    """Exactly the fast tier's ``-m``: only then is every test of a slow-only file sure to be
+    deselected (an expression with ``or`` could select some of them)."""
+    return _markexpr(config) == "not slow"
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -233,7 +244,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     # The fast tier never starts the smoke search (the fixture refuses): there the files that
     # name it are units of their own, not one unit that one worker runs alone.
-    shared = "not slow" not in (config.getoption("markexpr") or "")
+    shared = not _excludes_slow(config)
 
     class SharedSearchScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -253,7 +264,7 @@ def _uses_smoke_search(path: Path) -> bool:
 def smoke_search(request, tmp_path_factory):
     """One real smoke search (local Ray, Optuna, ASHA, MLflow SQLite), shared by the search and
     report tests: (working folder, finished process, tracking URI). Slow tests only."""
-    if "not slow" in (request.config.getoption("markexpr") or ""):
+    if _excludes_slow(request.config):
         pytest.fail("smoke_search starts a real search: a fast-tier test asked for it")
     real_data("ptb")
     import subprocess
