@@ -61,7 +61,7 @@ QUIET_WORKER = "search.tune.console.quiet_worker"  # Ray's worker_process_setup_
 # cluster start one idle worker per CPU for its first driver. Tune never gives a trial one of
 # them (each trial actor has a runtime environment of its own, so a process of its own): on a
 # small machine they only take cores from the search's start (a 2-trial search on 2 cores ends
-# 1.2-1.4 s sooner without them: benchmarks/README.md, "search_overhead.py").
+# 1.3 s sooner without them, median of 4 pairs: benchmarks/README.md, "search_overhead.py").
 PRESTART_ENV = "RAY_prestart_worker_first_driver"
 
 
