@@ -300,3 +300,25 @@ def test_greedy_selection_keeps_the_first_of_candidates_equal_up_to_rounding():
     for order in ([0, 1], [1, 0]):
         sel = greedy_selection(p[order].log(), 1)
         assert sel.picks == [0]
+
+
+def test_a_ctrl_c_while_optuna_records_a_trial_stays_a_ctrl_c(monkeypatch):
+    """Optuna's `_run_trial` turns a KeyboardInterrupt that lands in its tell into an
+    UnboundLocalError (seen in CI: the cache stage then 'failed' and the driver exited 0, not
+    130); `search.stages.cache.optimize` raises the interrupt again."""
+    import optuna
+    import optuna.study._optimize as optuna_optimize
+
+    from search.errors import Terminated
+    from search.stages.cache import optimize
+
+    def interrupted(**kwargs):
+        raise Terminated
+
+    monkeypatch.setattr(optuna_optimize, "_tell_with_warning", interrupted)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    with pytest.raises(UnboundLocalError):  # what Optuna itself does with it
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    with pytest.raises(Terminated):
+        optimize(study, lambda t: t.suggest_float("x", 0, 1), 1)

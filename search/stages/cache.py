@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,19 @@ THETA = (0.0, 2.0)
 LAMBDA = (0.0, 0.6)
 STUDY_SUFFIX = "-cache"
 
+
+
+def optimize(study: optuna.Study, objective: Callable[[optuna.Trial], float], n: int) -> None:
+    """``study.optimize`` for ``n`` trials. A Ctrl-C (or a SIGTERM, `search.errors.Terminated`)
+    that lands while Optuna records a trial comes out of Optuna 4 as an UnboundLocalError (its
+    ``_run_trial`` reads a name the interrupt left unset), which would pass for the stage's own
+    failure: the interrupt is raised again, and the search stops as the signal says."""
+    try:
+        study.optimize(objective, n_trials=n)
+    except UnboundLocalError as e:
+        if isinstance(e.__context__, KeyboardInterrupt):
+            raise e.__context__ from None
+        raise
 
 def suggest(trial: optuna.Trial) -> CacheParams:
     return CacheParams(trial.suggest_int("window", *WINDOW, log=True),
@@ -113,7 +126,7 @@ def tune_cache(valid: SplitOutputs, study: optuna.Study, trials: int,
 
     done = [t for t in study.trials if t.state == state.COMPLETE]
     if len(done) < trials:
-        study.optimize(objective, n_trials=trials - len(done))
+        optimize(study, objective, trials - len(done))
     done = [t for t in study.trials if t.state == state.COMPLETE]
     done.sort(key=lambda t: t.number)
     best = min(done, key=lambda t: (float(t.value), t.number))  # type: ignore[arg-type]
